@@ -1,0 +1,295 @@
+//! The cache: every Flux object of the cluster (or of the `--manifests` files), as the rules see
+//! it, plus the objects this replica admitted that the source has not delivered yet.
+//!
+//! Two layers feed one graph per kind:
+//! - the **base**: what the source (a watch, or files) says exists;
+//! - the **overlay**: objects admitted by a non-dry-run request (read-your-writes), so that
+//!   `kubectl apply` of `infra` then `apps` does not see `infra` as missing. An overlay entry
+//!   ends when the source delivers that object (confirming or replacing it), when it deletes
+//!   it, or after [`OVERLAY_TTL`], so a request that a later admission step rejected cannot
+//!   haunt the graph.
+//!
+//! The graph always holds the effective view (overlay over base). Everything sits behind one
+//! mutex: a decision and its recording happen under the same lock, so no interleaving of
+//! concurrent requests on one replica can admit both halves of a cycle.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::graph::Graph;
+use crate::object::{FluxKind, FluxObject, ObjectKey};
+
+/// How long an admitted object stays visible without the source confirming it.
+pub const OVERLAY_TTL: Duration = Duration::from_secs(60);
+
+/// Both kinds' graphs.
+#[derive(Debug)]
+pub struct Graphs([Graph; 2]);
+
+impl Default for Graphs {
+    fn default() -> Self {
+        Graphs([
+            Graph::new(FluxKind::Kustomization),
+            Graph::new(FluxKind::HelmRelease),
+        ])
+    }
+}
+
+impl Graphs {
+    pub fn get(&self, kind: FluxKind) -> &Graph {
+        &self.0[kind.index()]
+    }
+
+    pub fn get_mut(&mut self, kind: FluxKind) -> &mut Graph {
+        &mut self.0[kind.index()]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Graph> {
+        self.0.iter()
+    }
+}
+
+#[derive(Debug)]
+struct OverlayEntry {
+    admitted_at: Instant,
+    /// The `resourceVersion` of the object this admission replaced: a source event carrying it
+    /// is older than the admitted object and must not end the entry.
+    replaced_version: Option<String>,
+}
+
+type Key = (FluxKind, ObjectKey);
+
+/// The cache's state. Reach it through [`Cache::lock`].
+#[derive(Debug, Default)]
+pub struct State {
+    graphs: Graphs,
+    base: HashMap<Key, Arc<FluxObject>>,
+    overlay: HashMap<Key, OverlayEntry>,
+    synced: [bool; 2],
+}
+
+impl State {
+    pub fn graphs(&self) -> &Graphs {
+        &self.graphs
+    }
+
+    pub fn graphs_mut(&mut self) -> &mut Graphs {
+        &mut self.graphs
+    }
+
+    /// The source delivered `object` (an initial list item, a watch event, a file).
+    /// `resource_version` is the object's `metadata.resourceVersion`, when it has one.
+    pub fn apply(&mut self, object: Arc<FluxObject>, resource_version: Option<&str>) {
+        let key = (object.kind, object.key.clone());
+        self.base.insert(key.clone(), object.clone());
+        if let Some(entry) = self.overlay.get(&key) {
+            let stale =
+                resource_version.is_some() && entry.replaced_version.as_deref() == resource_version;
+            if stale {
+                return;
+            }
+            self.overlay.remove(&key);
+        }
+        self.graphs.get_mut(object.kind).upsert(object);
+    }
+
+    /// The source says the object is gone.
+    pub fn delete(&mut self, kind: FluxKind, key: &ObjectKey) {
+        let k = (kind, key.clone());
+        self.base.remove(&k);
+        self.overlay.remove(&k);
+        self.graphs.get_mut(kind).remove(key);
+    }
+
+    /// The source listed every object of `kind` afresh (initial list or relist): objects missing
+    /// from the list are deleted, the rest applied. Admitted objects not yet in the list stay
+    /// until they expire. Marks the kind synced.
+    pub fn replace_all(&mut self, kind: FluxKind, objects: Vec<(Arc<FluxObject>, Option<String>)>) {
+        let listed: std::collections::HashSet<ObjectKey> =
+            objects.iter().map(|(o, _)| o.key.clone()).collect();
+        let gone: Vec<ObjectKey> = self
+            .base
+            .keys()
+            .filter(|(k, key)| *k == kind && !listed.contains(key))
+            .map(|(_, key)| key.clone())
+            .collect();
+        for key in gone {
+            let k = (kind, key);
+            self.base.remove(&k);
+            if !self.overlay.contains_key(&k) {
+                self.graphs.get_mut(kind).remove(&k.1);
+            }
+        }
+        for (object, version) in objects {
+            self.apply(object, version.as_deref());
+        }
+        self.synced[kind.index()] = true;
+    }
+
+    /// Marks a kind as synced without objects (its CRD is not installed).
+    pub fn mark_synced(&mut self, kind: FluxKind) {
+        self.synced[kind.index()] = true;
+    }
+
+    /// Whether every kind has completed its initial list.
+    pub fn is_synced(&self) -> bool {
+        self.synced.iter().all(|s| *s)
+    }
+
+    /// Records an object admitted by a non-dry-run request.
+    pub fn admit(
+        &mut self,
+        object: Arc<FluxObject>,
+        replaced_version: Option<String>,
+        now: Instant,
+    ) {
+        let key = (object.kind, object.key.clone());
+        self.overlay.insert(
+            key,
+            OverlayEntry {
+                admitted_at: now,
+                replaced_version,
+            },
+        );
+        self.graphs.get_mut(object.kind).upsert(object);
+    }
+
+    /// Ends overlay entries older than [`OVERLAY_TTL`], putting the source's view back.
+    pub fn expire(&mut self, now: Instant) {
+        if self.overlay.is_empty() {
+            return;
+        }
+        let expired: Vec<Key> = self
+            .overlay
+            .iter()
+            .filter(|(_, e)| now.saturating_duration_since(e.admitted_at) >= OVERLAY_TTL)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in expired {
+            self.overlay.remove(&key);
+            let graph = self.graphs.get_mut(key.0);
+            match self.base.get(&key) {
+                Some(object) => {
+                    graph.upsert(object.clone());
+                }
+                None => {
+                    graph.remove(&key.1);
+                }
+            }
+        }
+    }
+
+    /// How many admitted objects wait for the source to confirm them.
+    pub fn pending_admissions(&self) -> usize {
+        self.overlay.len()
+    }
+}
+
+/// The shared cache.
+#[derive(Debug, Default)]
+pub struct Cache {
+    state: Mutex<State>,
+}
+
+impl Cache {
+    pub fn new() -> Cache {
+        Cache::default()
+    }
+
+    /// Locks the cache. A panic while holding the lock cannot leave a half-made decision
+    /// behind (graph updates are applied whole), so a poisoned lock is taken over.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.lock().is_synced()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::tests::ks;
+
+    fn present(state: &State, name: &str) -> bool {
+        state
+            .graphs()
+            .get(FluxKind::Kustomization)
+            .get(&ObjectKey::new("f", name))
+            .is_some()
+    }
+
+    #[test]
+    fn admitted_object_is_visible_until_it_expires() {
+        let mut s = State::default();
+        let t0 = Instant::now();
+        s.admit(ks("f", "infra", &[]), None, t0);
+        assert!(present(&s, "infra"));
+        s.expire(t0 + Duration::from_secs(59));
+        assert!(present(&s, "infra"));
+        s.expire(t0 + OVERLAY_TTL);
+        assert!(!present(&s, "infra"));
+    }
+
+    #[test]
+    fn source_confirmation_ends_the_overlay_entry() {
+        let mut s = State::default();
+        let t0 = Instant::now();
+        s.admit(ks("f", "infra", &["crds"]), None, t0);
+        s.apply(ks("f", "infra", &["crds"]), Some("7"));
+        assert_eq!(s.pending_admissions(), 0);
+        s.expire(t0 + OVERLAY_TTL);
+        assert!(
+            present(&s, "infra"),
+            "the base keeps what the source delivered"
+        );
+    }
+
+    #[test]
+    fn stale_source_event_does_not_undo_an_admitted_update() {
+        let mut s = State::default();
+        let t0 = Instant::now();
+        s.apply(ks("f", "apps", &[]), Some("5"));
+        s.admit(ks("f", "apps", &["infra"]), Some("5".into()), t0);
+        // A late event for the version the update replaced.
+        s.apply(ks("f", "apps", &[]), Some("5"));
+        let g = s.graphs().get(FluxKind::Kustomization);
+        assert_eq!(
+            g.get(&ObjectKey::new("f", "apps"))
+                .unwrap()
+                .depends_on
+                .len(),
+            1
+        );
+        // Expiry puts the source's view back.
+        s.expire(t0 + OVERLAY_TTL);
+        let g = s.graphs().get(FluxKind::Kustomization);
+        assert!(
+            g.get(&ObjectKey::new("f", "apps"))
+                .unwrap()
+                .depends_on
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn relist_deletes_missing_objects_but_keeps_pending_admissions() {
+        let mut s = State::default();
+        s.replace_all(
+            FluxKind::Kustomization,
+            vec![(ks("f", "a", &[]), None), (ks("f", "b", &[]), None)],
+        );
+        assert!(!s.is_synced());
+        s.mark_synced(FluxKind::HelmRelease);
+        assert!(s.is_synced());
+        s.admit(ks("f", "new", &[]), None, Instant::now());
+        s.replace_all(FluxKind::Kustomization, vec![(ks("f", "a", &[]), None)]);
+        assert!(present(&s, "a"));
+        assert!(!present(&s, "b"));
+        assert!(present(&s, "new"));
+    }
+}

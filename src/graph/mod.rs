@@ -1,0 +1,457 @@
+//! The `dependsOn` graph of one kind of Flux object.
+//!
+//! Nodes are `namespace/name` keys, interned to dense ids. A node exists as soon as anything
+//! names it, so a dangling `dependsOn` target is a node without an object: when the target is
+//! created later, the edges already pointing at it are found without a scan. Edges go from the
+//! dependent to its dependency and come in two kinds:
+//!
+//! - `dependsOn`: written in the dependent's `spec.dependsOn`;
+//! - `wait`: a Kustomization with `spec.wait: true` waits for every Kustomization it applied
+//!   (its children, found by Flux's owner labels), and one without `wait` waits for the
+//!   Kustomizations named in its `spec.healthChecks`.
+//!
+//! Every update costs the degree of the nodes it touches, never a rebuild, so the admission path
+//! can apply a candidate object, search from it, and put the old one back.
+
+mod search;
+
+pub use search::{Chain, Scc};
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::object::{FluxKind, FluxObject, ObjectKey};
+
+/// Dense id of a node within one [`Graph`]. Ids are never reused.
+pub type NodeId = u32;
+
+/// Why one node waits for another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EdgeKind {
+    /// Listed in `spec.dependsOn`.
+    DependsOn,
+    /// Implied by the parent's `spec.wait` or `spec.healthChecks`.
+    Wait,
+}
+
+#[derive(Debug)]
+struct Node {
+    key: ObjectKey,
+    object: Option<Arc<FluxObject>>,
+    /// Explicit out-edges, deduplicated, in the order written.
+    deps: Vec<NodeId>,
+    /// Explicit in-edges (sorted).
+    dependents: Vec<NodeId>,
+    /// Present Kustomizations whose owner labels name this node (sorted).
+    children: Vec<NodeId>,
+    /// Implicit out-edges (sorted).
+    waits: Vec<NodeId>,
+    /// Implicit in-edges (sorted).
+    waited_by: Vec<NodeId>,
+}
+
+impl Node {
+    fn new(key: ObjectKey) -> Node {
+        Node {
+            key,
+            object: None,
+            deps: Vec::new(),
+            dependents: Vec::new(),
+            children: Vec::new(),
+            waits: Vec::new(),
+            waited_by: Vec::new(),
+        }
+    }
+}
+
+/// One kind's graph. Not thread-safe by itself: the cache keeps it behind a mutex so that a
+/// decision and its recording are one step.
+#[derive(Debug)]
+pub struct Graph {
+    kind: FluxKind,
+    index: HashMap<ObjectKey, NodeId>,
+    nodes: Vec<Node>,
+    by_name: HashMap<String, Vec<NodeId>>,
+    by_namespace: HashMap<String, Vec<NodeId>>,
+    present: usize,
+    scratch: RefCell<search::Scratch>,
+}
+
+fn insert_sorted(list: &mut Vec<NodeId>, id: NodeId) {
+    if let Err(pos) = list.binary_search(&id) {
+        list.insert(pos, id);
+    }
+}
+
+fn remove_sorted(list: &mut Vec<NodeId>, id: NodeId) {
+    if let Ok(pos) = list.binary_search(&id) {
+        list.remove(pos);
+    }
+}
+
+fn dedup_in_order(ids: impl IntoIterator<Item = NodeId>) -> Vec<NodeId> {
+    let mut out: Vec<NodeId> = Vec::new();
+    for id in ids {
+        if !out.contains(&id) {
+            out.push(id);
+        }
+    }
+    out
+}
+
+impl Graph {
+    pub fn new(kind: FluxKind) -> Graph {
+        Graph {
+            kind,
+            index: HashMap::new(),
+            nodes: Vec::new(),
+            by_name: HashMap::new(),
+            by_namespace: HashMap::new(),
+            present: 0,
+            scratch: RefCell::default(),
+        }
+    }
+
+    pub fn kind(&self) -> FluxKind {
+        self.kind
+    }
+
+    /// How many objects the graph holds (dangling targets not counted).
+    pub fn len(&self) -> usize {
+        self.present
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.present == 0
+    }
+
+    /// Number of node ids handed out, objects and dangling targets alike.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn id(&self, key: &ObjectKey) -> Option<NodeId> {
+        self.index.get(key).copied()
+    }
+
+    pub fn key(&self, id: NodeId) -> &ObjectKey {
+        &self.nodes[id as usize].key
+    }
+
+    pub fn object(&self, id: NodeId) -> Option<&Arc<FluxObject>> {
+        self.nodes[id as usize].object.as_ref()
+    }
+
+    pub fn get(&self, key: &ObjectKey) -> Option<&Arc<FluxObject>> {
+        self.id(key).and_then(|id| self.object(id))
+    }
+
+    pub fn is_present(&self, id: NodeId) -> bool {
+        self.nodes[id as usize].object.is_some()
+    }
+
+    /// Ids of every present object.
+    pub fn present_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
+        (0..self.nodes.len() as NodeId).filter(|&id| self.is_present(id))
+    }
+
+    /// Explicit dependencies of a node, deduplicated.
+    pub fn deps(&self, id: NodeId) -> &[NodeId] {
+        &self.nodes[id as usize].deps
+    }
+
+    /// Objects that list this node in their `dependsOn`.
+    pub fn dependents(&self, id: NodeId) -> &[NodeId] {
+        &self.nodes[id as usize].dependents
+    }
+
+    /// Present Kustomizations whose owner labels name this node.
+    pub fn children(&self, id: NodeId) -> &[NodeId] {
+        &self.nodes[id as usize].children
+    }
+
+    /// Nodes this node waits for through `spec.wait` or `spec.healthChecks`.
+    pub fn waits(&self, id: NodeId) -> &[NodeId] {
+        &self.nodes[id as usize].waits
+    }
+
+    /// Nodes that wait for this node through `spec.wait` or `spec.healthChecks`.
+    pub fn waited_by(&self, id: NodeId) -> &[NodeId] {
+        &self.nodes[id as usize].waited_by
+    }
+
+    /// Every out-edge: explicit first, then implicit.
+    pub fn out_edges(&self, id: NodeId) -> impl Iterator<Item = (NodeId, EdgeKind)> + '_ {
+        let n = &self.nodes[id as usize];
+        n.deps
+            .iter()
+            .map(|&t| (t, EdgeKind::DependsOn))
+            .chain(n.waits.iter().map(|&t| (t, EdgeKind::Wait)))
+    }
+
+    /// The kind of the edge `from -> to`; `dependsOn` wins when both exist.
+    pub fn edge_kind(&self, from: NodeId, to: NodeId) -> Option<EdgeKind> {
+        let n = &self.nodes[from as usize];
+        if n.deps.contains(&to) {
+            Some(EdgeKind::DependsOn)
+        } else if n.waits.binary_search(&to).is_ok() {
+            Some(EdgeKind::Wait)
+        } else {
+            None
+        }
+    }
+
+    /// Present objects with this name, in any namespace.
+    pub fn named(&self, name: &str) -> impl Iterator<Item = NodeId> + '_ {
+        self.by_name
+            .get(name)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|&id| self.is_present(id))
+    }
+
+    /// Present objects in this namespace.
+    pub fn in_namespace(&self, namespace: &str) -> impl Iterator<Item = NodeId> + '_ {
+        self.by_namespace
+            .get(namespace)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|&id| self.is_present(id))
+    }
+
+    fn intern(&mut self, key: &ObjectKey) -> NodeId {
+        if let Some(&id) = self.index.get(key) {
+            return id;
+        }
+        let id = NodeId::try_from(self.nodes.len()).expect("more than 2^32 graph nodes");
+        self.nodes.push(Node::new(key.clone()));
+        self.index.insert(key.clone(), id);
+        self.by_name.entry(key.name.clone()).or_default().push(id);
+        self.by_namespace
+            .entry(key.namespace.clone())
+            .or_default()
+            .push(id);
+        id
+    }
+
+    /// Adds or replaces an object; returns the object it replaced.
+    pub fn upsert(&mut self, object: Arc<FluxObject>) -> Option<Arc<FluxObject>> {
+        debug_assert_eq!(object.kind, self.kind);
+        let id = self.intern(&object.key);
+        let old = self.nodes[id as usize].object.replace(object.clone());
+        if old.is_none() {
+            self.present += 1;
+        }
+        self.relink(id, old.as_deref(), Some(&object));
+        old
+    }
+
+    /// Removes an object; its node stays while others still name it. Returns the removed object.
+    pub fn remove(&mut self, key: &ObjectKey) -> Option<Arc<FluxObject>> {
+        let id = self.id(key)?;
+        let old = self.nodes[id as usize].object.take()?;
+        self.present -= 1;
+        self.relink(id, Some(&old), None);
+        Some(old)
+    }
+
+    /// Puts `previous` back in place of whatever the graph holds for `key` now.
+    pub fn restore(&mut self, key: &ObjectKey, previous: Option<Arc<FluxObject>>) {
+        match previous {
+            Some(object) => {
+                self.upsert(object);
+            }
+            None => {
+                self.remove(key);
+            }
+        }
+    }
+
+    fn owner_of(&self, object: Option<&FluxObject>) -> Option<ObjectKey> {
+        // Owner labels name a Kustomization; only the Kustomization graph has wait edges.
+        if self.kind != FluxKind::Kustomization {
+            return None;
+        }
+        object.and_then(|o| o.owner.clone())
+    }
+
+    fn relink(&mut self, id: NodeId, old: Option<&FluxObject>, new: Option<&FluxObject>) {
+        let new_deps = match new {
+            Some(o) => {
+                let ids: Vec<NodeId> = o.depends_on.iter().map(|k| self.intern(k)).collect();
+                dedup_in_order(ids)
+            }
+            None => Vec::new(),
+        };
+        let old_deps = std::mem::take(&mut self.nodes[id as usize].deps);
+        for &t in &old_deps {
+            if !new_deps.contains(&t) {
+                remove_sorted(&mut self.nodes[t as usize].dependents, id);
+            }
+        }
+        for &t in &new_deps {
+            if !old_deps.contains(&t) {
+                insert_sorted(&mut self.nodes[t as usize].dependents, id);
+            }
+        }
+        self.nodes[id as usize].deps = new_deps;
+
+        let old_owner = self.owner_of(old);
+        let new_owner = self.owner_of(new);
+        if old_owner != new_owner {
+            if let Some(parent) = old_owner.and_then(|k| self.id(&k)) {
+                remove_sorted(&mut self.nodes[parent as usize].children, id);
+                self.recompute_waits(parent);
+            }
+            if let Some(key) = new_owner {
+                let parent = self.intern(&key);
+                insert_sorted(&mut self.nodes[parent as usize].children, id);
+                self.recompute_waits(parent);
+            }
+        }
+        self.recompute_waits(id);
+    }
+
+    fn recompute_waits(&mut self, id: NodeId) {
+        let mut new_waits = match self.nodes[id as usize].object.clone() {
+            Some(o) if o.wait => self.nodes[id as usize].children.clone(),
+            Some(o) => o
+                .health_check_kustomizations
+                .iter()
+                .map(|k| self.intern(k))
+                .collect(),
+            None => Vec::new(),
+        };
+        new_waits.sort_unstable();
+        new_waits.dedup();
+        let old_waits = std::mem::take(&mut self.nodes[id as usize].waits);
+        for &t in &old_waits {
+            if new_waits.binary_search(&t).is_err() {
+                remove_sorted(&mut self.nodes[t as usize].waited_by, id);
+            }
+        }
+        for &t in &new_waits {
+            if old_waits.binary_search(&t).is_err() {
+                insert_sorted(&mut self.nodes[t as usize].waited_by, id);
+            }
+        }
+        self.nodes[id as usize].waits = new_waits;
+    }
+
+    /// The sorted keys of `ids`, for stable messages.
+    pub fn sorted_keys(&self, ids: impl IntoIterator<Item = NodeId>) -> Vec<ObjectKey> {
+        let mut keys: Vec<ObjectKey> = ids.into_iter().map(|id| self.key(id).clone()).collect();
+        keys.sort();
+        keys
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn ks(ns: &str, name: &str, deps: &[&str]) -> Arc<FluxObject> {
+        Arc::new(FluxObject {
+            kind: FluxKind::Kustomization,
+            key: ObjectKey::new(ns, name),
+            depends_on: deps
+                .iter()
+                .map(|d| match d.split_once('/') {
+                    Some((n, m)) => ObjectKey::new(n, m),
+                    None => ObjectKey::new(ns, *d),
+                })
+                .collect(),
+            wait: false,
+            health_check_kustomizations: Vec::new(),
+            owner: None,
+        })
+    }
+
+    fn key(s: &str) -> ObjectKey {
+        let (ns, n) = s.split_once('/').unwrap();
+        ObjectKey::new(ns, n)
+    }
+
+    fn dependents_of(g: &Graph, k: &str) -> Vec<ObjectKey> {
+        let id = g.id(&key(k)).unwrap();
+        g.sorted_keys(g.dependents(id).iter().copied())
+    }
+
+    #[test]
+    fn dangling_target_is_a_node_without_object() {
+        let mut g = Graph::new(FluxKind::Kustomization);
+        g.upsert(ks("a", "apps", &["infra"]));
+        let infra = g.id(&key("a/infra")).unwrap();
+        assert!(!g.is_present(infra));
+        assert_eq!(g.len(), 1);
+        assert_eq!(dependents_of(&g, "a/infra"), vec![key("a/apps")]);
+        g.upsert(ks("a", "infra", &[]));
+        assert!(g.is_present(infra));
+        assert_eq!(g.len(), 2);
+    }
+
+    #[test]
+    fn upsert_replaces_edges_and_remove_drops_them() {
+        let mut g = Graph::new(FluxKind::Kustomization);
+        g.upsert(ks("a", "apps", &["infra", "crds", "infra"]));
+        assert_eq!(g.deps(g.id(&key("a/apps")).unwrap()).len(), 2);
+        g.upsert(ks("a", "apps", &["crds"]));
+        assert!(dependents_of(&g, "a/infra").is_empty());
+        assert_eq!(dependents_of(&g, "a/crds"), vec![key("a/apps")]);
+        let old = g.remove(&key("a/apps")).unwrap();
+        assert_eq!(old.depends_on, vec![key("a/crds")]);
+        assert!(dependents_of(&g, "a/crds").is_empty());
+        assert_eq!(g.len(), 0);
+    }
+
+    #[test]
+    fn waiting_parent_gets_edges_to_its_children() {
+        let mut g = Graph::new(FluxKind::Kustomization);
+        let mut parent = (*ks("flux-system", "parent", &[])).clone();
+        parent.wait = true;
+        g.upsert(Arc::new(parent.clone()));
+        let mut child = (*ks("apps", "child", &[])).clone();
+        child.owner = Some(key("flux-system/parent"));
+        g.upsert(Arc::new(child.clone()));
+        let p = g.id(&key("flux-system/parent")).unwrap();
+        let c = g.id(&key("apps/child")).unwrap();
+        assert_eq!(g.edge_kind(p, c), Some(EdgeKind::Wait));
+        // Turning wait off drops the edge; health checks naming the child add it back.
+        parent.wait = false;
+        g.upsert(Arc::new(parent.clone()));
+        assert_eq!(g.edge_kind(p, c), None);
+        parent.health_check_kustomizations = vec![key("apps/child")];
+        g.upsert(Arc::new(parent));
+        assert_eq!(g.edge_kind(p, c), Some(EdgeKind::Wait));
+        assert_eq!(g.waited_by(c), &[p]);
+    }
+
+    #[test]
+    fn removing_a_child_drops_the_wait_edge() {
+        let mut g = Graph::new(FluxKind::Kustomization);
+        let mut parent = (*ks("f", "parent", &[])).clone();
+        parent.wait = true;
+        g.upsert(Arc::new(parent));
+        let mut child = (*ks("f", "child", &[])).clone();
+        child.owner = Some(key("f/parent"));
+        g.upsert(Arc::new(child));
+        let p = g.id(&key("f/parent")).unwrap();
+        assert_eq!(g.waits(p).len(), 1);
+        g.remove(&key("f/child"));
+        assert!(g.waits(p).is_empty());
+    }
+
+    #[test]
+    fn helm_releases_have_no_wait_edges() {
+        let mut g = Graph::new(FluxKind::HelmRelease);
+        let mut hr = (*ks("f", "hr", &[])).clone();
+        hr.kind = FluxKind::HelmRelease;
+        hr.owner = Some(key("f/hr"));
+        g.upsert(Arc::new(hr));
+        let id = g.id(&key("f/hr")).unwrap();
+        assert!(g.waits(id).is_empty());
+    }
+}

@@ -1,0 +1,382 @@
+//! Searches over a [`Graph`]: paths (for cycles through one object), strongly connected
+//! components (the audit's cycle scan), longest `dependsOn` chains and waves.
+//!
+//! Path searches start from the object under review and visit only what it can reach, reusing
+//! one scratch buffer stamped with an epoch so that a search allocates nothing once warm.
+
+use std::collections::VecDeque;
+
+use super::{EdgeKind, Graph, NodeId};
+
+const NONE: NodeId = NodeId::MAX;
+
+#[derive(Debug, Default)]
+pub(super) struct Scratch {
+    epoch: u32,
+    seen: Vec<u32>,
+    parent: Vec<NodeId>,
+    queue: VecDeque<NodeId>,
+}
+
+impl Scratch {
+    fn begin(&mut self, nodes: usize) {
+        if self.seen.len() < nodes {
+            self.seen.resize(nodes, 0);
+            self.parent.resize(nodes, NONE);
+        }
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            self.seen.fill(0);
+            self.epoch = 1;
+        }
+        self.queue.clear();
+    }
+
+    /// Marks `id` seen with `parent`; false if it was seen already in this search.
+    fn visit(&mut self, id: NodeId, parent: NodeId) -> bool {
+        let slot = &mut self.seen[id as usize];
+        if *slot == self.epoch {
+            return false;
+        }
+        *slot = self.epoch;
+        self.parent[id as usize] = parent;
+        true
+    }
+
+    fn path_to(&self, mut id: NodeId) -> Vec<NodeId> {
+        let mut path = vec![id];
+        while self.parent[id as usize] != NONE {
+            id = self.parent[id as usize];
+            path.push(id);
+        }
+        path.reverse();
+        path
+    }
+}
+
+/// A strongly connected component that holds a cycle, with one cycle through it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scc {
+    /// Every member, sorted by key.
+    pub members: Vec<NodeId>,
+    /// A shortest cycle through the member with the smallest key, first node repeated at the end.
+    pub cycle: Vec<NodeId>,
+}
+
+/// A longest `dependsOn` chain, dependents first: `chain[0]` depends on `chain[1]`, and so on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain(pub Vec<NodeId>);
+
+impl Graph {
+    /// Breadth-first search along out-edges from `seeds` to the first node for which `goal`
+    /// holds (seeds themselves included). Returns the path from a seed to that node. With
+    /// `explicit_only`, wait edges are not followed.
+    pub fn find_path(
+        &self,
+        seeds: impl IntoIterator<Item = NodeId>,
+        explicit_only: bool,
+        mut goal: impl FnMut(NodeId) -> bool,
+    ) -> Option<Vec<NodeId>> {
+        let mut s = self.scratch.borrow_mut();
+        s.begin(self.nodes.len());
+        for seed in seeds {
+            if s.visit(seed, NONE) {
+                if goal(seed) {
+                    return Some(vec![seed]);
+                }
+                s.queue.push_back(seed);
+            }
+        }
+        while let Some(id) = s.queue.pop_front() {
+            for (next, kind) in self.out_edges(id) {
+                if explicit_only && kind == EdgeKind::Wait {
+                    continue;
+                }
+                if s.visit(next, id) {
+                    if goal(next) {
+                        return Some(s.path_to(next));
+                    }
+                    s.queue.push_back(next);
+                }
+            }
+        }
+        None
+    }
+
+    /// A shortest cycle `from -> first -> ... -> from` whose first edge is `from -> first`, or
+    /// `None` when `first` cannot reach `from`.
+    pub fn cycle_via(&self, from: NodeId, first: NodeId) -> Option<Vec<NodeId>> {
+        let mut path = self.find_path([first], false, |n| n == from)?;
+        path.insert(0, from);
+        Some(path)
+    }
+
+    /// Every strongly connected component that contains a cycle (two or more members, or one
+    /// member with an edge to itself), over both edge kinds. Iterative Tarjan: no recursion, so
+    /// a long chain cannot overflow the stack.
+    pub fn cycles(&self) -> Vec<Scc> {
+        let n = self.nodes.len();
+        let mut index = vec![u32::MAX; n];
+        let mut low = vec![0u32; n];
+        let mut on_stack = vec![false; n];
+        let mut stack: Vec<NodeId> = Vec::new();
+        let mut found = Vec::new();
+        let mut next_index = 0u32;
+        // Call stack of (node, position in its out-edge list).
+        let mut calls: Vec<(NodeId, usize)> = Vec::new();
+        let mut succ: Vec<Vec<NodeId>> = Vec::with_capacity(n);
+        for id in 0..n as NodeId {
+            succ.push(self.out_edges(id).map(|(t, _)| t).collect());
+        }
+        for root in 0..n as NodeId {
+            if index[root as usize] != u32::MAX || !self.is_present(root) {
+                continue;
+            }
+            calls.push((root, 0));
+            index[root as usize] = next_index;
+            low[root as usize] = next_index;
+            next_index += 1;
+            stack.push(root);
+            on_stack[root as usize] = true;
+            while let Some(&mut (v, ref mut pos)) = calls.last_mut() {
+                if let Some(&w) = succ[v as usize].get(*pos) {
+                    *pos += 1;
+                    if index[w as usize] == u32::MAX {
+                        index[w as usize] = next_index;
+                        low[w as usize] = next_index;
+                        next_index += 1;
+                        stack.push(w);
+                        on_stack[w as usize] = true;
+                        calls.push((w, 0));
+                    } else if on_stack[w as usize] {
+                        low[v as usize] = low[v as usize].min(index[w as usize]);
+                    }
+                    continue;
+                }
+                calls.pop();
+                if let Some(&(parent, _)) = calls.last() {
+                    low[parent as usize] = low[parent as usize].min(low[v as usize]);
+                }
+                if low[v as usize] == index[v as usize] {
+                    let mut members = Vec::new();
+                    loop {
+                        let w = stack.pop().expect("tarjan stack holds the component");
+                        on_stack[w as usize] = false;
+                        members.push(w);
+                        if w == v {
+                            break;
+                        }
+                    }
+                    let self_loop = members.len() == 1 && succ[v as usize].contains(&v);
+                    if members.len() > 1 || self_loop {
+                        members.sort_by(|a, b| self.key(*a).cmp(self.key(*b)));
+                        let start = members[0];
+                        let cycle = self.cycle_within(start, &members);
+                        found.push(Scc { members, cycle });
+                    }
+                }
+            }
+        }
+        found.sort_by(|a, b| self.key(a.members[0]).cmp(self.key(b.members[0])));
+        found
+    }
+
+    /// A shortest cycle through `start` that stays inside `members` (a strongly connected set).
+    fn cycle_within(&self, start: NodeId, members: &[NodeId]) -> Vec<NodeId> {
+        let inside = |id: NodeId| {
+            members
+                .binary_search_by(|m| self.key(*m).cmp(self.key(id)))
+                .is_ok()
+        };
+        let mut best: Option<Vec<NodeId>> = None;
+        for (first, _) in self.out_edges(start) {
+            if !inside(first) {
+                continue;
+            }
+            if first == start {
+                return vec![start, start];
+            }
+            if let Some(c) = self.cycle_via(start, first)
+                && best.as_ref().is_none_or(|b| c.len() < b.len())
+            {
+                best = Some(c);
+            }
+        }
+        best.expect("a strongly connected component with two or more members has a cycle")
+    }
+
+    /// Longest explicit `dependsOn` chain starting at `id` and going down to its dependencies
+    /// (`up = false`), or up through its dependents (`up = true`). Nodes already on the current
+    /// path are not entered again, so a cycle cannot loop the search. Visits only what `id`
+    /// reaches.
+    pub fn longest_chain(&self, id: NodeId, up: bool) -> Chain {
+        // Memoised depth-first search; `best[n]` is the length of the longest chain from `n`.
+        let mut best: std::collections::HashMap<NodeId, (u32, NodeId)> = Default::default();
+        let mut on_path: std::collections::HashSet<NodeId> = Default::default();
+        let mut calls: Vec<(NodeId, usize)> = vec![(id, 0)];
+        on_path.insert(id);
+        let next_of = |n: NodeId| if up { self.dependents(n) } else { self.deps(n) };
+        while let Some(&mut (v, ref mut pos)) = calls.last_mut() {
+            let next = next_of(v);
+            if let Some(&w) = next.get(*pos) {
+                *pos += 1;
+                if !best.contains_key(&w) && !on_path.contains(&w) {
+                    on_path.insert(w);
+                    calls.push((w, 0));
+                }
+                continue;
+            }
+            calls.pop();
+            on_path.remove(&v);
+            let mut here = (1u32, NONE);
+            for &w in next {
+                if let Some(&(len, _)) = best.get(&w)
+                    && len + 1 > here.0
+                {
+                    here = (len + 1, w);
+                }
+            }
+            best.insert(v, here);
+        }
+        let mut chain = vec![id];
+        let mut cur = id;
+        while let Some(&(_, next)) = best.get(&cur) {
+            if next == NONE {
+                break;
+            }
+            chain.push(next);
+            cur = next;
+        }
+        if up {
+            chain.reverse();
+        }
+        Chain(chain)
+    }
+
+    /// The longest `dependsOn` chain that passes through `id`, dependents first.
+    pub fn longest_chain_through(&self, id: NodeId) -> Chain {
+        let mut chain = self.longest_chain(id, true).0;
+        let down = self.longest_chain(id, false).0;
+        chain.extend_from_slice(&down[1..]);
+        Chain(chain)
+    }
+
+    /// Waves over explicit `dependsOn` edges between present objects: wave 0 holds the objects
+    /// with no present dependency, wave k the objects whose dependencies all sit in earlier
+    /// waves. Members of a cycle, and objects that depend on one, get no wave (`None`).
+    pub fn waves(&self) -> Vec<Option<u32>> {
+        let n = self.nodes.len();
+        let mut pending = vec![0u32; n];
+        let mut wave: Vec<Option<u32>> = vec![None; n];
+        let mut queue = VecDeque::new();
+        for id in self.present_ids() {
+            pending[id as usize] = self
+                .deps(id)
+                .iter()
+                .filter(|&&d| self.is_present(d))
+                .count() as u32;
+            if pending[id as usize] == 0 {
+                wave[id as usize] = Some(0);
+                queue.push_back(id);
+            }
+        }
+        while let Some(id) = queue.pop_front() {
+            let w = wave[id as usize].expect("queued nodes have a wave");
+            for &dep in self.dependents(id) {
+                let d = dep as usize;
+                wave[d] = Some(wave[d].map_or(w + 1, |x| x.max(w + 1)));
+                pending[d] -= 1;
+                if pending[d] == 0 {
+                    queue.push_back(dep);
+                }
+            }
+        }
+        for (id, p) in pending.iter().enumerate() {
+            if *p > 0 {
+                wave[id] = None;
+            }
+        }
+        wave
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::graph::Graph;
+    use crate::graph::tests::ks;
+    use crate::object::{FluxKind, ObjectKey};
+
+    fn build(edges: &[(&str, &[&str])]) -> Graph {
+        let mut g = Graph::new(FluxKind::Kustomization);
+        for (name, deps) in edges {
+            g.upsert(ks("f", name, deps));
+        }
+        g
+    }
+
+    fn names(g: &Graph, ids: &[u32]) -> Vec<String> {
+        ids.iter().map(|&i| g.key(i).name.clone()).collect()
+    }
+
+    fn id(g: &Graph, name: &str) -> u32 {
+        g.id(&ObjectKey::new("f", name)).unwrap()
+    }
+
+    #[test]
+    fn cycle_via_returns_the_shortest_cycle_in_dependency_order() {
+        let g = build(&[("a", &["b"]), ("b", &["c", "a"]), ("c", &["a"])]);
+        let c = g.cycle_via(id(&g, "a"), id(&g, "b")).unwrap();
+        assert_eq!(names(&g, &c), ["a", "b", "a"]);
+        assert!(g.cycle_via(id(&g, "c"), id(&g, "a")).is_some());
+    }
+
+    #[test]
+    fn scc_scan_finds_self_loops_and_larger_cycles() {
+        let g = build(&[
+            ("a", &["b"]),
+            ("b", &["a"]),
+            ("s", &["s"]),
+            ("x", &["a"]),
+            ("y", &[]),
+        ]);
+        let sccs = g.cycles();
+        assert_eq!(sccs.len(), 2);
+        assert_eq!(names(&g, &sccs[0].members), ["a", "b"]);
+        assert_eq!(names(&g, &sccs[0].cycle), ["a", "b", "a"]);
+        assert_eq!(names(&g, &sccs[1].cycle), ["s", "s"]);
+    }
+
+    #[test]
+    fn longest_chain_through_a_middle_node() {
+        let g = build(&[
+            ("app", &["infra"]),
+            ("infra", &["ops"]),
+            ("ops", &["crds"]),
+            ("web", &["infra"]),
+            ("crds", &[]),
+        ]);
+        let chain = g.longest_chain_through(id(&g, "infra"));
+        assert_eq!(names(&g, &chain.0), ["app", "infra", "ops", "crds"]);
+    }
+
+    #[test]
+    fn waves_group_what_can_reconcile_in_parallel() {
+        let g = build(&[
+            ("crds", &[]),
+            ("monitoring", &["crds"]),
+            ("logging", &["crds"]),
+            ("app-a", &["monitoring", "logging"]),
+            ("app-b", &["monitoring", "logging", "missing"]),
+            ("loop1", &["loop2"]),
+            ("loop2", &["loop1"]),
+        ]);
+        let waves = g.waves();
+        let w = |n: &str| waves[id(&g, n) as usize];
+        assert_eq!(
+            (w("crds"), w("monitoring"), w("logging")),
+            (Some(0), Some(1), Some(1))
+        );
+        assert_eq!((w("app-a"), w("app-b")), (Some(2), Some(2)));
+        assert_eq!((w("loop1"), w("loop2")), (None, None));
+    }
+}

@@ -1,0 +1,19 @@
+//! fluxgate guards the `dependsOn` graphs of Flux CD Kustomizations and HelmReleases.
+//!
+//! The crate is laid out by responsibility:
+//! - [`object`]: what a Flux object is to fluxgate (the fields the rules need);
+//! - [`graph`]: the per-kind dependency graph, cycle search, chains and waves;
+//! - [`rules`]: the rules and their findings, for one request or a whole graph;
+//! - [`policy`]: the policy file;
+//! - [`admission`]: AdmissionReview in, response out (validation and mutation);
+//! - [`cache`]: the objects the webhook knows, with read-your-writes;
+//! - [`manifests`]: Flux objects read from YAML files and folders;
+//! - [`server`]: the HTTPS webhook and the admin port;
+//! - [`cli`]: the command line.
+
+pub mod admission;
+pub mod cache;
+pub mod graph;
+pub mod object;
+pub mod policy;
+pub mod rules;

@@ -1,0 +1,349 @@
+//! The Flux objects fluxgate reasons about, reduced to the fields the rules need.
+//!
+//! Everything else of a Kustomization or HelmRelease (status, managedFields, the source, the
+//! values) is dropped when an object is read, which keeps the cache small on large clusters.
+
+use std::fmt;
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// Label Flux sets on every object a Kustomization applies: the parent's name.
+pub const OWNER_NAME_LABEL: &str = "kustomize.toolkit.fluxcd.io/name";
+/// Label Flux sets on every object a Kustomization applies: the parent's namespace.
+pub const OWNER_NAMESPACE_LABEL: &str = "kustomize.toolkit.fluxcd.io/namespace";
+
+const KUSTOMIZE_GROUP: &str = "kustomize.toolkit.fluxcd.io";
+const HELM_GROUP: &str = "helm.toolkit.fluxcd.io";
+
+/// The two kinds of Flux object whose `dependsOn` graphs fluxgate guards. The graphs are never
+/// mixed: a `dependsOn` entry always names an object of its own kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum FluxKind {
+    Kustomization,
+    HelmRelease,
+}
+
+impl FluxKind {
+    /// Both kinds, in a fixed order (used to index per-kind tables).
+    pub const ALL: [FluxKind; 2] = [FluxKind::Kustomization, FluxKind::HelmRelease];
+
+    /// The kind for an API group and kind name, if it is one fluxgate guards. Any version of the
+    /// group is accepted (`v1`, `v1beta2`; `v2`, `v2beta2`, `v2beta1`).
+    pub fn from_group_kind(group: &str, kind: &str) -> Option<FluxKind> {
+        match (group, kind) {
+            (KUSTOMIZE_GROUP, "Kustomization") => Some(FluxKind::Kustomization),
+            (HELM_GROUP, "HelmRelease") => Some(FluxKind::HelmRelease),
+            _ => None,
+        }
+    }
+
+    /// The kind for a manifest's `apiVersion` and `kind`. A kustomize `kustomization.yaml`
+    /// (`kustomize.config.k8s.io`) is not a Flux Kustomization and gives `None`.
+    pub fn from_api_version(api_version: &str, kind: &str) -> Option<FluxKind> {
+        let group = api_version.split_once('/').map_or("", |(g, _)| g);
+        FluxKind::from_group_kind(group, kind)
+    }
+
+    /// Position in [`FluxKind::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            FluxKind::Kustomization => 0,
+            FluxKind::HelmRelease => 1,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FluxKind::Kustomization => "Kustomization",
+            FluxKind::HelmRelease => "HelmRelease",
+        }
+    }
+
+    /// The API group of this kind.
+    pub fn group(self) -> &'static str {
+        match self {
+            FluxKind::Kustomization => KUSTOMIZE_GROUP,
+            FluxKind::HelmRelease => HELM_GROUP,
+        }
+    }
+}
+
+impl fmt::Display for FluxKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A node of a graph: `namespace/name`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ObjectKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl Serialize for ObjectKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// What fluxgate keeps of one Kustomization or HelmRelease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FluxObject {
+    pub kind: FluxKind,
+    pub key: ObjectKey,
+    /// `spec.dependsOn` in the order written, each namespace resolved (an empty namespace means
+    /// the object's own). Duplicates are kept so that the duplicate rule can see them.
+    pub depends_on: Vec<ObjectKey>,
+    /// `spec.wait` (Kustomizations only).
+    pub wait: bool,
+    /// `spec.healthChecks` entries that name a Kustomization: the object waits for each of them.
+    pub health_check_kustomizations: Vec<ObjectKey>,
+    /// The parent Kustomization named by Flux's owner labels, if both are present.
+    pub owner: Option<ObjectKey>,
+}
+
+/// Why an object could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ObjectError {
+    #[error("metadata.name is missing or empty")]
+    MissingName,
+    #[error("{field} must be {expected}")]
+    BadField {
+        field: String,
+        expected: &'static str,
+    },
+}
+
+fn bad(field: impl Into<String>, expected: &'static str) -> ObjectError {
+    ObjectError::BadField {
+        field: field.into(),
+        expected,
+    }
+}
+
+impl FluxObject {
+    /// Reads an object of `kind` from its JSON form (an admission request's `object`, a watch
+    /// event, a parsed manifest). `namespace` is where the object lives: the caller decides it
+    /// (the admission request's namespace, the watch object's, the one resolved from kustomize).
+    /// `name` falls back to `metadata.name` when empty.
+    pub fn from_value(
+        kind: FluxKind,
+        value: &Value,
+        namespace: &str,
+        name: &str,
+    ) -> Result<FluxObject, ObjectError> {
+        let metadata = value.get("metadata");
+        let name = if name.is_empty() {
+            metadata
+                .and_then(|m| m.get("name"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        } else {
+            name
+        };
+        if name.is_empty() {
+            return Err(ObjectError::MissingName);
+        }
+        let key = ObjectKey::new(namespace, name);
+        let spec = match value.get("spec") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(spec)) => Some(spec),
+            Some(_) => return Err(bad("spec", "an object")),
+        };
+        let field = |name: &str| spec.and_then(|s| s.get(name)).filter(|v| !v.is_null());
+
+        let mut depends_on = Vec::new();
+        if let Some(list) = field("dependsOn") {
+            let list = list
+                .as_array()
+                .ok_or_else(|| bad("spec.dependsOn", "a list"))?;
+            for (i, entry) in list.iter().enumerate() {
+                let target = entry
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .filter(|n| !n.is_empty())
+                    .ok_or_else(|| {
+                        bad(format!("spec.dependsOn[{i}].name"), "a non-empty string")
+                    })?;
+                let target_ns = match entry.get("namespace") {
+                    None | Some(Value::Null) => namespace,
+                    Some(Value::String(ns)) if ns.is_empty() => namespace,
+                    Some(Value::String(ns)) => ns.as_str(),
+                    Some(_) => {
+                        return Err(bad(format!("spec.dependsOn[{i}].namespace"), "a string"));
+                    }
+                };
+                depends_on.push(ObjectKey::new(target_ns, target));
+            }
+        }
+
+        let mut wait = false;
+        let mut health_check_kustomizations = Vec::new();
+        if kind == FluxKind::Kustomization {
+            wait = match field("wait") {
+                None => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err(bad("spec.wait", "a boolean")),
+            };
+            if let Some(list) = field("healthChecks") {
+                let list = list
+                    .as_array()
+                    .ok_or_else(|| bad("spec.healthChecks", "a list"))?;
+                for entry in list {
+                    if let Some(target) = health_check_target(entry, namespace) {
+                        health_check_kustomizations.push(target);
+                    }
+                }
+            }
+        }
+
+        let owner = metadata.and_then(|m| m.get("labels")).and_then(|labels| {
+            let name = labels.get(OWNER_NAME_LABEL)?.as_str()?;
+            let ns = labels.get(OWNER_NAMESPACE_LABEL)?.as_str()?;
+            (!name.is_empty() && !ns.is_empty()).then(|| ObjectKey::new(ns, name))
+        });
+
+        Ok(FluxObject {
+            kind,
+            key,
+            depends_on,
+            wait,
+            health_check_kustomizations,
+            owner,
+        })
+    }
+
+    /// Whether Flux's owner labels mark this object as applied by a parent Kustomization.
+    pub fn has_owner_labels(&self) -> bool {
+        self.owner.is_some()
+    }
+}
+
+/// A `spec.healthChecks` entry that names a Flux Kustomization, resolved to its key. An entry
+/// without a namespace is read as the checking Kustomization's own namespace.
+fn health_check_target(entry: &Value, namespace: &str) -> Option<ObjectKey> {
+    let kind = entry.get("kind")?.as_str()?;
+    let group = entry
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .map(|v| v.split_once('/').map_or("", |(g, _)| g))
+        // Without an apiVersion the API server's preferred version of the kind is used, and the
+        // only kind named Kustomization served by a cluster is Flux's.
+        .unwrap_or(KUSTOMIZE_GROUP);
+    if FluxKind::from_group_kind(group, kind) != Some(FluxKind::Kustomization) {
+        return None;
+    }
+    let name = entry.get("name")?.as_str().filter(|n| !n.is_empty())?;
+    let ns = entry
+        .get("namespace")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .unwrap_or(namespace);
+    Some(ObjectKey::new(ns, name))
+}
+
+/// The API group, version and kind of a manifest or request object, from its `apiVersion` and
+/// `kind` fields.
+pub fn kind_of(value: &Value) -> Option<FluxKind> {
+    let api_version = value.get("apiVersion")?.as_str()?;
+    let kind = value.get("kind")?.as_str()?;
+    FluxKind::from_api_version(api_version, kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn depends_on_namespace_defaults_to_own_namespace() {
+        let v = json!({"metadata": {"name": "apps"}, "spec": {"dependsOn": [
+            {"name": "infra"}, {"name": "crds", "namespace": "flux-system"}, {"name": "x", "namespace": ""}
+        ]}});
+        let o = FluxObject::from_value(FluxKind::Kustomization, &v, "team", "").unwrap();
+        assert_eq!(o.key, ObjectKey::new("team", "apps"));
+        assert_eq!(
+            o.depends_on,
+            vec![
+                ObjectKey::new("team", "infra"),
+                ObjectKey::new("flux-system", "crds"),
+                ObjectKey::new("team", "x")
+            ]
+        );
+    }
+
+    #[test]
+    fn health_checks_keep_only_kustomizations() {
+        let v = json!({"metadata": {"name": "p"}, "spec": {"healthChecks": [
+            {"apiVersion": "apps/v1", "kind": "Deployment", "name": "d", "namespace": "x"},
+            {"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization", "name": "c"},
+            {"kind": "Kustomization", "name": "e", "namespace": "other"}
+        ]}});
+        let o = FluxObject::from_value(FluxKind::Kustomization, &v, "ns", "").unwrap();
+        assert_eq!(
+            o.health_check_kustomizations,
+            vec![ObjectKey::new("ns", "c"), ObjectKey::new("other", "e")]
+        );
+    }
+
+    #[test]
+    fn owner_needs_both_labels() {
+        let v = json!({"metadata": {"name": "c", "labels": {OWNER_NAME_LABEL: "p"}}});
+        let o = FluxObject::from_value(FluxKind::Kustomization, &v, "ns", "").unwrap();
+        assert_eq!(o.owner, None);
+        let v = json!({"metadata": {"name": "c", "labels": {OWNER_NAME_LABEL: "p", OWNER_NAMESPACE_LABEL: "flux-system"}}});
+        let o = FluxObject::from_value(FluxKind::Kustomization, &v, "ns", "").unwrap();
+        assert_eq!(o.owner, Some(ObjectKey::new("flux-system", "p")));
+    }
+
+    #[test]
+    fn malformed_fields_name_the_field() {
+        let v = json!({"metadata": {"name": "a"}, "spec": {"dependsOn": [{"namespace": "x"}]}});
+        let err = FluxObject::from_value(FluxKind::Kustomization, &v, "ns", "").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "spec.dependsOn[0].name must be a non-empty string"
+        );
+        let v = json!({"metadata": {"name": "a"}, "spec": {"wait": "yes"}});
+        let err = FluxObject::from_value(FluxKind::Kustomization, &v, "ns", "").unwrap_err();
+        assert_eq!(err.to_string(), "spec.wait must be a boolean");
+        let v = json!({"metadata": {}});
+        assert_eq!(
+            FluxObject::from_value(FluxKind::HelmRelease, &v, "ns", ""),
+            Err(ObjectError::MissingName)
+        );
+    }
+
+    #[test]
+    fn kinds_from_api_versions() {
+        assert_eq!(
+            FluxKind::from_api_version("kustomize.toolkit.fluxcd.io/v1beta2", "Kustomization"),
+            Some(FluxKind::Kustomization)
+        );
+        assert_eq!(
+            FluxKind::from_api_version("kustomize.config.k8s.io/v1beta1", "Kustomization"),
+            None
+        );
+        assert_eq!(
+            FluxKind::from_api_version("helm.toolkit.fluxcd.io/v2beta1", "HelmRelease"),
+            Some(FluxKind::HelmRelease)
+        );
+    }
+}

@@ -1,0 +1,147 @@
+//! Rules over a whole graph: what the periodic audit reports and what `fluxgate check` prints.
+//! Unlike admission, nothing here is "unchanged": every finding takes its rule's action.
+
+use std::collections::HashMap;
+
+use super::{Finding, cycle_message, dangling_message};
+use crate::graph::Graph;
+use crate::policy::{Action, Policy, Rule};
+
+/// Every finding in `graph`, sorted by object then rule.
+pub fn audit(graph: &Graph, policy: &Policy) -> Vec<Finding> {
+    let kind = graph.kind();
+    let mut findings = Vec::new();
+    let mut push =
+        |rule: Rule, object: &crate::object::ObjectKey, target, cycle, message: String| {
+            let action = policy.action(rule);
+            if action != Action::Off {
+                findings.push(Finding {
+                    rule,
+                    kind,
+                    object: object.clone(),
+                    target,
+                    cycle,
+                    action,
+                    message,
+                });
+            }
+        };
+
+    for scc in graph.cycles() {
+        let object = graph.key(scc.cycle[0]);
+        let keys = scc.cycle.iter().map(|&id| graph.key(id).clone()).collect();
+        let mut message = cycle_message(graph, &scc.cycle, "dependsOn cycle");
+        // `cycle` repeats its first node at the end.
+        let on_path = scc.cycle.len() - 1;
+        if scc.members.len() > on_path {
+            let others = scc.members.len() - on_path;
+            message.push_str(&format!(
+                " ({others} more objects are caught in the same knot)"
+            ));
+        }
+        push(Rule::Cycle, object, None, Some(keys), message);
+    }
+
+    for id in graph.present_ids() {
+        let object = graph.object(id).expect("present ids have objects");
+        let mut counts: HashMap<&crate::object::ObjectKey, usize> = HashMap::new();
+        for target in &object.depends_on {
+            *counts.entry(target).or_default() += 1;
+        }
+        for &dep in graph.deps(id) {
+            let target = graph.key(dep);
+            if counts[target] > 1 {
+                let msg = format!(
+                    "duplicate dependsOn: {} lists {target} {} times",
+                    object.key, counts[target]
+                );
+                push(
+                    Rule::DuplicateDependsOn,
+                    &object.key,
+                    Some(target.clone()),
+                    None,
+                    msg,
+                );
+            }
+            if !graph.is_present(dep) {
+                let msg = dangling_message(graph, &object.key, target);
+                push(
+                    Rule::DanglingDependsOn,
+                    &object.key,
+                    Some(target.clone()),
+                    None,
+                    msg,
+                );
+            }
+            if target.namespace != object.key.namespace {
+                let msg = format!(
+                    "cross-namespace dependsOn: {} (namespace {}) depends on {target}",
+                    object.key, object.key.namespace
+                );
+                push(
+                    Rule::CrossNamespaceDependsOn,
+                    &object.key,
+                    Some(target.clone()),
+                    None,
+                    msg,
+                );
+            }
+        }
+        // A chain is reported once, at its top: the object nothing depends on.
+        if policy.action(Rule::MaxDepth) != Action::Off && graph.dependents(id).is_empty() {
+            let chain = graph.longest_chain(id, false).0;
+            if chain.len() > policy.max_depth_limit {
+                let path: Vec<String> = chain.iter().map(|&n| graph.key(n).to_string()).collect();
+                let msg = format!(
+                    "dependsOn chain of {} objects exceeds the limit of {}: {}",
+                    chain.len(),
+                    policy.max_depth_limit,
+                    path.join(" -> ")
+                );
+                push(Rule::MaxDepth, &object.key, None, None, msg);
+            }
+        }
+    }
+    findings.sort_by(|a, b| (&a.object, a.rule, &a.target).cmp(&(&b.object, b.rule, &b.target)));
+    findings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::tests::ks;
+    use crate::object::FluxKind;
+
+    #[test]
+    fn audit_reports_cycles_dangling_duplicates_and_depth() {
+        let mut g = Graph::new(FluxKind::Kustomization);
+        g.upsert(ks("f", "a", &["b"]));
+        g.upsert(ks("f", "b", &["a"]));
+        g.upsert(ks("f", "c", &["missing", "d", "d"]));
+        g.upsert(ks("f", "d", &["e"]));
+        g.upsert(ks("f", "e", &[]));
+        let mut policy = Policy::default();
+        policy.set_action(Rule::MaxDepth, Action::Warn);
+        policy.max_depth_limit = 2;
+        let findings = audit(&g, &policy);
+        let rules: Vec<(String, Rule)> = findings
+            .iter()
+            .map(|f| (f.object.name.clone(), f.rule))
+            .collect();
+        assert_eq!(
+            rules,
+            vec![
+                ("a".into(), Rule::Cycle),
+                ("c".into(), Rule::DanglingDependsOn),
+                ("c".into(), Rule::MaxDepth),
+                ("c".into(), Rule::DuplicateDependsOn),
+            ]
+        );
+        assert_eq!(findings[0].message, "dependsOn cycle: f/a -> f/b -> f/a");
+        assert!(findings[0].is_deny());
+        assert_eq!(
+            findings[2].message,
+            "dependsOn chain of 3 objects exceeds the limit of 2: f/c -> f/d -> f/e"
+        );
+    }
+}

@@ -1,0 +1,166 @@
+//! The rules and their findings. The same rules serve three callers: the admission webhook
+//! (incremental, from the object under review: [`evaluate_upsert`], [`evaluate_delete`]), the
+//! periodic audit and the offline `check` (whole graph: [`audit`]).
+
+mod admission;
+mod audit;
+
+pub use admission::{evaluate_delete, evaluate_upsert};
+pub use audit::audit;
+
+use serde::Serialize;
+
+use crate::graph::{EdgeKind, Graph, NodeId};
+use crate::object::{FluxKind, ObjectKey};
+use crate::policy::{Action, Rule};
+
+/// One problem found in a graph. `action` is `Deny` or `Warn`, never `Off`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub rule: Rule,
+    pub kind: FluxKind,
+    pub object: ObjectKey,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<ObjectKey>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cycle: Option<Vec<ObjectKey>>,
+    pub action: Action,
+    pub message: String,
+}
+
+impl Finding {
+    pub fn is_deny(&self) -> bool {
+        self.action == Action::Deny
+    }
+}
+
+/// `dependsOn cycle: a -> b -> a`, followed by an explanation of every wait edge in it.
+pub(crate) fn cycle_message(graph: &Graph, cycle: &[NodeId], prefix: &str) -> String {
+    let path: Vec<String> = cycle.iter().map(|&id| graph.key(id).to_string()).collect();
+    let mut msg = format!("{prefix}: {}", path.join(" -> "));
+    let waits: Vec<String> = cycle
+        .windows(2)
+        .filter(|w| graph.edge_kind(w[0], w[1]) == Some(EdgeKind::Wait))
+        .map(|w| {
+            let (p, c) = (graph.key(w[0]), graph.key(w[1]));
+            let why = match graph.object(w[0]) {
+                Some(o) if o.wait => "has spec.wait: true and applies it",
+                _ => "names it in spec.healthChecks",
+            };
+            format!("{p} -> {c} is a wait: {p} {why}")
+        })
+        .collect();
+    if !waits.is_empty() {
+        msg.push_str(&format!(" ({})", waits.join("; ")));
+    }
+    msg
+}
+
+/// The message of a dangling `dependsOn`, with a hint when a likely intended target exists.
+pub(crate) fn dangling_message(graph: &Graph, object: &ObjectKey, target: &ObjectKey) -> String {
+    let kind = graph.kind();
+    let mut msg =
+        format!("dangling dependsOn: {object} depends on {kind} {target}, which does not exist");
+    if let Some(hint) = hint(graph, target) {
+        msg.push_str("; ");
+        msg.push_str(&hint);
+    }
+    msg
+}
+
+/// Where the author probably meant to point: the same name in another namespace first (a wrong
+/// or missing `namespace:` is the common mistake), else a near name in the same namespace.
+pub(crate) fn hint(graph: &Graph, target: &ObjectKey) -> Option<String> {
+    let kind = graph.kind();
+    let mut elsewhere: Vec<&str> = graph
+        .named(&target.name)
+        .map(|id| graph.key(id).namespace.as_str())
+        .filter(|ns| *ns != target.namespace)
+        .collect();
+    if !elsewhere.is_empty() {
+        elsewhere.sort_unstable();
+        let shown: Vec<&str> = elsewhere.iter().take(3).copied().collect();
+        let more = if elsewhere.len() > 3 {
+            format!(" and {} more", elsewhere.len() - 3)
+        } else {
+            String::new()
+        };
+        let noun = if elsewhere.len() == 1 {
+            "namespace"
+        } else {
+            "namespaces"
+        };
+        return Some(format!(
+            "a {kind} named {} exists in {noun} {}{more}",
+            target.name,
+            shown.join(", ")
+        ));
+    }
+    let mut best: Option<(usize, &str)> = None;
+    for id in graph.in_namespace(&target.namespace) {
+        let name = graph.key(id).name.as_str();
+        if let Some(score) = nearness(&target.name, name)
+            && best.is_none_or(|(s, n)| (score, name) < (s, n))
+        {
+            best = Some((score, name));
+        }
+    }
+    best.map(|(_, name)| format!("did you mean {}/{name}?", target.namespace))
+}
+
+/// A distance for names that look like a typo or an abbreviation of each other; `None` when
+/// they are not close. Lower is closer.
+fn nearness(wanted: &str, candidate: &str) -> Option<usize> {
+    if wanted == candidate {
+        return None;
+    }
+    let distance = strsim::levenshtein(wanted, candidate);
+    let shorter = wanted.chars().count().min(candidate.chars().count());
+    if distance <= (shorter / 3).max(1) {
+        return Some(distance);
+    }
+    let (short, long) = if wanted.len() <= candidate.len() {
+        (wanted, candidate)
+    } else {
+        (candidate, wanted)
+    };
+    if short.len() >= 4 && long.starts_with(short) {
+        return Some(distance);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::tests::ks;
+
+    #[test]
+    fn hints_prefer_the_same_name_elsewhere_then_near_names() {
+        let mut g = Graph::new(FluxKind::Kustomization);
+        g.upsert(ks("infra-system", "infra", &[]));
+        g.upsert(ks("flux-system", "infrastructure", &[]));
+        g.upsert(ks("flux-system", "cert-manager", &[]));
+        assert_eq!(
+            hint(&g, &ObjectKey::new("flux-system", "infra")).unwrap(),
+            "a Kustomization named infra exists in namespace infra-system"
+        );
+        assert_eq!(
+            hint(&g, &ObjectKey::new("flux-system", "infrastucture")).unwrap(),
+            "did you mean flux-system/infrastructure?"
+        );
+        assert_eq!(
+            hint(&g, &ObjectKey::new("flux-system", "certmanager")).unwrap(),
+            "did you mean flux-system/cert-manager?"
+        );
+        assert_eq!(hint(&g, &ObjectKey::new("flux-system", "apps")), None);
+    }
+
+    #[test]
+    fn nearness_rejects_unrelated_short_names() {
+        assert_eq!(nearness("db", "ui"), None);
+        assert_eq!(nearness("apps", "apis"), Some(1));
+        assert_eq!(nearness("infra", "infrastructure"), Some(9));
+        assert_eq!(nearness("web", "web"), None);
+    }
+}
