@@ -9,11 +9,18 @@
 //! - [`cache`]: the objects the webhook knows, with read-your-writes;
 //! - [`manifests`]: Flux objects read from YAML files and folders;
 //! - [`server`]: the HTTPS webhook and the admin port;
+//! - [`audit`]: the periodic whole-graph scan behind `/report`;
+//! - [`certs`]: CA and serving certificates;
 //! - [`cli`]: the command line.
 
 pub mod admission;
+pub mod audit;
 pub mod cache;
+pub mod certs;
+pub mod cli;
 pub mod graph;
+pub mod manifests;
 pub mod object;
 pub mod policy;
 pub mod rules;
+pub mod server;

@@ -1,0 +1,93 @@
+//! The periodic audit: scans both graphs whole, keeps the findings for `/report` and the
+//! violation gauges, and logs each finding once when it first appears.
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::cache::Cache;
+use crate::object::FluxKind;
+use crate::policy::{Policy, Rule};
+use crate::rules::{self, Finding};
+
+/// The last audit's result, as `/report` serves it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// Seconds since the Unix epoch when the scan ran; 0 before the first one.
+    #[serde(rename = "generatedAt")]
+    pub generated_at: u64,
+    pub objects: Objects,
+    pub findings: Vec<Finding>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Objects {
+    #[serde(rename = "Kustomization")]
+    pub kustomizations: usize,
+    #[serde(rename = "HelmRelease")]
+    pub helm_releases: usize,
+}
+
+/// Scans the cache now.
+pub fn scan(cache: &Cache, policy: &Policy) -> Report {
+    let state = cache.lock();
+    let mut findings = Vec::new();
+    for graph in state.graphs().iter() {
+        findings.extend(rules::audit(graph, policy));
+    }
+    let objects = Objects {
+        kustomizations: state.graphs().get(FluxKind::Kustomization).len(),
+        helm_releases: state.graphs().get(FluxKind::HelmRelease).len(),
+    };
+    drop(state);
+    let generated_at = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    Report { generated_at, objects, findings }
+}
+
+/// Counts of findings by kind and rule.
+pub fn counts(report: &Report) -> Vec<(FluxKind, Rule, usize)> {
+    let mut out = Vec::new();
+    for kind in FluxKind::ALL {
+        for rule in Rule::ALL {
+            let n = report.findings.iter().filter(|f| f.kind == kind && f.rule == rule).count();
+            out.push((kind, rule, n));
+        }
+    }
+    out
+}
+
+type FindingId = (Rule, FluxKind, String, String);
+
+fn id(f: &Finding) -> FindingId {
+    (f.rule, f.kind, f.object.to_string(), f.message.clone())
+}
+
+/// Runs the audit every `every`, publishing into `report` and calling `publish` with each new
+/// report (for metrics). Logs a line per finding not seen in the previous scan.
+pub async fn run(
+    cache: Arc<Cache>,
+    policy: Arc<Policy>,
+    report: Arc<RwLock<Report>>,
+    every: Duration,
+    publish: impl Fn(&Report) + Send + 'static,
+) {
+    let mut known: HashSet<FindingId> = HashSet::new();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !cache.is_ready() {
+            continue;
+        }
+        let next = scan(&cache, &policy);
+        let ids: HashSet<FindingId> = next.findings.iter().map(id).collect();
+        for f in next.findings.iter().filter(|f| !known.contains(&id(f))) {
+            tracing::warn!(rule = %f.rule, kind = %f.kind, object = %f.object, action = f.action.as_str(), "audit finding: {}", f.message);
+        }
+        known = ids;
+        publish(&next);
+        *report.write().unwrap_or_else(|p| p.into_inner()) = next;
+    }
+}

@@ -1,0 +1,120 @@
+//! `fluxgate check`: the audit rules over the Flux objects of a checkout.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::{CheckArgs, CheckFormat};
+use crate::cache::Graphs;
+use crate::manifests::{self, LoadError, Manifests};
+use crate::object::{FluxKind, ObjectKey};
+use crate::policy::Policy;
+use crate::rules::{self, Finding};
+
+/// A finding with the place its object is written.
+#[derive(Debug, Clone, Serialize)]
+pub struct Located {
+    #[serde(flatten)]
+    pub finding: Finding,
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+/// What `check --format json` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckOutput {
+    pub objects: usize,
+    pub findings: Vec<Located>,
+    pub errors: Vec<LoadError>,
+}
+
+impl CheckOutput {
+    /// 0: clean or warnings only; 1: a deny-level finding; 2: input that could not be read
+    /// (the result is incomplete, which outranks what was found in the rest).
+    pub fn exit_code(&self) -> u8 {
+        if !self.errors.is_empty() {
+            2
+        } else if self.findings.iter().any(|f| f.finding.is_deny()) {
+            1
+        } else {
+            0
+        }
+    }
+}
+
+/// Builds both graphs from loaded manifests; returns them with where each object is written.
+pub fn build_graphs(loaded: &Manifests) -> (Graphs, HashMap<(FluxKind, ObjectKey), (PathBuf, usize)>) {
+    let mut graphs = Graphs::default();
+    let mut places = HashMap::new();
+    for l in &loaded.objects {
+        graphs.get_mut(l.object.kind).upsert(Arc::new(l.object.clone()));
+        places.insert((l.object.kind, l.object.key.clone()), (l.file.clone(), l.line));
+    }
+    (graphs, places)
+}
+
+/// Loads `paths` and runs the audit rules.
+pub fn check_paths(paths: &[PathBuf], policy: &Policy) -> CheckOutput {
+    let loaded = manifests::load(paths);
+    let (graphs, places) = build_graphs(&loaded);
+    let mut findings = Vec::new();
+    for graph in graphs.iter() {
+        for finding in rules::audit(graph, policy) {
+            let (file, line) = places.get(&(finding.kind, finding.object.clone())).cloned().unwrap_or_default();
+            findings.push(Located { finding, file, line });
+        }
+    }
+    CheckOutput { objects: loaded.objects.len(), findings, errors: loaded.errors }
+}
+
+pub fn run(args: CheckArgs) -> ExitCode {
+    let policy = match &args.policy {
+        Some(path) => match Policy::load(path) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("fluxgate check: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Policy::default(),
+    };
+    let out = check_paths(&args.paths, &policy);
+    match args.format {
+        CheckFormat::Json => println!("{}", serde_json::to_string_pretty(&out).expect("output serialises")),
+        CheckFormat::Text => print!("{}", text(&out)),
+    }
+    ExitCode::from(out.exit_code())
+}
+
+/// The terminal report: findings grouped by object, then read errors, then a summary line.
+pub fn text(out: &CheckOutput) -> String {
+    let mut s = String::new();
+    let mut current: Option<(FluxKind, &ObjectKey)> = None;
+    for f in &out.findings {
+        let this = (f.finding.kind, &f.finding.object);
+        if current != Some(this) {
+            s.push_str(&format!("{} {} ({}:{})\n", f.finding.kind, f.finding.object, f.file.display(), f.line));
+            current = Some(this);
+        }
+        s.push_str(&format!("  {:<4} {}: {}\n", f.finding.action.as_str(), f.finding.rule, f.finding.message));
+    }
+    if !out.errors.is_empty() {
+        s.push_str("could not read:\n");
+        for e in &out.errors {
+            s.push_str(&format!("  {e}\n"));
+        }
+    }
+    let denies = out.findings.iter().filter(|f| f.finding.is_deny()).count();
+    s.push_str(&format!(
+        "{} objects checked: {} findings ({} deny, {} warn), {} read errors\n",
+        out.objects,
+        out.findings.len(),
+        denies,
+        out.findings.len() - denies,
+        out.errors.len()
+    ));
+    s
+}

@@ -1,0 +1,223 @@
+//! `fluxgate graph`: the dependsOn graph with its waves (what can reconcile in parallel), the
+//! critical path (the longest chain, which bounds a full rollout) and cycles marked.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use clap::ValueEnum;
+use serde::Serialize;
+
+use super::{GraphArgs, KindArg};
+use crate::graph::{EdgeKind, Graph, NodeId};
+use crate::manifests;
+use crate::object::FluxKind;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GraphFormat {
+    Dot,
+    Mermaid,
+    Json,
+}
+
+/// The graph as `fluxgate graph --format json` prints it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct GraphView {
+    pub kind: FluxKind,
+    pub nodes: Vec<NodeView>,
+    pub edges: Vec<EdgeView>,
+    /// Wave k holds the objects that can reconcile once waves 0..k are ready.
+    pub waves: Vec<Vec<String>>,
+    /// The longest chain, dependencies first: its length is the number of sequential steps.
+    #[serde(rename = "criticalPath")]
+    pub critical_path: Vec<String>,
+    pub cycles: Vec<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct NodeView {
+    pub id: String,
+    /// `None` for members of a cycle and what depends on them, and for dangling targets.
+    pub wave: Option<u32>,
+    pub missing: bool,
+    #[serde(rename = "inCycle")]
+    pub in_cycle: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EdgeView {
+    pub from: String,
+    pub to: String,
+    /// `dependsOn` or `wait`.
+    pub kind: &'static str,
+    #[serde(rename = "inCycle")]
+    pub in_cycle: bool,
+}
+
+/// Computes the view of one graph.
+pub fn view(graph: &Graph) -> GraphView {
+    let waves = graph.waves();
+    let sccs = graph.cycles();
+    let in_cycle: HashSet<NodeId> = sccs.iter().flat_map(|s| s.members.iter().copied()).collect();
+    let mut ids: Vec<NodeId> = (0..graph.node_count() as NodeId)
+        .filter(|&id| graph.is_present(id) || !graph.dependents(id).is_empty())
+        .collect();
+    ids.sort_by(|a, b| graph.key(*a).cmp(graph.key(*b)));
+    let name = |id: NodeId| graph.key(id).to_string();
+    let nodes = ids
+        .iter()
+        .map(|&id| NodeView {
+            id: name(id),
+            wave: if graph.is_present(id) { waves[id as usize] } else { None },
+            missing: !graph.is_present(id),
+            in_cycle: in_cycle.contains(&id),
+        })
+        .collect();
+    let mut edges = Vec::new();
+    for &id in &ids {
+        for (to, kind) in graph.out_edges(id) {
+            edges.push(EdgeView {
+                from: name(id),
+                to: name(to),
+                kind: match kind {
+                    EdgeKind::DependsOn => "dependsOn",
+                    EdgeKind::Wait => "wait",
+                },
+                in_cycle: in_cycle.contains(&id) && in_cycle.contains(&to),
+            });
+        }
+    }
+    let depth = waves.iter().flatten().max().map_or(0, |m| m + 1);
+    let mut wave_lists = vec![Vec::new(); depth as usize];
+    for &id in &ids {
+        if let Some(w) = waves[id as usize].filter(|_| graph.is_present(id)) {
+            wave_lists[w as usize].push(name(id));
+        }
+    }
+    GraphView {
+        kind: graph.kind(),
+        nodes,
+        edges,
+        waves: wave_lists,
+        critical_path: critical_path(graph, &waves).into_iter().map(name).collect(),
+        cycles: sccs.iter().map(|s| s.cycle.iter().map(|&id| name(id)).collect()).collect(),
+    }
+}
+
+/// The longest chain, dependencies first, found by walking down from the deepest wave.
+fn critical_path(graph: &Graph, waves: &[Option<u32>]) -> Vec<NodeId> {
+    let Some(mut cur) = graph
+        .present_ids()
+        .filter(|&id| waves[id as usize].is_some())
+        .max_by(|a, b| waves[*a as usize].cmp(&waves[*b as usize]).then_with(|| graph.key(*b).cmp(graph.key(*a))))
+    else {
+        return Vec::new();
+    };
+    let mut path = vec![cur];
+    while let Some(w) = waves[cur as usize].filter(|w| *w > 0) {
+        let next = graph
+            .deps(cur)
+            .iter()
+            .copied()
+            .filter(|&d| graph.is_present(d) && waves[d as usize] == Some(w - 1))
+            .min_by(|a, b| graph.key(*a).cmp(graph.key(*b)));
+        match next {
+            Some(n) => {
+                path.push(n);
+                cur = n;
+            }
+            None => break,
+        }
+    }
+    path.reverse();
+    path
+}
+
+fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// Renders a view in `format`.
+pub fn render_graph(view: &GraphView, format: GraphFormat) -> String {
+    match format {
+        GraphFormat::Json => serde_json::to_string_pretty(view).expect("view serialises") + "\n",
+        GraphFormat::Dot => dot(view),
+        GraphFormat::Mermaid => mermaid(view),
+    }
+}
+
+fn dot(view: &GraphView) -> String {
+    let critical: HashSet<(&str, &str)> =
+        view.critical_path.windows(2).map(|w| (w[1].as_str(), w[0].as_str())).collect();
+    let mut s = String::new();
+    writeln!(s, "digraph fluxgate {{").unwrap();
+    writeln!(s, "  label={};", quote(&format!(
+        "{} dependsOn graph: {} waves, critical path {} objects, {} cycles",
+        view.kind, view.waves.len(), view.critical_path.len(), view.cycles.len()
+    )))
+    .unwrap();
+    writeln!(s, "  rankdir=BT;\n  node [shape=box, style=rounded];").unwrap();
+    for (i, wave) in view.waves.iter().enumerate() {
+        writeln!(s, "  subgraph {} {{\n    rank=same;", quote(&format!("wave {i}"))).unwrap();
+        for n in wave {
+            writeln!(s, "    {} [label={}];", quote(n), quote(&format!("{n}\\nwave {i}"))).unwrap();
+        }
+        writeln!(s, "  }}").unwrap();
+    }
+    for n in view.nodes.iter().filter(|n| n.wave.is_none()) {
+        let style = if n.missing { "style=dashed, color=gray, label=" } else { "color=red, label=" };
+        let label = if n.missing { format!("{}\\n(missing)", n.id) } else { format!("{}\\n(cycle)", n.id) };
+        writeln!(s, "  {} [{style}{}];", quote(&n.id), quote(&label)).unwrap();
+    }
+    for e in &view.edges {
+        let mut attrs = Vec::new();
+        if e.kind == "wait" {
+            attrs.push("style=dashed, label=\"wait\"".to_string());
+        }
+        if e.in_cycle {
+            attrs.push("color=red, penwidth=2".to_string());
+        } else if critical.contains(&(e.from.as_str(), e.to.as_str())) {
+            attrs.push("color=blue, penwidth=2".to_string());
+        }
+        writeln!(s, "  {} -> {} [{}];", quote(&e.from), quote(&e.to), attrs.join(", ")).unwrap();
+    }
+    writeln!(s, "}}").unwrap();
+    s
+}
+
+fn mermaid(view: &GraphView) -> String {
+    let ids: std::collections::HashMap<&str, String> =
+        view.nodes.iter().enumerate().map(|(i, n)| (n.id.as_str(), format!("n{i}"))).collect();
+    let mut s = String::from("flowchart BT\n");
+    for (i, wave) in view.waves.iter().enumerate() {
+        writeln!(s, "  subgraph wave{i} [\"wave {i}\"]").unwrap();
+        for n in wave {
+            writeln!(s, "    {}[\"{}\"]", ids[n.as_str()], n).unwrap();
+        }
+        writeln!(s, "  end").unwrap();
+    }
+    for n in view.nodes.iter().filter(|n| n.wave.is_none()) {
+        let note = if n.missing { "missing" } else { "cycle" };
+        writeln!(s, "  {}[\"{} ({note})\"]:::{note}", ids[n.id.as_str()], n.id).unwrap();
+    }
+    for e in &view.edges {
+        let arrow = if e.kind == "wait" { "-. wait .->" } else { "-->" };
+        writeln!(s, "  {} {arrow} {}", ids[e.from.as_str()], ids[e.to.as_str()]).unwrap();
+    }
+    s.push_str("  classDef cycle stroke:#d00,stroke-width:2px\n  classDef missing stroke-dasharray: 4 4\n");
+    s
+}
+
+pub fn run(args: GraphArgs) -> ExitCode {
+    let loaded = manifests::load(&args.paths);
+    for e in &loaded.errors {
+        eprintln!("fluxgate graph: {e}");
+    }
+    let (graphs, _) = super::check::build_graphs(&loaded);
+    let kind = match args.kind {
+        KindArg::Kustomization => FluxKind::Kustomization,
+        KindArg::HelmRelease => FluxKind::HelmRelease,
+    };
+    print!("{}", render_graph(&view(graphs.get(kind)), args.format));
+    if loaded.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) }
+}

@@ -1,0 +1,162 @@
+//! The command line: `serve`, `check`, `graph`, `certs`.
+
+mod check;
+mod graph;
+mod serve;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub use check::{CheckOutput, check_paths};
+pub use graph::{GraphFormat, render_graph};
+
+/// Guards the dependsOn graphs of Flux Kustomizations and HelmReleases.
+#[derive(Debug, Parser)]
+#[command(name = "fluxgate", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the admission webhook (HTTPS) and its admin port (HTTP).
+    Serve(ServeArgs),
+    /// Check the Flux objects of a Git checkout: exit 0 clean or warnings only, 1 on a
+    /// deny-level finding, 2 on a usage or input error.
+    Check(CheckArgs),
+    /// Print the dependsOn graph with its waves, critical path and cycles.
+    Graph(GraphArgs),
+    /// Write a CA and a serving certificate and key; print the caBundle.
+    Certs(CertsArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Policy file (YAML). Without it the built-in defaults apply.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Address of the HTTPS webhook.
+    #[arg(long, default_value = "0.0.0.0:8443", value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Address of the plain-HTTP admin port (/healthz, /readyz, /metrics, /report).
+    #[arg(long, default_value = "0.0.0.0:8080", value_name = "ADDR")]
+    pub admin_listen: SocketAddr,
+    /// Serving certificate (PEM); re-read when it changes.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Serving key (PEM); re-read when it changes.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Load Flux objects from these YAML files or folders instead of watching a cluster.
+    #[arg(long, value_name = "PATH")]
+    pub manifests: Vec<PathBuf>,
+    /// How often the whole graph is audited (e.g. 60s, 5m).
+    #[arg(long, default_value = "60s", value_name = "DUR", value_parser = parse_duration_arg)]
+    pub audit_interval: std::time::Duration,
+    /// Log line format.
+    #[arg(long, value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+    /// Folder for the development certificates made when --tls-cert/--tls-key are not given.
+    #[arg(long, default_value = "certs/dev", value_name = "DIR")]
+    pub dev_certs_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CheckFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// YAML files or folders (read recursively).
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Policy file (YAML) setting rule actions.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: CheckFormat,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GraphArgs {
+    /// YAML files or folders (read recursively).
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "dot")]
+    pub format: GraphFormat,
+    /// Which graph to print.
+    #[arg(long, value_enum, default_value = "kustomization")]
+    pub kind: KindArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KindArg {
+    Kustomization,
+    HelmRelease,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CertsArgs {
+    /// Folder to write ca.crt, tls.crt and tls.key into.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// DNS name for the serving certificate (repeatable), e.g. fluxgate.fluxgate-system.svc.
+    #[arg(long, value_name = "NAME")]
+    pub dns: Vec<String>,
+    /// IP address for the serving certificate (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    pub ip: Vec<IpAddr>,
+}
+
+fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    crate::policy::parse_duration(s)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{s:?} is not a duration such as 30s, 5m or 1h"))
+}
+
+/// Runs the parsed command line; the exit code is part of the interface.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Check(args) => check::run(args),
+        Command::Graph(args) => graph::run(args),
+        Command::Certs(args) => certs(args),
+    }
+}
+
+fn certs(args: CertsArgs) -> ExitCode {
+    if args.dns.is_empty() && args.ip.is_empty() {
+        eprintln!("fluxgate certs: give at least one --dns NAME or --ip ADDR");
+        return ExitCode::from(2);
+    }
+    let written = crate::certs::generate(&args.dns, &args.ip).and_then(|b| {
+        let w = crate::certs::write(&b, &args.out)?;
+        Ok((b, w))
+    });
+    match written {
+        Ok((bundle, w)) => {
+            eprintln!("wrote {} (CA), {} and {}", w.ca_cert.display(), w.cert.display(), w.key.display());
+            eprintln!("caBundle for the webhook configurations:");
+            println!("{}", bundle.ca_bundle());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fluxgate certs: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! `fluxgate serve`: wires the cache, the policy, the webhook and admin servers, the audit and
+//! the certificate reloader together, and drains on SIGTERM.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::{LogFormat, ServeArgs};
+use crate::admission::Webhook;
+use crate::cache::Cache;
+use crate::manifests;
+use crate::object::FluxKind;
+use crate::policy::Policy;
+use crate::server::{self, App, tls::ReloadingCert};
+
+/// How often the serving certificate files are re-read.
+const CERT_POLL: Duration = Duration::from_secs(2);
+
+pub fn run(args: ServeArgs) -> ExitCode {
+    init_logging(args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let policy = match &args.policy {
+        Some(path) => Policy::load(path).map_err(|e| e.to_string())?,
+        None => Policy::default(),
+    };
+    let cache = Arc::new(Cache::new());
+    if args.manifests.is_empty() {
+        return Err("cluster mode is not available in this build: pass --manifests PATH to serve Flux objects from files".into());
+    }
+    load_manifests(&cache, &args.manifests);
+
+    let (cert_path, key_path) = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => dev_certificates(&args.dev_certs_dir)?,
+    };
+    let cert = ReloadingCert::load(&cert_path, &key_path).map_err(|e| format!("serving certificate: {e}"))?;
+    cert.spawn_watch(CERT_POLL);
+    let tls_config = Arc::new(cert.server_config());
+
+    let app = App::new(Webhook::new(cache.clone(), Arc::new(policy)));
+    let webhook_listener = server::bind(args.listen).await.map_err(|e| e.to_string())?;
+    let admin_listener = server::bind(args.admin_listen).await.map_err(|e| e.to_string())?;
+    tracing::info!(
+        webhook = %webhook_listener.local_addr().map_err(|e| e.to_string())?,
+        admin = %admin_listener.local_addr().map_err(|e| e.to_string())?,
+        "fluxgate serving"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let audit_app = app.clone();
+    let audit = tokio::spawn(crate::audit::run(
+        cache.clone(),
+        app.webhook.policy.clone(),
+        app.report.clone(),
+        args.audit_interval,
+        move |report| server::publish_report(&audit_app, report),
+    ));
+    let webhook = tokio::spawn(server::serve_tls(
+        webhook_listener,
+        tls_config,
+        server::webhook_router(app.clone()),
+        stop_rx.clone(),
+    ));
+    let admin = tokio::spawn(server::serve_admin(admin_listener, server::admin_router(app.clone()), stop_rx));
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    let _ = stop_tx.send(true);
+    let _ = webhook.await;
+    let _ = admin.await;
+    audit.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler can be installed");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler can be installed");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn load_manifests(cache: &Cache, paths: &[std::path::PathBuf]) {
+    let loaded = manifests::load(paths);
+    for e in &loaded.errors {
+        tracing::warn!(file = %e.file.display(), line = e.line, "skipped: {}", e.message);
+    }
+    let mut state = cache.lock();
+    for kind in FluxKind::ALL {
+        let objects = loaded
+            .objects
+            .iter()
+            .filter(|o| o.object.kind == kind)
+            .map(|o| (Arc::new(o.object.clone()), None))
+            .collect();
+        state.replace_all(kind, objects);
+    }
+    tracing::info!(
+        files = loaded.files,
+        kustomizations = loaded.count(FluxKind::Kustomization),
+        helm_releases = loaded.count(FluxKind::HelmRelease),
+        errors = loaded.errors.len(),
+        "manifests loaded"
+    );
+}
+
+/// Makes (or reuses) a development CA and serving certificate for localhost.
+fn dev_certificates(dir: &std::path::Path) -> Result<(std::path::PathBuf, std::path::PathBuf), String> {
+    let cert = dir.join("tls.crt");
+    let key = dir.join("tls.key");
+    let ca = dir.join("ca.crt");
+    if !(cert.exists() && key.exists() && ca.exists()) {
+        let bundle = crate::certs::generate(
+            &["localhost".to_string()],
+            &["127.0.0.1".parse().expect("literal address"), "::1".parse().expect("literal address")],
+        )
+        .map_err(|e| e.to_string())?;
+        crate::certs::write(&bundle, dir).map_err(|e| e.to_string())?;
+    }
+    tracing::warn!(
+        ca = %ca.display(),
+        cert = %cert.display(),
+        "DEVELOPMENT ONLY: no --tls-cert/--tls-key given, serving a self-signed certificate for localhost; \
+         trust it with `curl --cacert {}`; in a cluster use cert-manager or `fluxgate certs`",
+        ca.display()
+    );
+    Ok((cert, key))
+}

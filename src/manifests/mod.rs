@@ -1,0 +1,367 @@
+//! Flux objects read from YAML files and folders: the `serve --manifests` source and the input
+//! of `fluxgate check` and `fluxgate graph`.
+//!
+//! Files are read recursively and split into documents; each document is parsed on its own, so
+//! one broken document is reported (file and line) and the rest still load. Real GitOps
+//! repositories rarely write `metadata.namespace` on a Kustomization: the namespace comes from
+//! the kustomize `kustomization.yaml` that includes the file. The loader follows `resources:`
+//! from every kustomization that no other kustomization includes (a build root) and gives each
+//! file the namespace kustomize would: the outermost `namespace:` on the way down wins.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::object::{FluxKind, FluxObject, kind_of};
+
+/// Namespace of a namespaced object that nothing gives one, as for any Kubernetes object.
+pub const FALLBACK_NAMESPACE: &str = "default";
+
+/// File names kustomize reads as a kustomization.
+const KUSTOMIZATION_FILES: [&str; 3] = ["kustomization.yaml", "kustomization.yml", "Kustomization"];
+
+/// One Flux object and where it was written.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub object: FluxObject,
+    pub file: PathBuf,
+    /// 1-based line where the object's document starts.
+    pub line: usize,
+}
+
+/// A document or file that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LoadError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: {}", self.file.display(), self.line, self.message)
+    }
+}
+
+/// Everything read from a set of paths.
+#[derive(Debug, Default)]
+pub struct Manifests {
+    pub objects: Vec<Loaded>,
+    pub errors: Vec<LoadError>,
+    /// How many YAML files were read.
+    pub files: usize,
+}
+
+impl Manifests {
+    pub fn count(&self, kind: FluxKind) -> usize {
+        self.objects.iter().filter(|o| o.object.kind == kind).count()
+    }
+}
+
+/// A raw Flux document before its namespace is known.
+struct RawObject {
+    kind: FluxKind,
+    value: Value,
+    file: PathBuf,
+    line: usize,
+}
+
+/// What a kustomize `kustomization.yaml` says about namespaces.
+struct KustomizeFile {
+    namespace: Option<String>,
+    /// Files and folders it includes, resolved against its folder.
+    includes: Vec<PathBuf>,
+}
+
+/// Reads every Flux Kustomization and HelmRelease under `paths` (files or folders).
+pub fn load(paths: &[PathBuf]) -> Manifests {
+    let mut out = Manifests::default();
+    let mut files = Vec::new();
+    for path in paths {
+        collect_files(path, true, &mut files, &mut out.errors);
+    }
+    files.sort();
+    files.dedup();
+
+    let mut raws = Vec::new();
+    let mut kustomizations: HashMap<PathBuf, KustomizeFile> = HashMap::new();
+    for file in &files {
+        out.files += 1;
+        let text = match std::fs::read(file) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(t) => t,
+                Err(_) => {
+                    out.errors.push(LoadError { file: file.clone(), line: 1, message: "not UTF-8 text".into() });
+                    continue;
+                }
+            },
+            Err(e) => {
+                out.errors.push(LoadError { file: file.clone(), line: 1, message: format!("cannot be read: {e}") });
+                continue;
+            }
+        };
+        let is_kustomize_file = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| KUSTOMIZATION_FILES.contains(&n));
+        for doc in split_documents(&text) {
+            let value: Value = match serde_saphyr::from_str(doc.text) {
+                Ok(v) => v,
+                Err(e) => {
+                    let line = e.location().map_or(doc.line, |l| doc.line + l.line().saturating_sub(1) as usize);
+                    let message = first_line(&e.to_string());
+                    out.errors.push(LoadError { file: file.clone(), line, message: format!("YAML: {message}") });
+                    continue;
+                }
+            };
+            if is_kustomize_file && is_kustomize_config(&value) {
+                let dir = file.parent().unwrap_or(Path::new("."));
+                kustomizations.insert(dir.to_path_buf(), read_kustomize_file(&value, dir));
+                continue;
+            }
+            for item in list_items(value) {
+                if let Some(kind) = kind_of(&item) {
+                    raws.push(RawObject { kind, value: item, file: file.clone(), line: doc.line });
+                }
+            }
+        }
+    }
+
+    let namespaces = resolve_namespaces(&kustomizations);
+    for raw in raws {
+        let namespace = raw
+            .value
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .filter(|ns| !ns.is_empty())
+            .map(str::to_string)
+            .or_else(|| namespace_of_file(&namespaces, &raw.file))
+            .unwrap_or_else(|| FALLBACK_NAMESPACE.to_string());
+        match FluxObject::from_value(raw.kind, &raw.value, &namespace, "") {
+            Ok(object) => out.objects.push(Loaded { object, file: raw.file, line: raw.line }),
+            Err(e) => out.errors.push(LoadError { file: raw.file, line: raw.line, message: format!("{}: {e}", raw.kind) }),
+        }
+    }
+    out
+}
+
+/// The kustomize namespace of `file`: its own entry, else that of the nearest folder a
+/// kustomization includes as a whole.
+fn namespace_of_file(namespaces: &HashMap<PathBuf, String>, file: &Path) -> Option<String> {
+    file.ancestors().find_map(|p| namespaces.get(p)).cloned()
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().to_string()
+}
+
+fn is_yaml(path: &Path) -> bool {
+    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+        || path.file_name().and_then(|n| n.to_str()) == Some("Kustomization")
+}
+
+fn collect_files(path: &Path, explicit: bool, files: &mut Vec<PathBuf>, errors: &mut Vec<LoadError>) {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) => {
+            errors.push(LoadError { file: path.to_path_buf(), line: 0, message: format!("cannot be read: {e}") });
+            return;
+        }
+    };
+    if meta.is_file() {
+        // A file named on the command line is read whatever its extension.
+        if explicit || is_yaml(path) {
+            files.push(normalize(path));
+        }
+        return;
+    }
+    let entries = match std::fs::read_dir(path) {
+        Ok(e) => e,
+        Err(e) => {
+            errors.push(LoadError { file: path.to_path_buf(), line: 0, message: format!("cannot be listed: {e}") });
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        let p = entry.path();
+        let hidden = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+        if !hidden {
+            collect_files(&p, false, files, errors);
+        }
+    }
+}
+
+/// One YAML document of a file: its text and the 1-based line it starts on.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Document<'a> {
+    pub text: &'a str,
+    pub line: usize,
+}
+
+/// Splits a multi-document YAML stream at `---` (and `...`) markers in column 0. Documents with
+/// nothing but comments and blank lines are dropped.
+pub fn split_documents(text: &str) -> Vec<Document<'_>> {
+    let mut docs = Vec::new();
+    let mut start = 0;
+    let mut start_line = 1;
+    let mut offset = 0;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let bare = line.trim_end_matches(['\n', '\r']);
+        let marker = bare == "---" || bare.starts_with("--- ") || bare.starts_with("---\t") || bare == "...";
+        if marker {
+            push_document(&mut docs, &text[start..offset], start_line);
+            start = offset + line.len();
+            start_line = i + 2;
+            // `--- {inline: doc}` carries content on the marker line itself.
+            if let Some(rest) = bare.strip_prefix("--- ").or_else(|| bare.strip_prefix("---\t"))
+                && !rest.trim().is_empty()
+                && !rest.trim_start().starts_with('#')
+            {
+                start = offset + 4;
+                start_line = i + 1;
+            }
+        }
+        offset += line.len();
+    }
+    push_document(&mut docs, &text[start..], start_line);
+    docs
+}
+
+fn push_document<'a>(docs: &mut Vec<Document<'a>>, text: &'a str, line: usize) {
+    // The document's line is that of its first line with content, where an editor would point.
+    let mut first = None;
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim();
+        if !t.is_empty() && !t.starts_with('#') {
+            first = Some(i);
+            break;
+        }
+    }
+    if let Some(skip) = first {
+        docs.push(Document { text, line: line + skip });
+    }
+}
+
+/// The objects of a document: a `kind: List` gives its items.
+fn list_items(value: Value) -> Vec<Value> {
+    let is_list = value.get("kind").and_then(Value::as_str).is_some_and(|k| k.ends_with("List"))
+        && value.get("items").is_some_and(Value::is_array);
+    if is_list {
+        match value {
+            Value::Object(mut m) => match m.remove("items") {
+                Some(Value::Array(items)) => items,
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        }
+    } else {
+        vec![value]
+    }
+}
+
+fn is_kustomize_config(value: &Value) -> bool {
+    match value.get("apiVersion").and_then(Value::as_str) {
+        Some(v) => v.starts_with("kustomize.config.k8s.io/"),
+        // kustomize accepts a kustomization without apiVersion and kind.
+        None => value.is_object(),
+    }
+}
+
+fn read_kustomize_file(value: &Value, dir: &Path) -> KustomizeFile {
+    let namespace = value.get("namespace").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
+    let mut includes = Vec::new();
+    for field in ["resources", "bases", "components"] {
+        for entry in value.get(field).and_then(Value::as_array).into_iter().flatten() {
+            let Some(s) = entry.as_str() else { continue };
+            if s.contains("://") || s.starts_with("github.com/") {
+                continue;
+            }
+            includes.push(normalize(&dir.join(s)));
+        }
+    }
+    KustomizeFile { namespace, includes }
+}
+
+/// `a/b/../c` as `a/c`, without touching the file system (links are not followed).
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// The kustomize namespace of each file or plain folder included by some kustomization.
+fn resolve_namespaces(kustomizations: &HashMap<PathBuf, KustomizeFile>) -> HashMap<PathBuf, String> {
+    let dirs: BTreeMap<PathBuf, &KustomizeFile> = kustomizations.iter().map(|(d, k)| (normalize(d), k)).collect();
+    let included: HashSet<PathBuf> = dirs.values().flat_map(|k| k.includes.iter().cloned()).collect();
+    let mut result: HashMap<PathBuf, String> = HashMap::new();
+    let mut visited: HashSet<(PathBuf, Option<String>)> = HashSet::new();
+    for (dir, _) in dirs.iter().filter(|(d, _)| !included.contains(*d)) {
+        walk(dir, None, &dirs, &mut result, &mut visited);
+    }
+    // Kustomizations inside a cycle of includes, or only included by one another: read each
+    // with its own namespace so no file is left out.
+    for dir in dirs.keys() {
+        walk(dir, None, &dirs, &mut result, &mut visited);
+    }
+    result
+}
+
+fn walk(
+    dir: &Path,
+    inherited: Option<&str>,
+    dirs: &BTreeMap<PathBuf, &KustomizeFile>,
+    result: &mut HashMap<PathBuf, String>,
+    visited: &mut HashSet<(PathBuf, Option<String>)>,
+) {
+    let Some(k) = dirs.get(dir) else { return };
+    let ns = inherited.map(str::to_string).or_else(|| k.namespace.clone());
+    if !visited.insert((dir.to_path_buf(), ns.clone())) {
+        return;
+    }
+    for include in &k.includes {
+        if dirs.contains_key(include) {
+            walk(include, ns.as_deref(), dirs, result, visited);
+        } else if let Some(ns) = &ns {
+            // The first namespace found for a file is kept: roots are walked before the
+            // kustomizations they include.
+            result.entry(include.clone()).or_insert_with(|| ns.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_keep_their_line_numbers() {
+        let text = "# header\n---\na: 1\n---\n# only a comment\n---\n\nb: 2\n--- {c: 3}\n";
+        let docs = split_documents(text);
+        assert_eq!(docs.len(), 3);
+        assert_eq!((docs[0].line, docs[0].text.trim()), (3, "a: 1"));
+        assert_eq!((docs[1].line, docs[1].text.trim()), (8, "b: 2"));
+        assert_eq!((docs[2].line, docs[2].text.trim()), (9, "{c: 3}"));
+    }
+
+    #[test]
+    fn lists_give_their_items() {
+        let v: Value = serde_json::json!({"kind": "List", "items": [{"a": 1}, {"b": 2}]});
+        assert_eq!(list_items(v).len(), 2);
+    }
+
+    #[test]
+    fn paths_are_normalized_lexically() {
+        assert_eq!(normalize(Path::new("a/./b/../c.yaml")), PathBuf::from("a/c.yaml"));
+    }
+}

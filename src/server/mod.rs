@@ -1,0 +1,308 @@
+//! The network edge: the HTTPS webhook (`/validate`, `/mutate`) and the plain-HTTP admin port
+//! (`/healthz`, `/readyz`, `/metrics`, `/report`).
+//!
+//! The routers are plain axum routers over [`App`], so tests drive them in-process; [`serve_tls`]
+//! puts the webhook router behind rustls with HTTP/1.1 and HTTP/2, header and body timeouts, a
+//! body size limit, and a graceful drain on shutdown.
+
+pub mod metrics;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt as _;
+
+use crate::admission::{AdmissionReview, Webhook};
+use crate::audit::Report;
+use crate::object::FluxKind;
+use metrics::{KindLabels, Metrics, RequestLabels};
+
+/// Largest request body accepted; larger ones get 413.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// Time a client has to send its request headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to send its request body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to finish the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest drain of in-flight requests on shutdown.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything the handlers share.
+pub struct App {
+    pub webhook: Webhook,
+    pub metrics: Metrics,
+    pub report: Arc<RwLock<Report>>,
+}
+
+impl App {
+    pub fn new(webhook: Webhook) -> Arc<App> {
+        Arc::new(App { webhook, metrics: Metrics::new(), report: Arc::default() })
+    }
+}
+
+/// `/validate` and `/mutate`.
+pub fn webhook_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/validate", post(validate))
+        .route("/mutate", post(mutate))
+        .with_state(app)
+}
+
+/// `/healthz`, `/readyz`, `/metrics`, `/report`.
+pub fn admin_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/report", get(report))
+        .with_state(app)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hook {
+    Validate,
+    Mutate,
+}
+
+impl Hook {
+    fn as_str(self) -> &'static str {
+        match self {
+            Hook::Validate => "validate",
+            Hook::Mutate => "mutate",
+        }
+    }
+}
+
+async fn validate(State(app): State<Arc<App>>, request: Request) -> Response {
+    handle(&app, request, Hook::Validate).await
+}
+
+async fn mutate(State(app): State<Arc<App>>, request: Request) -> Response {
+    handle(&app, request, Hook::Mutate).await
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// The body, or the error response for a body that is too large, too slow, or broken.
+async fn read_body(request: Request) -> Result<axum::body::Bytes, Response> {
+    let too_large = || error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds {MAX_BODY_BYTES} bytes"));
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let body = Limited::new(request.into_body(), MAX_BODY_BYTES);
+    match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
+        Err(_) => Err(error(StatusCode::REQUEST_TIMEOUT, "request body not received in time")),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Ok(Err(e)) => Err(error(StatusCode::BAD_REQUEST, format!("request body could not be read: {e}"))),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+async fn handle(app: &App, request: Request, hook: Hook) -> Response {
+    let started = Instant::now();
+    let count_error = || {
+        app.metrics
+            .requests
+            .get_or_create(&RequestLabels { webhook: hook.as_str(), kind: "unknown".into(), operation: "UNKNOWN", result: "error" })
+            .inc();
+    };
+    let body = match read_body(request).await {
+        Ok(b) => b,
+        Err(response) => {
+            count_error();
+            return response;
+        }
+    };
+    let review = match AdmissionReview::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            count_error();
+            tracing::warn!(webhook = hook.as_str(), error = %e, "bad admission request");
+            return error(StatusCode::BAD_REQUEST, e.0);
+        }
+    };
+    let req = &review.request;
+    let outcome = match hook {
+        Hook::Validate => app.webhook.validate(req, Instant::now()).map(|v| (v.response, v.findings)),
+        Hook::Mutate => app.webhook.mutate(req).map(|r| (r, Vec::new())),
+    };
+    let (response, findings) = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            count_error();
+            tracing::warn!(webhook = hook.as_str(), uid = %req.uid, error = %e, "bad admission request");
+            return error(StatusCode::BAD_REQUEST, e.0);
+        }
+    };
+    let elapsed = started.elapsed();
+
+    let kind = FluxKind::from_group_kind(&req.kind.group, &req.kind.kind).map_or("other", FluxKind::as_str);
+    let result = match (hook, response.allowed) {
+        (_, false) => "denied",
+        (Hook::Mutate, true) if response.patch.is_some() => "mutated",
+        (Hook::Validate, true) if !response.warnings.is_empty() => "warned",
+        _ => "allowed",
+    };
+    app.metrics
+        .requests
+        .get_or_create(&RequestLabels { webhook: hook.as_str(), kind: kind.into(), operation: req.operation.as_str(), result })
+        .inc();
+    app.metrics.duration.observe(elapsed.as_secs_f64());
+    let mut rules: Vec<&str> = findings.iter().map(|f| f.rule.as_str()).collect();
+    rules.dedup();
+    let name = if req.name.is_empty() {
+        req.object.as_ref().and_then(|o| o["metadata"]["name"].as_str()).unwrap_or_default()
+    } else {
+        &req.name
+    };
+    tracing::info!(
+        webhook = hook.as_str(),
+        uid = %req.uid,
+        kind,
+        object = %format_args!("{}/{}", req.namespace, name),
+        operation = req.operation.as_str(),
+        dry_run = req.dry_run,
+        allowed = response.allowed,
+        rules = %rules.join(","),
+        micros = elapsed.as_micros() as u64,
+        "admission decision"
+    );
+    axum::Json(response.to_review(&review.api_version, &req.uid)).into_response()
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if app.webhook.cache.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "waiting for the initial lists\n").into_response()
+    }
+}
+
+async fn metrics_text(State(app): State<Arc<App>>) -> Response {
+    {
+        let state = app.webhook.cache.lock();
+        for graph in state.graphs().iter() {
+            let labels = KindLabels { kind: graph.kind().as_str() };
+            app.metrics.graph_objects.get_or_create(&labels).set(graph.len() as i64);
+        }
+        app.metrics.cache_ready.set(i64::from(state.is_synced()));
+    }
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        app.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn report(State(app): State<Arc<App>>) -> Response {
+    let report = app.report.read().unwrap_or_else(|p| p.into_inner()).clone();
+    axum::Json(report).into_response()
+}
+
+/// Publishes an audit report into the violation gauges.
+pub fn publish_report(app: &App, report: &Report) {
+    for (kind, rule, n) in crate::audit::counts(report) {
+        let labels = metrics::ViolationLabels { kind: kind.as_str(), rule: rule.as_str() };
+        app.metrics.violations.get_or_create(&labels).set(n as i64);
+    }
+}
+
+/// Serves `router` over TLS on `listener` until `shutdown` turns true, then stops accepting and
+/// drains in-flight requests for at most [`DRAIN_TIMEOUT`].
+pub async fn serve_tls(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    router: Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let acceptor = TlsAcceptor::from(config);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            // The guard `wait_for` returns is not Send: drop it inside the branch's future.
+            _ = async { shutdown.wait_for(|stop| *stop).await.map(|_| ()) } => break,
+        };
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                router.clone().oneshot(req.map(Body::new))
+            });
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+            builder.http2().timer(TokioTimer::new());
+            let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+        tracing::warn!("in-flight requests did not finish within the drain timeout");
+    }
+}
+
+/// Serves the admin router over plain HTTP until `shutdown` turns true.
+pub async fn serve_admin(listener: TcpListener, router: Router, mut shutdown: watch::Receiver<bool>) {
+    let result = axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "admin server failed");
+    }
+}
+
+/// Binds a TCP listener, naming the address on failure.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
