@@ -303,8 +303,13 @@ fn new_edges(g: &Graph, x: NodeId, old: Option<&FluxObject>) -> (Vec<NodeId>, Ve
     };
     let old_explicit: HashSet<NodeId> = old.depends_on.iter().filter_map(|k| g.id(k)).collect();
     let old_waits: HashSet<NodeId> = if old.wait {
-        // Children are found by their own labels, which this request does not change.
-        g.children(x).iter().copied().collect()
+        // Children are found by their own labels, which this request does not change, except
+        // for `x` itself should it name itself as owner.
+        let mut children: HashSet<NodeId> = g.children(x).iter().copied().filter(|&c| c != x).collect();
+        if old.owner.as_ref() == Some(g.key(x)) {
+            children.insert(x);
+        }
+        children
     } else {
         old.health_check_kustomizations
             .iter()
@@ -323,6 +328,14 @@ fn new_edges(g: &Graph, x: NodeId, old: Option<&FluxObject>) -> (Vec<NodeId>, Ve
         .iter()
         .copied()
         .filter(|&p| {
+            // A self-edge is an out-edge too, judged above against the old out-edges.
+            if p == x {
+                return false;
+            }
+            // The edge existed already if the parent lists `x` in its own dependsOn.
+            if g.deps(p).contains(&x) {
+                return false;
+            }
             let Some(parent) = g.object(p) else {
                 return false;
             };
