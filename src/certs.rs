@@ -57,7 +57,8 @@ pub fn generate(dns: &[String], ips: &[IpAddr]) -> Result<Bundle> {
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.distinguished_name = name("fluxgate webhook CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     ca_params.not_after = rcgen::date_time_ymd(2036, 1, 1);
     let ca = CertifiedIssuer::self_signed(ca_params, ca_key)?;
 
@@ -101,7 +102,8 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> Result<()> {
     let err = |source| Error::Write { path: path.to_path_buf(), source };
     // Write beside and rename, so a reader polling the file never sees half a key.
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).map_err(err)?;
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).map_err(err)?;
     f.write_all(contents.as_bytes()).map_err(err)?;
     f.sync_all().map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)

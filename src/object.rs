@@ -84,10 +84,7 @@ pub struct ObjectKey {
 
 impl ObjectKey {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        ObjectKey {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
+        ObjectKey { namespace: namespace.into(), name: name.into() }
     }
 }
 
@@ -125,17 +122,11 @@ pub enum ObjectError {
     #[error("metadata.name is missing or empty")]
     MissingName,
     #[error("{field} must be {expected}")]
-    BadField {
-        field: String,
-        expected: &'static str,
-    },
+    BadField { field: String, expected: &'static str },
 }
 
 fn bad(field: impl Into<String>, expected: &'static str) -> ObjectError {
-    ObjectError::BadField {
-        field: field.into(),
-        expected,
-    }
+    ObjectError::BadField { field: field.into(), expected }
 }
 
 impl FluxObject {
@@ -143,18 +134,10 @@ impl FluxObject {
     /// event, a parsed manifest). `namespace` is where the object lives: the caller decides it
     /// (the admission request's namespace, the watch object's, the one resolved from kustomize).
     /// `name` falls back to `metadata.name` when empty.
-    pub fn from_value(
-        kind: FluxKind,
-        value: &Value,
-        namespace: &str,
-        name: &str,
-    ) -> Result<FluxObject, ObjectError> {
+    pub fn from_value(kind: FluxKind, value: &Value, namespace: &str, name: &str) -> Result<FluxObject, ObjectError> {
         let metadata = value.get("metadata");
         let name = if name.is_empty() {
-            metadata
-                .and_then(|m| m.get("name"))
-                .and_then(Value::as_str)
-                .unwrap_or_default()
+            metadata.and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or_default()
         } else {
             name
         };
@@ -171,17 +154,13 @@ impl FluxObject {
 
         let mut depends_on = Vec::new();
         if let Some(list) = field("dependsOn") {
-            let list = list
-                .as_array()
-                .ok_or_else(|| bad("spec.dependsOn", "a list"))?;
+            let list = list.as_array().ok_or_else(|| bad("spec.dependsOn", "a list"))?;
             for (i, entry) in list.iter().enumerate() {
                 let target = entry
                     .get("name")
                     .and_then(Value::as_str)
                     .filter(|n| !n.is_empty())
-                    .ok_or_else(|| {
-                        bad(format!("spec.dependsOn[{i}].name"), "a non-empty string")
-                    })?;
+                    .ok_or_else(|| bad(format!("spec.dependsOn[{i}].name"), "a non-empty string"))?;
                 let target_ns = match entry.get("namespace") {
                     None | Some(Value::Null) => namespace,
                     Some(Value::String(ns)) if ns.is_empty() => namespace,
@@ -203,9 +182,7 @@ impl FluxObject {
                 Some(_) => return Err(bad("spec.wait", "a boolean")),
             };
             if let Some(list) = field("healthChecks") {
-                let list = list
-                    .as_array()
-                    .ok_or_else(|| bad("spec.healthChecks", "a list"))?;
+                let list = list.as_array().ok_or_else(|| bad("spec.healthChecks", "a list"))?;
                 for entry in list {
                     if let Some(target) = health_check_target(entry, namespace) {
                         health_check_kustomizations.push(target);
@@ -220,14 +197,7 @@ impl FluxObject {
             (!name.is_empty() && !ns.is_empty()).then(|| ObjectKey::new(ns, name))
         });
 
-        Ok(FluxObject {
-            kind,
-            key,
-            depends_on,
-            wait,
-            health_check_kustomizations,
-            owner,
-        })
+        Ok(FluxObject { kind, key, depends_on, wait, health_check_kustomizations, owner })
     }
 
     /// Whether Flux's owner labels mark this object as applied by a parent Kustomization.
@@ -251,11 +221,7 @@ fn health_check_target(entry: &Value, namespace: &str) -> Option<ObjectKey> {
         return None;
     }
     let name = entry.get("name")?.as_str().filter(|n| !n.is_empty())?;
-    let ns = entry
-        .get("namespace")
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())
-        .unwrap_or(namespace);
+    let ns = entry.get("namespace").and_then(Value::as_str).filter(|n| !n.is_empty()).unwrap_or(namespace);
     Some(ObjectKey::new(ns, name))
 }
 
@@ -281,11 +247,7 @@ mod tests {
         assert_eq!(o.key, ObjectKey::new("team", "apps"));
         assert_eq!(
             o.depends_on,
-            vec![
-                ObjectKey::new("team", "infra"),
-                ObjectKey::new("flux-system", "crds"),
-                ObjectKey::new("team", "x")
-            ]
+            vec![ObjectKey::new("team", "infra"), ObjectKey::new("flux-system", "crds"), ObjectKey::new("team", "x")]
         );
     }
 
@@ -297,10 +259,7 @@ mod tests {
             {"kind": "Kustomization", "name": "e", "namespace": "other"}
         ]}});
         let o = FluxObject::from_value(FluxKind::Kustomization, &v, "ns", "").unwrap();
-        assert_eq!(
-            o.health_check_kustomizations,
-            vec![ObjectKey::new("ns", "c"), ObjectKey::new("other", "e")]
-        );
+        assert_eq!(o.health_check_kustomizations, vec![ObjectKey::new("ns", "c"), ObjectKey::new("other", "e")]);
     }
 
     #[test]
@@ -308,7 +267,8 @@ mod tests {
         let v = json!({"metadata": {"name": "c", "labels": {OWNER_NAME_LABEL: "p"}}});
         let o = FluxObject::from_value(FluxKind::Kustomization, &v, "ns", "").unwrap();
         assert_eq!(o.owner, None);
-        let v = json!({"metadata": {"name": "c", "labels": {OWNER_NAME_LABEL: "p", OWNER_NAMESPACE_LABEL: "flux-system"}}});
+        let v =
+            json!({"metadata": {"name": "c", "labels": {OWNER_NAME_LABEL: "p", OWNER_NAMESPACE_LABEL: "flux-system"}}});
         let o = FluxObject::from_value(FluxKind::Kustomization, &v, "ns", "").unwrap();
         assert_eq!(o.owner, Some(ObjectKey::new("flux-system", "p")));
     }
@@ -317,18 +277,12 @@ mod tests {
     fn malformed_fields_name_the_field() {
         let v = json!({"metadata": {"name": "a"}, "spec": {"dependsOn": [{"namespace": "x"}]}});
         let err = FluxObject::from_value(FluxKind::Kustomization, &v, "ns", "").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "spec.dependsOn[0].name must be a non-empty string"
-        );
+        assert_eq!(err.to_string(), "spec.dependsOn[0].name must be a non-empty string");
         let v = json!({"metadata": {"name": "a"}, "spec": {"wait": "yes"}});
         let err = FluxObject::from_value(FluxKind::Kustomization, &v, "ns", "").unwrap_err();
         assert_eq!(err.to_string(), "spec.wait must be a boolean");
         let v = json!({"metadata": {}});
-        assert_eq!(
-            FluxObject::from_value(FluxKind::HelmRelease, &v, "ns", ""),
-            Err(ObjectError::MissingName)
-        );
+        assert_eq!(FluxObject::from_value(FluxKind::HelmRelease, &v, "ns", ""), Err(ObjectError::MissingName));
     }
 
     #[test]
@@ -337,10 +291,7 @@ mod tests {
             FluxKind::from_api_version("kustomize.toolkit.fluxcd.io/v1beta2", "Kustomization"),
             Some(FluxKind::Kustomization)
         );
-        assert_eq!(
-            FluxKind::from_api_version("kustomize.config.k8s.io/v1beta1", "Kustomization"),
-            None
-        );
+        assert_eq!(FluxKind::from_api_version("kustomize.config.k8s.io/v1beta1", "Kustomization"), None);
         assert_eq!(
             FluxKind::from_api_version("helm.toolkit.fluxcd.io/v2beta1", "HelmRelease"),
             Some(FluxKind::HelmRelease)

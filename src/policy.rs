@@ -109,14 +109,8 @@ impl Default for Policy {
             actions: Rule::ALL.iter().map(|&r| (r, default_action(r))).collect(),
             max_depth_limit: 8,
             kustomization_defaults: vec![
-                FieldDefault {
-                    field: "wait",
-                    value: Value::Bool(true),
-                },
-                FieldDefault {
-                    field: "timeout",
-                    value: Value::String("5m".into()),
-                },
+                FieldDefault { field: "wait", value: Value::Bool(true) },
+                FieldDefault { field: "timeout", value: Value::String("5m".into()) },
             ],
             helm_release_defaults: Vec::new(),
             excluded_namespaces: HashSet::from(["kube-system".to_string()]),
@@ -137,11 +131,7 @@ fn default_action(rule: Rule) -> Action {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PolicyError {
     #[error("policy {file}: {key}: {message}")]
-    Key {
-        file: String,
-        key: String,
-        message: String,
-    },
+    Key { file: String, key: String, message: String },
     #[error("policy {file}: not valid YAML: {message}")]
     Yaml { file: String, message: String },
     #[error("policy {file}: cannot be read: {source}")]
@@ -165,10 +155,7 @@ impl Policy {
 
     /// Enforcement for objects in `namespace`.
     pub fn enforcement_for(&self, namespace: &str) -> Enforcement {
-        self.namespace_enforcement
-            .get(namespace)
-            .copied()
-            .unwrap_or(self.enforcement)
+        self.namespace_enforcement.get(namespace).copied().unwrap_or(self.enforcement)
     }
 
     pub fn is_excluded(&self, namespace: &str) -> bool {
@@ -178,10 +165,8 @@ impl Policy {
     /// Reads a policy file.
     pub fn load(path: &std::path::Path) -> Result<Policy, PolicyError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| PolicyError::Io {
-            file: file.clone(),
-            source: std::sync::Arc::new(e),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| PolicyError::Io { file: file.clone(), source: std::sync::Arc::new(e) })?;
         Policy::parse(&text, &file)
     }
 
@@ -190,15 +175,10 @@ impl Policy {
         let root: Value = if text.trim().is_empty() {
             Value::Object(Map::new())
         } else {
-            serde_saphyr::from_str(text).map_err(|e| PolicyError::Yaml {
-                file: file.to_string(),
-                message: e.to_string(),
-            })?
+            serde_saphyr::from_str(text)
+                .map_err(|e| PolicyError::Yaml { file: file.to_string(), message: e.to_string() })?
         };
-        let mut p = Parser {
-            file,
-            policy: Policy::default(),
-        };
+        let mut p = Parser { file, policy: Policy::default() };
         p.root(&root)?;
         Ok(p.policy)
     }
@@ -211,34 +191,18 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn err(&self, key: &str, message: impl Into<String>) -> PolicyError {
-        PolicyError::Key {
-            file: self.file.to_string(),
-            key: key.to_string(),
-            message: message.into(),
-        }
+        PolicyError::Key { file: self.file.to_string(), key: key.to_string(), message: message.into() }
     }
 
-    fn map<'v>(
-        &self,
-        key: &str,
-        v: &'v Value,
-        allowed: &[&str],
-    ) -> Result<&'v Map<String, Value>, PolicyError> {
+    fn map<'v>(&self, key: &str, v: &'v Value, allowed: &[&str]) -> Result<&'v Map<String, Value>, PolicyError> {
         let map = match v {
             Value::Object(m) => m,
             _ => return Err(self.err(key, "must be a mapping")),
         };
         for k in map.keys() {
             if !allowed.contains(&k.as_str()) {
-                let path = if key.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{key}.{k}")
-                };
-                return Err(self.err(
-                    &path,
-                    format!("unknown key (expected one of: {})", allowed.join(", ")),
-                ));
+                let path = if key.is_empty() { k.clone() } else { format!("{key}.{k}") };
+                return Err(self.err(&path, format!("unknown key (expected one of: {})", allowed.join(", "))));
             }
         }
         Ok(map)
@@ -277,10 +241,7 @@ impl Parser<'_> {
             // An unquoted `off` is the boolean false to YAML 1.1 readers.
             Value::Bool(false) => return Ok(Action::Off),
             Value::Bool(true) => {
-                return Err(self.err(
-                    key,
-                    "must be deny, warn or off, not a boolean (write \"deny\" or \"warn\")",
-                ));
+                return Err(self.err(key, "must be deny, warn or off, not a boolean (write \"deny\" or \"warn\")"));
             }
             _ => {}
         }
@@ -308,10 +269,7 @@ impl Parser<'_> {
                 }
                 if let Some(l) = md.get("limit") {
                     let limit = l.as_u64().filter(|&n| n >= 2).ok_or_else(|| {
-                        self.err(
-                            &format!("{key}.limit"),
-                            format!("must be a whole number of at least 2, not {l}"),
-                        )
+                        self.err(&format!("{key}.limit"), format!("must be a whole number of at least 2, not {l}"))
                     })?;
                     self.policy.max_depth_limit = limit as usize;
                 }
@@ -326,11 +284,8 @@ impl Parser<'_> {
     fn defaults(&mut self, v: &Value) -> Result<(), PolicyError> {
         let m = self.map("defaults", v, &["kustomization", "helmRelease"])?;
         if let Some(k) = m.get("kustomization") {
-            self.policy.kustomization_defaults = self.field_defaults(
-                "defaults.kustomization",
-                k,
-                &["wait", "timeout", "retryInterval"],
-            )?;
+            self.policy.kustomization_defaults =
+                self.field_defaults("defaults.kustomization", k, &["wait", "timeout", "retryInterval"])?;
         }
         if let Some(h) = m.get("helmRelease") {
             self.policy.helm_release_defaults =
@@ -339,12 +294,7 @@ impl Parser<'_> {
         Ok(())
     }
 
-    fn field_defaults(
-        &self,
-        key: &str,
-        v: &Value,
-        allowed: &[&'static str],
-    ) -> Result<Vec<FieldDefault>, PolicyError> {
+    fn field_defaults(&self, key: &str, v: &Value, allowed: &[&'static str]) -> Result<Vec<FieldDefault>, PolicyError> {
         if v.is_null() {
             return Ok(Vec::new());
         }
@@ -367,10 +317,7 @@ impl Parser<'_> {
                 };
                 return Err(self.err(&path, format!("must be {expected}, not {value}")));
             }
-            out.push(FieldDefault {
-                field,
-                value: value.clone(),
-            });
+            out.push(FieldDefault { field, value: value.clone() });
         }
         Ok(out)
     }
@@ -378,17 +325,12 @@ impl Parser<'_> {
     fn namespaces(&mut self, v: &Value) -> Result<(), PolicyError> {
         let m = self.map("namespaces", v, &["exclude", "overrides"])?;
         if let Some(e) = m.get("exclude") {
-            let list = e
-                .as_array()
-                .ok_or_else(|| self.err("namespaces.exclude", "must be a list of namespaces"))?;
+            let list = e.as_array().ok_or_else(|| self.err("namespaces.exclude", "must be a list of namespaces"))?;
             let mut set = HashSet::new();
             for (i, ns) in list.iter().enumerate() {
-                let ns = ns.as_str().ok_or_else(|| {
-                    self.err(
-                        &format!("namespaces.exclude[{i}]"),
-                        "must be a namespace name",
-                    )
-                })?;
+                let ns = ns
+                    .as_str()
+                    .ok_or_else(|| self.err(&format!("namespaces.exclude[{i}]"), "must be a namespace name"))?;
                 set.insert(ns.to_string());
             }
             self.policy.excluded_namespaces = set;
@@ -398,10 +340,7 @@ impl Parser<'_> {
                 Value::Object(o) => o,
                 Value::Null => return Ok(()),
                 _ => {
-                    return Err(self.err(
-                        "namespaces.overrides",
-                        "must be a mapping of namespace to settings",
-                    ));
+                    return Err(self.err("namespaces.overrides", "must be a mapping of namespace to settings"));
                 }
             };
             for (ns, settings) in o {
@@ -492,8 +431,7 @@ namespaces:
         let p = Policy::parse(text, "p.yaml").unwrap();
         assert_eq!(p, {
             let mut d = Policy::default();
-            d.namespace_enforcement
-                .insert("tenant-a".into(), Enforcement::Audit);
+            d.namespace_enforcement.insert("tenant-a".into(), Enforcement::Audit);
             d
         });
         assert_eq!(p.enforcement_for("tenant-a"), Enforcement::Audit);
@@ -503,22 +441,10 @@ namespaces:
     #[test]
     fn errors_name_the_key() {
         let cases = [
-            (
-                "enforcment: audit",
-                "policy p.yaml: enforcment: unknown key",
-            ),
-            (
-                "rules: { cycle: block }",
-                "policy p.yaml: rules.cycle: must be deny, warn or off, not \"block\"",
-            ),
-            (
-                "rules: { cycles: deny }",
-                "policy p.yaml: rules.cycles: unknown key",
-            ),
-            (
-                "rules: { maxDepth: { limit: 1 } }",
-                "policy p.yaml: rules.maxDepth.limit: must be a whole number",
-            ),
+            ("enforcment: audit", "policy p.yaml: enforcment: unknown key"),
+            ("rules: { cycle: block }", "policy p.yaml: rules.cycle: must be deny, warn or off, not \"block\""),
+            ("rules: { cycles: deny }", "policy p.yaml: rules.cycles: unknown key"),
+            ("rules: { maxDepth: { limit: 1 } }", "policy p.yaml: rules.maxDepth.limit: must be a whole number"),
             (
                 "defaults: { kustomization: { timeout: 5 minutes } }",
                 "policy p.yaml: defaults.kustomization.timeout: must be a duration",
@@ -531,17 +457,11 @@ namespaces:
                 "namespaces: { overrides: { t: { enforcement: loud } } }",
                 "policy p.yaml: namespaces.overrides.t.enforcement: must be enforce or audit",
             ),
-            (
-                "enforcement: enforce\n  bad: [",
-                "policy p.yaml: not valid YAML",
-            ),
+            ("enforcement: enforce\n  bad: [", "policy p.yaml: not valid YAML"),
         ];
         for (text, want) in cases {
             let err = Policy::parse(text, "p.yaml").unwrap_err().to_string();
-            assert!(
-                err.starts_with(want),
-                "{text:?}: got {err:?}, want prefix {want:?}"
-            );
+            assert!(err.starts_with(want), "{text:?}: got {err:?}, want prefix {want:?}");
         }
     }
 

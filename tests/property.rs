@@ -20,7 +20,7 @@ type Edges = BTreeSet<(Key, Key)>;
 
 fn key(i: u8) -> Key {
     // Two namespaces of five names: enough collisions to make cycles common.
-    ObjectKey::new(if i % 2 == 0 { "a" } else { "b" }, format!("k{}", i % 5))
+    ObjectKey::new(if i.is_multiple_of(2) { "a" } else { "b" }, format!("k{}", i % 5))
 }
 
 #[derive(Debug, Clone)]
@@ -126,7 +126,8 @@ fn run(edits: Vec<Edit>) -> Result<(), TestCaseError> {
                 prop_assert_eq!(
                     cycles.iter().any(|f| f.action == Action::Warn),
                     on_cycle && !introduces_cycle,
-                    "unchanged-cycle warning for {:?}", new
+                    "unchanged-cycle warning for {:?}",
+                    new
                 );
                 for f in &cycles {
                     let path = f.cycle.as_ref().expect("cycle findings carry their path");
@@ -138,7 +139,11 @@ fn run(edits: Vec<Edit>) -> Result<(), TestCaseError> {
                         prop_assert!(candidate.contains(s), "{:?} is not an edge of the candidate graph", s);
                     }
                     if f.action == Action::Deny {
-                        prop_assert!(steps.iter().any(|s| new_edges.contains(s)), "denied cycle {:?} uses no new edge", path);
+                        prop_assert!(
+                            steps.iter().any(|s| new_edges.contains(s)),
+                            "denied cycle {:?} uses no new edge",
+                            path
+                        );
                     }
                 }
                 prop_assert_eq!(graph_edges(&graph), before, "evaluation must leave the graph unchanged");

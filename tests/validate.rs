@@ -65,7 +65,12 @@ async fn unchanged_object_on_an_existing_cycle_only_warns() {
     let h = Harness::new(Policy::default(), &[a.clone(), b]);
     let r = h.validate(&review("UPDATE", Some(&a), Some(&a), true)).await;
     let w = allowed(&r);
-    assert_eq!(w, vec!["dependsOn cycle (already present, not introduced by this change): flux-system/a -> flux-system/b -> flux-system/a"]);
+    assert_eq!(
+        w,
+        vec![
+            "dependsOn cycle (already present, not introduced by this change): flux-system/a -> flux-system/b -> flux-system/a"
+        ]
+    );
 }
 
 #[tokio::test]
@@ -111,11 +116,14 @@ async fn dangling_target_of_an_object_with_owner_labels_only_warns() {
 #[tokio::test]
 async fn dangling_target_already_present_in_the_old_object_only_warns() {
     let old = ks(F, "apps", &["gone"]);
-    let h = Harness::new(Policy::default(), &[old.clone()]);
+    let h = Harness::new(Policy::default(), std::slice::from_ref(&old));
     let new = with(old.clone(), "timeout", json!("10m"));
     let w = allowed(&h.validate(&update(&new, &old)).await);
     assert_eq!(w.len(), 1);
-    assert!(w[0].starts_with("dangling dependsOn: flux-system/apps depends on Kustomization flux-system/gone"), "{w:?}");
+    assert!(
+        w[0].starts_with("dangling dependsOn: flux-system/apps depends on Kustomization flux-system/gone"),
+        "{w:?}"
+    );
 }
 
 #[tokio::test]
@@ -161,20 +169,28 @@ async fn max_depth_counts_the_longest_chain_through_the_object() {
 #[tokio::test]
 async fn deleting_an_object_others_depend_on_warns_and_names_them() {
     let infra = ks(F, "infra", &[]);
-    let h = Harness::new(Policy::default(), &[infra.clone(), ks(F, "apps", &["infra"]), ks("web", "site", &["flux-system/infra"])]);
+    let h = Harness::new(
+        Policy::default(),
+        &[infra.clone(), ks(F, "apps", &["infra"]), ks("web", "site", &["flux-system/infra"])],
+    );
     let w = allowed(&h.validate(&delete(&infra)).await);
     assert_eq!(
         w,
-        vec!["flux-system/infra is a dependsOn target of flux-system/apps, web/site; they will wait for it forever once it is deleted"]
+        vec![
+            "flux-system/infra is a dependsOn target of flux-system/apps, web/site; they will wait for it forever once it is deleted"
+        ]
     );
-    let h = Harness::new(policy_with(Rule::DeleteWithDependents, Action::Deny), &[infra.clone(), ks(F, "apps", &["infra"])]);
+    let h = Harness::new(
+        policy_with(Rule::DeleteWithDependents, Action::Deny),
+        &[infra.clone(), ks(F, "apps", &["infra"])],
+    );
     denied(&h.validate(&delete(&infra)).await);
 }
 
 #[tokio::test]
 async fn deleting_an_object_nothing_depends_on_is_silent() {
     let lone = ks(F, "lone", &[]);
-    let h = Harness::new(Policy::default(), &[lone.clone()]);
+    let h = Harness::new(Policy::default(), std::slice::from_ref(&lone));
     assert!(allowed(&h.validate(&delete(&lone)).await).is_empty());
 }
 
@@ -240,7 +256,12 @@ async fn parent_turning_wait_on_over_a_child_that_depends_on_it_is_denied() {
     let child = owned_by(ks("apps", "web", &["flux-system/apps"]), "flux-system/apps");
     let h = Harness::new(Policy::default(), &[parent.clone(), child]);
     let msg = denied(&h.validate(&update(&with(parent.clone(), "wait", json!(true)), &parent)).await);
-    assert!(msg.starts_with("dependsOn cycle: flux-system/apps -> apps/web -> flux-system/apps (flux-system/apps -> apps/web is a wait"), "{msg}");
+    assert!(
+        msg.starts_with(
+            "dependsOn cycle: flux-system/apps -> apps/web -> flux-system/apps (flux-system/apps -> apps/web is a wait"
+        ),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
@@ -253,7 +274,10 @@ async fn health_check_naming_a_kustomization_is_a_wait_edge() {
         json!([{ "apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization", "name": "db", "namespace": F }]),
     );
     let msg = denied(&h.validate(&create(&api)).await);
-    assert!(msg.ends_with("(flux-system/api -> flux-system/db is a wait: flux-system/api names it in spec.healthChecks)"), "{msg}");
+    assert!(
+        msg.ends_with("(flux-system/api -> flux-system/db is a wait: flux-system/api names it in spec.healthChecks)"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
@@ -269,7 +293,10 @@ async fn helm_release_depending_on_a_kustomization_name_is_dangling() {
     // The graphs are never mixed: a HelmRelease can only depend on HelmReleases.
     let h = Harness::new(Policy::default(), &[ks(F, "infra", &[])]);
     let msg = denied(&h.validate(&create(&hr(F, "app", &["infra"]))).await);
-    assert_eq!(msg, "dangling dependsOn: flux-system/app depends on HelmRelease flux-system/infra, which does not exist");
+    assert_eq!(
+        msg,
+        "dangling dependsOn: flux-system/app depends on HelmRelease flux-system/infra, which does not exist"
+    );
 }
 
 #[tokio::test]
@@ -342,5 +369,10 @@ async fn malformed_spec_is_allowed_with_a_warning_not_a_panic() {
     let h = Harness::new(Policy::default(), &[]);
     let bad = with(ks(F, "x", &[]), "dependsOn", json!("infra"));
     let w = allowed(&h.validate(&create(&bad)).await);
-    assert_eq!(w, vec!["fluxgate could not read this Kustomization (spec.dependsOn must be a list); its dependsOn was not checked"]);
+    assert_eq!(
+        w,
+        vec![
+            "fluxgate could not read this Kustomization (spec.dependsOn must be a list); its dependsOn was not checked"
+        ]
+    );
 }

@@ -9,8 +9,8 @@ mod review;
 
 pub use mutate::mutate;
 pub use review::{
-    AdmissionRequest, AdmissionReview, BadRequest, GroupVersionKind, MAX_WARNING_CHARS,
-    MAX_WARNINGS_TOTAL, Operation, Response, fit_warnings, shorten,
+    AdmissionRequest, AdmissionReview, BadRequest, GroupVersionKind, MAX_WARNING_CHARS, MAX_WARNINGS_TOTAL, Operation,
+    Response, fit_warnings, shorten,
 };
 
 use std::sync::Arc;
@@ -35,64 +35,41 @@ pub struct Verdict {
 
 impl Verdict {
     fn untouched() -> Verdict {
-        Verdict {
-            response: Response::allow(),
-            findings: Vec::new(),
-            kind: None,
-            record: None,
-        }
+        Verdict { response: Response::allow(), findings: Vec::new(), kind: None, record: None }
     }
 }
 
 /// The object under review as a [`FluxObject`], living in the request's namespace.
-fn read_object(
-    kind: FluxKind,
-    value: &Value,
-    req: &AdmissionRequest,
-) -> Result<FluxObject, String> {
+fn read_object(kind: FluxKind, value: &Value, req: &AdmissionRequest) -> Result<FluxObject, String> {
     FluxObject::from_value(kind, value, &req.namespace, &req.name).map_err(|e| e.to_string())
 }
 
 /// Decides a `/validate` request against `graphs`. The graphs are the same afterwards.
-pub fn validate(
-    graphs: &mut Graphs,
-    policy: &Policy,
-    req: &AdmissionRequest,
-) -> Result<Verdict, BadRequest> {
+pub fn validate(graphs: &mut Graphs, policy: &Policy, req: &AdmissionRequest) -> Result<Verdict, BadRequest> {
     let Some(kind) = FluxKind::from_group_kind(&req.kind.group, &req.kind.kind) else {
         return Ok(Verdict::untouched());
     };
     if policy.is_excluded(&req.namespace) {
-        return Ok(Verdict {
-            kind: Some(kind),
-            ..Verdict::untouched()
-        });
+        return Ok(Verdict { kind: Some(kind), ..Verdict::untouched() });
     }
     let graph = graphs.get_mut(kind);
     let mut candidate = None;
     let findings = match req.operation {
         Operation::Create | Operation::Update => {
-            let value = req.object.as_ref().ok_or_else(|| {
-                BadRequest(format!(
-                    "{} request without an object",
-                    req.operation.as_str()
-                ))
-            })?;
+            let value = req
+                .object
+                .as_ref()
+                .ok_or_else(|| BadRequest(format!("{} request without an object", req.operation.as_str())))?;
             let new = match read_object(kind, value, req) {
                 Ok(o) => Arc::new(o),
                 Err(e) => {
                     // The API server checks the CRD schema before validating webhooks run, so
                     // this is rare; the schema, not fluxgate, is the judge of shape.
                     let mut response = Response::allow();
-                    response.warnings.push(format!(
-                        "fluxgate could not read this {kind} ({e}); its dependsOn was not checked"
-                    ));
-                    return Ok(Verdict {
-                        response,
-                        findings: Vec::new(),
-                        kind: Some(kind),
-                        record: None,
-                    });
+                    response
+                        .warnings
+                        .push(format!("fluxgate could not read this {kind} ({e}); its dependsOn was not checked"));
+                    return Ok(Verdict { response, findings: Vec::new(), kind: Some(kind), record: None });
                 }
             };
             let old = match (req.operation, &req.old_object) {
@@ -105,18 +82,11 @@ pub fn validate(
         }
         Operation::Delete => {
             let name = if req.name.is_empty() {
-                req.old_object
-                    .as_ref()
-                    .and_then(|o| o["metadata"]["name"].as_str())
-                    .unwrap_or_default()
+                req.old_object.as_ref().and_then(|o| o["metadata"]["name"].as_str()).unwrap_or_default()
             } else {
                 &req.name
             };
-            rules::evaluate_delete(
-                graph,
-                policy,
-                &crate::object::ObjectKey::new(&req.namespace, name),
-            )
+            rules::evaluate_delete(graph, policy, &crate::object::ObjectKey::new(&req.namespace, name))
         }
         Operation::Connect => Vec::new(),
     };
@@ -132,23 +102,9 @@ pub fn validate(
         }
     }
     let allowed = denials.is_empty();
-    let response = Response {
-        allowed,
-        message: (!allowed).then(|| denials.join("; ")),
-        warnings,
-        patch: None,
-    };
-    let record = if allowed && !req.dry_run {
-        candidate
-    } else {
-        None
-    };
-    Ok(Verdict {
-        response,
-        findings,
-        kind: Some(kind),
-        record,
-    })
+    let response = Response { allowed, message: (!allowed).then(|| denials.join("; ")), warnings, patch: None };
+    let record = if allowed && !req.dry_run { candidate } else { None };
+    Ok(Verdict { response, findings, kind: Some(kind), record })
 }
 
 /// The webhook's state: the cache and the policy.
@@ -170,11 +126,8 @@ impl Webhook {
         state.expire(now);
         let verdict = validate(state.graphs_mut(), &self.policy, req)?;
         if let Some(object) = &verdict.record {
-            let replaced = req
-                .old_object
-                .as_ref()
-                .and_then(|o| o["metadata"]["resourceVersion"].as_str())
-                .map(str::to_string);
+            let replaced =
+                req.old_object.as_ref().and_then(|o| o["metadata"]["resourceVersion"].as_str()).map(str::to_string);
             state.admit(object.clone(), replaced, now);
         }
         Ok(verdict)

@@ -14,23 +14,15 @@ pub fn mutate(policy: &Policy, req: &AdmissionRequest) -> Result<Response, BadRe
     let Some(kind) = FluxKind::from_group_kind(&req.kind.group, &req.kind.kind) else {
         return Ok(Response::allow());
     };
-    if !matches!(req.operation, Operation::Create | Operation::Update)
-        || policy.is_excluded(&req.namespace)
-    {
+    if !matches!(req.operation, Operation::Create | Operation::Update) || policy.is_excluded(&req.namespace) {
         return Ok(Response::allow());
     }
-    let object = req.object.as_ref().ok_or_else(|| {
-        BadRequest(format!(
-            "{} request without an object",
-            req.operation.as_str()
-        ))
-    })?;
+    let object = req
+        .object
+        .as_ref()
+        .ok_or_else(|| BadRequest(format!("{} request without an object", req.operation.as_str())))?;
     let ops = default_patch(policy, kind, object);
-    Ok(Response {
-        allowed: true,
-        patch: (!ops.is_empty()).then_some(ops),
-        ..Response::default()
-    })
+    Ok(Response { allowed: true, patch: (!ops.is_empty()).then_some(ops), ..Response::default() })
 }
 
 /// JSON Patch operations adding each configured default whose field is absent from `spec`.
@@ -44,11 +36,7 @@ pub fn default_patch(policy: &Policy, kind: FluxKind, object: &Value) -> Vec<Val
         FluxKind::HelmRelease => &policy.helm_release_defaults,
     };
     let set = |field: &str| spec.get(field).is_some_and(|v| !v.is_null());
-    let non_empty = |field: &str| {
-        spec.get(field)
-            .and_then(Value::as_array)
-            .is_some_and(|a| !a.is_empty())
-    };
+    let non_empty = |field: &str| spec.get(field).and_then(Value::as_array).is_some_and(|a| !a.is_empty());
     // Flux ignores health checks when `wait` is true: adding it would silently switch them off.
     let has_health_checks = non_empty("healthChecks") || non_empty("healthCheckExprs");
     defaults
@@ -68,10 +56,7 @@ mod tests {
         let p = Policy::default();
         let obj = json!({"spec": {"timeout": "10m", "wait": null}});
         let ops = default_patch(&p, FluxKind::Kustomization, &obj);
-        assert_eq!(
-            ops,
-            vec![json!({"op": "add", "path": "/spec/wait", "value": true})]
-        );
+        assert_eq!(ops, vec![json!({"op": "add", "path": "/spec/wait", "value": true})]);
     }
 
     #[test]
@@ -79,10 +64,7 @@ mod tests {
         let p = Policy::default();
         let obj = json!({"spec": {"healthCheckExprs": [{"apiVersion": "v1", "kind": "X", "current": "true"}]}});
         let ops = default_patch(&p, FluxKind::Kustomization, &obj);
-        assert_eq!(
-            ops,
-            vec![json!({"op": "add", "path": "/spec/timeout", "value": "5m"})]
-        );
+        assert_eq!(ops, vec![json!({"op": "add", "path": "/spec/timeout", "value": "5m"})]);
     }
 
     #[test]

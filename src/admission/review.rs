@@ -84,13 +84,11 @@ impl AdmissionReview {
     /// Parses a request body. Anything that is not an AdmissionReview with a request and a uid
     /// is a [`BadRequest`] whose text says what is wrong.
     pub fn from_slice(body: &[u8]) -> Result<AdmissionReview, BadRequest> {
-        let envelope: Envelope = serde_json::from_slice(body)
-            .map_err(|e| BadRequest(format!("body is not an AdmissionReview: {e}")))?;
+        let envelope: Envelope =
+            serde_json::from_slice(body).map_err(|e| BadRequest(format!("body is not an AdmissionReview: {e}")))?;
         let api_version = envelope.api_version.unwrap_or_default();
         if !api_version.starts_with("admission.k8s.io/") {
-            return Err(BadRequest(format!(
-                "apiVersion must be admission.k8s.io/v1, not {api_version:?}"
-            )));
+            return Err(BadRequest(format!("apiVersion must be admission.k8s.io/v1, not {api_version:?}")));
         }
         if envelope.kind.as_deref() != Some("AdmissionReview") {
             return Err(BadRequest(format!(
@@ -98,16 +96,11 @@ impl AdmissionReview {
                 envelope.kind.unwrap_or_default()
             )));
         }
-        let request = envelope
-            .request
-            .ok_or_else(|| BadRequest("AdmissionReview has no request".into()))?;
+        let request = envelope.request.ok_or_else(|| BadRequest("AdmissionReview has no request".into()))?;
         if request.uid.is_empty() {
             return Err(BadRequest("request.uid is empty".into()));
         }
-        Ok(AdmissionReview {
-            api_version,
-            request,
-        })
+        Ok(AdmissionReview { api_version, request })
     }
 }
 
@@ -129,10 +122,7 @@ pub struct Response {
 
 impl Response {
     pub fn allow() -> Response {
-        Response {
-            allowed: true,
-            ..Response::default()
-        }
+        Response { allowed: true, ..Response::default() }
     }
 
     /// The AdmissionReview to send back for request `uid`.
@@ -167,10 +157,7 @@ pub fn fit_warnings(warnings: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     let mut total = 0;
     for (i, w) in warnings.iter().enumerate() {
-        let clean: String = w
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect();
+        let clean: String = w.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
         let w = shorten(&clean, MAX_WARNING_CHARS);
         let left = warnings.len() - i - 1;
         // Keep room for the summary line if more would follow.
@@ -204,19 +191,10 @@ mod tests {
     fn warnings_are_cut_to_the_api_server_limits() {
         let long = "x".repeat(1000);
         let fitted = fit_warnings(&vec![long; 40]);
-        assert!(
-            fitted
-                .iter()
-                .all(|w| w.chars().count() <= MAX_WARNING_CHARS)
-        );
+        assert!(fitted.iter().all(|w| w.chars().count() <= MAX_WARNING_CHARS));
         let total: usize = fitted.iter().map(|w| w.chars().count()).sum();
         assert!(total <= MAX_WARNINGS_TOTAL, "{total}");
-        assert!(
-            fitted
-                .last()
-                .unwrap()
-                .ends_with("more fluxgate warnings not shown")
-        );
+        assert!(fitted.last().unwrap().ends_with("more fluxgate warnings not shown"));
         assert_eq!(fit_warnings(&["a\nb".to_string()]), vec!["a b".to_string()]);
     }
 
@@ -234,20 +212,13 @@ mod tests {
     fn patch_is_a_base64_string() {
         let r = Response {
             allowed: true,
-            patch: Some(vec![
-                json!({"op": "add", "path": "/spec/wait", "value": true}),
-            ]),
+            patch: Some(vec![json!({"op": "add", "path": "/spec/wait", "value": true})]),
             ..Default::default()
         };
         let review = r.to_review("admission.k8s.io/v1", "u1");
         let patch = review["response"]["patch"].as_str().unwrap();
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(patch)
-            .unwrap();
-        assert_eq!(
-            String::from_utf8(decoded).unwrap(),
-            r#"[{"op":"add","path":"/spec/wait","value":true}]"#
-        );
+        let decoded = base64::engine::general_purpose::STANDARD.decode(patch).unwrap();
+        assert_eq!(String::from_utf8(decoded).unwrap(), r#"[{"op":"add","path":"/spec/wait","value":true}]"#);
         assert_eq!(review["response"]["patchType"], "JSONPatch");
     }
 }

@@ -29,10 +29,7 @@ pub struct Graphs([Graph; 2]);
 
 impl Default for Graphs {
     fn default() -> Self {
-        Graphs([
-            Graph::new(FluxKind::Kustomization),
-            Graph::new(FluxKind::HelmRelease),
-        ])
+        Graphs([Graph::new(FluxKind::Kustomization), Graph::new(FluxKind::HelmRelease)])
     }
 }
 
@@ -84,8 +81,7 @@ impl State {
         let key = (object.kind, object.key.clone());
         self.base.insert(key.clone(), object.clone());
         if let Some(entry) = self.overlay.get(&key) {
-            let stale =
-                resource_version.is_some() && entry.replaced_version.as_deref() == resource_version;
+            let stale = resource_version.is_some() && entry.replaced_version.as_deref() == resource_version;
             if stale {
                 return;
             }
@@ -106,8 +102,7 @@ impl State {
     /// from the list are deleted, the rest applied. Admitted objects not yet in the list stay
     /// until they expire. Marks the kind synced.
     pub fn replace_all(&mut self, kind: FluxKind, objects: Vec<(Arc<FluxObject>, Option<String>)>) {
-        let listed: std::collections::HashSet<ObjectKey> =
-            objects.iter().map(|(o, _)| o.key.clone()).collect();
+        let listed: std::collections::HashSet<ObjectKey> = objects.iter().map(|(o, _)| o.key.clone()).collect();
         let gone: Vec<ObjectKey> = self
             .base
             .keys()
@@ -138,20 +133,9 @@ impl State {
     }
 
     /// Records an object admitted by a non-dry-run request.
-    pub fn admit(
-        &mut self,
-        object: Arc<FluxObject>,
-        replaced_version: Option<String>,
-        now: Instant,
-    ) {
+    pub fn admit(&mut self, object: Arc<FluxObject>, replaced_version: Option<String>, now: Instant) {
         let key = (object.kind, object.key.clone());
-        self.overlay.insert(
-            key,
-            OverlayEntry {
-                admitted_at: now,
-                replaced_version,
-            },
-        );
+        self.overlay.insert(key, OverlayEntry { admitted_at: now, replaced_version });
         self.graphs.get_mut(object.kind).upsert(object);
     }
 
@@ -200,9 +184,7 @@ impl Cache {
     /// Locks the cache. A panic while holding the lock cannot leave a half-made decision
     /// behind (graph updates are applied whole), so a poisoned lock is taken over.
     pub fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn is_ready(&self) -> bool {
@@ -216,11 +198,7 @@ mod tests {
     use crate::graph::tests::ks;
 
     fn present(state: &State, name: &str) -> bool {
-        state
-            .graphs()
-            .get(FluxKind::Kustomization)
-            .get(&ObjectKey::new("f", name))
-            .is_some()
+        state.graphs().get(FluxKind::Kustomization).get(&ObjectKey::new("f", name)).is_some()
     }
 
     #[test]
@@ -243,10 +221,7 @@ mod tests {
         s.apply(ks("f", "infra", &["crds"]), Some("7"));
         assert_eq!(s.pending_admissions(), 0);
         s.expire(t0 + OVERLAY_TTL);
-        assert!(
-            present(&s, "infra"),
-            "the base keeps what the source delivered"
-        );
+        assert!(present(&s, "infra"), "the base keeps what the source delivered");
     }
 
     #[test]
@@ -258,31 +233,17 @@ mod tests {
         // A late event for the version the update replaced.
         s.apply(ks("f", "apps", &[]), Some("5"));
         let g = s.graphs().get(FluxKind::Kustomization);
-        assert_eq!(
-            g.get(&ObjectKey::new("f", "apps"))
-                .unwrap()
-                .depends_on
-                .len(),
-            1
-        );
+        assert_eq!(g.get(&ObjectKey::new("f", "apps")).unwrap().depends_on.len(), 1);
         // Expiry puts the source's view back.
         s.expire(t0 + OVERLAY_TTL);
         let g = s.graphs().get(FluxKind::Kustomization);
-        assert!(
-            g.get(&ObjectKey::new("f", "apps"))
-                .unwrap()
-                .depends_on
-                .is_empty()
-        );
+        assert!(g.get(&ObjectKey::new("f", "apps")).unwrap().depends_on.is_empty());
     }
 
     #[test]
     fn relist_deletes_missing_objects_but_keeps_pending_admissions() {
         let mut s = State::default();
-        s.replace_all(
-            FluxKind::Kustomization,
-            vec![(ks("f", "a", &[]), None), (ks("f", "b", &[]), None)],
-        );
+        s.replace_all(FluxKind::Kustomization, vec![(ks("f", "a", &[]), None), (ks("f", "b", &[]), None)]);
         assert!(!s.is_synced());
         s.mark_synced(FluxKind::HelmRelease);
         assert!(s.is_synced());

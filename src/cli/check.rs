@@ -45,8 +45,11 @@ impl CheckOutput {
     }
 }
 
+/// Where each object is written: file and line.
+pub type Places = HashMap<(FluxKind, ObjectKey), (PathBuf, usize)>;
+
 /// Builds both graphs from loaded manifests; returns them with where each object is written.
-pub fn build_graphs(loaded: &Manifests) -> (Graphs, HashMap<(FluxKind, ObjectKey), (PathBuf, usize)>) {
+pub fn build_graphs(loaded: &Manifests) -> (Graphs, Places) {
     let mut graphs = Graphs::default();
     let mut places = HashMap::new();
     for l in &loaded.objects {

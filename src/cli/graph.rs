@@ -151,10 +151,17 @@ fn dot(view: &GraphView) -> String {
         view.critical_path.windows(2).map(|w| (w[1].as_str(), w[0].as_str())).collect();
     let mut s = String::new();
     writeln!(s, "digraph fluxgate {{").unwrap();
-    writeln!(s, "  label={};", quote(&format!(
-        "{} dependsOn graph: {} waves, critical path {} objects, {} cycles",
-        view.kind, view.waves.len(), view.critical_path.len(), view.cycles.len()
-    )))
+    writeln!(
+        s,
+        "  label={};",
+        quote(&format!(
+            "{} dependsOn graph: {} waves, critical path {} objects, {} cycles",
+            view.kind,
+            view.waves.len(),
+            view.critical_path.len(),
+            view.cycles.len()
+        ))
+    )
     .unwrap();
     writeln!(s, "  rankdir=BT;\n  node [shape=box, style=rounded];").unwrap();
     for (i, wave) in view.waves.iter().enumerate() {

@@ -54,7 +54,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     };
     let cache = Arc::new(Cache::new());
     if args.manifests.is_empty() {
-        return Err("cluster mode is not available in this build: pass --manifests PATH to serve Flux objects from files".into());
+        return Err(
+            "cluster mode is not available in this build: pass --manifests PATH to serve Flux objects from files"
+                .into(),
+        );
     }
     load_manifests(&cache, &args.manifests);
 

@@ -184,10 +184,7 @@ impl Graph {
     /// Every out-edge: explicit first, then implicit.
     pub fn out_edges(&self, id: NodeId) -> impl Iterator<Item = (NodeId, EdgeKind)> + '_ {
         let n = &self.nodes[id as usize];
-        n.deps
-            .iter()
-            .map(|&t| (t, EdgeKind::DependsOn))
-            .chain(n.waits.iter().map(|&t| (t, EdgeKind::Wait)))
+        n.deps.iter().map(|&t| (t, EdgeKind::DependsOn)).chain(n.waits.iter().map(|&t| (t, EdgeKind::Wait)))
     }
 
     /// The kind of the edge `from -> to`; `dependsOn` wins when both exist.
@@ -204,22 +201,12 @@ impl Graph {
 
     /// Present objects with this name, in any namespace.
     pub fn named(&self, name: &str) -> impl Iterator<Item = NodeId> + '_ {
-        self.by_name
-            .get(name)
-            .into_iter()
-            .flatten()
-            .copied()
-            .filter(|&id| self.is_present(id))
+        self.by_name.get(name).into_iter().flatten().copied().filter(|&id| self.is_present(id))
     }
 
     /// Present objects in this namespace.
     pub fn in_namespace(&self, namespace: &str) -> impl Iterator<Item = NodeId> + '_ {
-        self.by_namespace
-            .get(namespace)
-            .into_iter()
-            .flatten()
-            .copied()
-            .filter(|&id| self.is_present(id))
+        self.by_namespace.get(namespace).into_iter().flatten().copied().filter(|&id| self.is_present(id))
     }
 
     fn intern(&mut self, key: &ObjectKey) -> NodeId {
@@ -230,10 +217,7 @@ impl Graph {
         self.nodes.push(Node::new(key.clone()));
         self.index.insert(key.clone(), id);
         self.by_name.entry(key.name.clone()).or_default().push(id);
-        self.by_namespace
-            .entry(key.namespace.clone())
-            .or_default()
-            .push(id);
+        self.by_namespace.entry(key.namespace.clone()).or_default().push(id);
         id
     }
 
@@ -318,11 +302,7 @@ impl Graph {
     fn recompute_waits(&mut self, id: NodeId) {
         let mut new_waits = match self.nodes[id as usize].object.clone() {
             Some(o) if o.wait => self.nodes[id as usize].children.clone(),
-            Some(o) => o
-                .health_check_kustomizations
-                .iter()
-                .map(|k| self.intern(k))
-                .collect(),
+            Some(o) => o.health_check_kustomizations.iter().map(|k| self.intern(k)).collect(),
             None => Vec::new(),
         };
         new_waits.sort_unstable();

@@ -183,11 +183,7 @@ impl Graph {
 
     /// A shortest cycle through `start` that stays inside `members` (a strongly connected set).
     fn cycle_within(&self, start: NodeId, members: &[NodeId]) -> Vec<NodeId> {
-        let inside = |id: NodeId| {
-            members
-                .binary_search_by(|m| self.key(*m).cmp(self.key(id)))
-                .is_ok()
-        };
+        let inside = |id: NodeId| members.binary_search_by(|m| self.key(*m).cmp(self.key(id))).is_ok();
         let mut best: Option<Vec<NodeId>> = None;
         for (first, _) in self.out_edges(start) {
             if !inside(first) {
@@ -270,11 +266,7 @@ impl Graph {
         let mut wave: Vec<Option<u32>> = vec![None; n];
         let mut queue = VecDeque::new();
         for id in self.present_ids() {
-            pending[id as usize] = self
-                .deps(id)
-                .iter()
-                .filter(|&&d| self.is_present(d))
-                .count() as u32;
+            pending[id as usize] = self.deps(id).iter().filter(|&&d| self.is_present(d)).count() as u32;
             if pending[id as usize] == 0 {
                 wave[id as usize] = Some(0);
                 queue.push_back(id);
@@ -332,13 +324,7 @@ mod tests {
 
     #[test]
     fn scc_scan_finds_self_loops_and_larger_cycles() {
-        let g = build(&[
-            ("a", &["b"]),
-            ("b", &["a"]),
-            ("s", &["s"]),
-            ("x", &["a"]),
-            ("y", &[]),
-        ]);
+        let g = build(&[("a", &["b"]), ("b", &["a"]), ("s", &["s"]), ("x", &["a"]), ("y", &[])]);
         let sccs = g.cycles();
         assert_eq!(sccs.len(), 2);
         assert_eq!(names(&g, &sccs[0].members), ["a", "b"]);
@@ -348,13 +334,8 @@ mod tests {
 
     #[test]
     fn longest_chain_through_a_middle_node() {
-        let g = build(&[
-            ("app", &["infra"]),
-            ("infra", &["ops"]),
-            ("ops", &["crds"]),
-            ("web", &["infra"]),
-            ("crds", &[]),
-        ]);
+        let g =
+            build(&[("app", &["infra"]), ("infra", &["ops"]), ("ops", &["crds"]), ("web", &["infra"]), ("crds", &[])]);
         let chain = g.longest_chain_through(id(&g, "infra"));
         assert_eq!(names(&g, &chain.0), ["app", "infra", "ops", "crds"]);
     }
@@ -372,10 +353,7 @@ mod tests {
         ]);
         let waves = g.waves();
         let w = |n: &str| waves[id(&g, n) as usize];
-        assert_eq!(
-            (w("crds"), w("monitoring"), w("logging")),
-            (Some(0), Some(1), Some(1))
-        );
+        assert_eq!((w("crds"), w("monitoring"), w("logging")), (Some(0), Some(1), Some(1)));
         assert_eq!((w("app-a"), w("app-b")), (Some(2), Some(2)));
         assert_eq!((w("loop1"), w("loop2")), (None, None));
     }

@@ -101,17 +101,14 @@ pub fn load(paths: &[PathBuf]) -> Manifests {
                 continue;
             }
         };
-        let is_kustomize_file = file
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| KUSTOMIZATION_FILES.contains(&n));
+        let is_kustomize_file =
+            file.file_name().and_then(|n| n.to_str()).is_some_and(|n| KUSTOMIZATION_FILES.contains(&n));
         for doc in split_documents(&text) {
             let value: Value = match serde_saphyr::from_str(doc.text) {
                 Ok(v) => v,
                 Err(e) => {
-                    let line = e.location().map_or(doc.line, |l| doc.line + l.line().saturating_sub(1) as usize);
-                    let message = first_line(&e.to_string());
-                    out.errors.push(LoadError { file: file.clone(), line, message: format!("YAML: {message}") });
+                    let (line, message) = yaml_error(&e, &doc);
+                    out.errors.push(LoadError { file: file.clone(), line, message });
                     continue;
                 }
             };
@@ -140,7 +137,9 @@ pub fn load(paths: &[PathBuf]) -> Manifests {
             .unwrap_or_else(|| FALLBACK_NAMESPACE.to_string());
         match FluxObject::from_value(raw.kind, &raw.value, &namespace, "") {
             Ok(object) => out.objects.push(Loaded { object, file: raw.file, line: raw.line }),
-            Err(e) => out.errors.push(LoadError { file: raw.file, line: raw.line, message: format!("{}: {e}", raw.kind) }),
+            Err(e) => {
+                out.errors.push(LoadError { file: raw.file, line: raw.line, message: format!("{}: {e}", raw.kind) })
+            }
         }
     }
     out
@@ -152,8 +151,22 @@ fn namespace_of_file(namespaces: &HashMap<PathBuf, String>, file: &Path) -> Opti
     file.ancestors().find_map(|p| namespaces.get(p)).cloned()
 }
 
-fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or_default().to_string()
+/// The file line of a YAML error and its message without the parser's document-relative
+/// position (which would contradict the file line).
+fn yaml_error(e: &serde_saphyr::Error, doc: &Document<'_>) -> (usize, String) {
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    let Some(location) = e.location() else {
+        return (doc.line, format!("YAML: {first}"));
+    };
+    let line = doc.start + (location.line() as usize).saturating_sub(1);
+    // "error: line 26 column 13: alias references unknown anchor" -> the part after the position.
+    let reason = first
+        .strip_prefix("error: ")
+        .unwrap_or(first)
+        .split_once(&format!("column {}: ", location.column()))
+        .map_or(first, |(_, rest)| rest);
+    (line, format!("YAML: {reason} (column {})", location.column()))
 }
 
 fn is_yaml(path: &Path) -> bool {
@@ -196,7 +209,10 @@ fn collect_files(path: &Path, explicit: bool, files: &mut Vec<PathBuf>, errors: 
 #[derive(Debug, PartialEq, Eq)]
 pub struct Document<'a> {
     pub text: &'a str,
+    /// 1-based line of the document's first line with content.
     pub line: usize,
+    /// 1-based line of the document text's first line (the parser counts from there).
+    pub start: usize,
 }
 
 /// Splits a multi-document YAML stream at `---` (and `...`) markers in column 0. Documents with
@@ -239,7 +255,7 @@ fn push_document<'a>(docs: &mut Vec<Document<'a>>, text: &'a str, line: usize) {
         }
     }
     if let Some(skip) = first {
-        docs.push(Document { text, line: line + skip });
+        docs.push(Document { text, line: line + skip, start: line });
     }
 }
 

@@ -27,12 +27,7 @@ pub fn evaluate_upsert(
 ) -> Vec<Finding> {
     let previous = graph.upsert(new.clone());
     let x = graph.id(&new.key).expect("the candidate was just inserted");
-    let mut ctx = Ctx {
-        graph,
-        policy,
-        object: new,
-        findings: Vec::new(),
-    };
+    let mut ctx = Ctx { graph, policy, object: new, findings: Vec::new() };
 
     ctx.cycles(x, old);
     ctx.targets(x, old);
@@ -47,11 +42,7 @@ pub fn evaluate_upsert(
             .id(&new.key)
             .filter(|&id| graph.is_present(id))
             .is_some_and(|id| graph.longest_chain_through(id).0.len() > policy.max_depth_limit);
-        let action = if was_too_long {
-            Action::Warn
-        } else {
-            policy.action(Rule::MaxDepth)
-        };
+        let action = if was_too_long { Action::Warn } else { policy.action(Rule::MaxDepth) };
         findings.push(Finding {
             rule: Rule::MaxDepth,
             kind: new.kind,
@@ -79,11 +70,7 @@ pub fn evaluate_delete(graph: &Graph, policy: &Policy, key: &ObjectKey) -> Vec<F
         return Vec::new();
     }
     let shown: Vec<String> = dependents.iter().take(5).map(ToString::to_string).collect();
-    let more = if dependents.len() > 5 {
-        format!(" and {} more", dependents.len() - 5)
-    } else {
-        String::new()
-    };
+    let more = if dependents.len() > 5 { format!(" and {} more", dependents.len() - 5) } else { String::new() };
     let message = format!(
         "{key} is a dependsOn target of {}{more}; they will wait for it forever once it is deleted",
         shown.join(", ")
@@ -155,10 +142,7 @@ impl Ctx<'_> {
         };
         // One search tells whether any new out-edge closes a cycle; only then is each edge
         // searched on its own to spell the cycles out.
-        if !new_out.is_empty()
-            && g.find_path(new_out.iter().copied(), false, |n| n == x)
-                .is_some()
-        {
+        if !new_out.is_empty() && g.find_path(new_out.iter().copied(), false, |n| n == x).is_some() {
             for &t in &new_out {
                 if found.len() >= MAX_CYCLES_REPORTED {
                     break;
@@ -183,11 +167,7 @@ impl Ctx<'_> {
             if let Some(mut path) = g.find_path(successors, false, |n| n == x) {
                 path.insert(0, x);
                 let keys = path.iter().map(|&id| g.key(id).clone()).collect();
-                let msg = cycle_message(
-                    g,
-                    &path,
-                    "dependsOn cycle (already present, not introduced by this change)",
-                );
+                let msg = cycle_message(g, &path, "dependsOn cycle (already present, not introduced by this change)");
                 self.push(Rule::Cycle, Action::Warn, None, Some(keys), msg);
             }
             return;
@@ -217,17 +197,8 @@ impl Ctx<'_> {
             let count = counts[target];
             if count > 1 {
                 let action = self.action(Rule::DuplicateDependsOn, old_count < count);
-                let msg = format!(
-                    "duplicate dependsOn: {} lists {target} {count} times",
-                    object.key
-                );
-                self.push(
-                    Rule::DuplicateDependsOn,
-                    action,
-                    Some(target.clone()),
-                    None,
-                    msg,
-                );
+                let msg = format!("duplicate dependsOn: {} lists {target} {count} times", object.key);
+                self.push(Rule::DuplicateDependsOn, action, Some(target.clone()), None, msg);
             }
 
             let id = g.id(target).expect("every dependsOn target is a node");
@@ -239,13 +210,7 @@ impl Ctx<'_> {
                     action = Action::Warn;
                 }
                 let msg = dangling_message(g, &object.key, target);
-                self.push(
-                    Rule::DanglingDependsOn,
-                    action,
-                    Some(target.clone()),
-                    None,
-                    msg,
-                );
+                self.push(Rule::DanglingDependsOn, action, Some(target.clone()), None, msg);
             }
 
             if target.namespace != object.key.namespace {
@@ -254,13 +219,7 @@ impl Ctx<'_> {
                     "cross-namespace dependsOn: {} (namespace {}) depends on {target}",
                     object.key, object.key.namespace
                 );
-                self.push(
-                    Rule::CrossNamespaceDependsOn,
-                    action,
-                    Some(target.clone()),
-                    None,
-                    msg,
-                );
+                self.push(Rule::CrossNamespaceDependsOn, action, Some(target.clone()), None, msg);
             }
         }
     }
@@ -274,10 +233,7 @@ impl Ctx<'_> {
         if chain.len() <= self.policy.max_depth_limit {
             return None;
         }
-        let path: Vec<String> = chain
-            .iter()
-            .map(|&id| self.graph.key(id).to_string())
-            .collect();
+        let path: Vec<String> = chain.iter().map(|&id| self.graph.key(id).to_string()).collect();
         Some(format!(
             "dependsOn chain of {} objects exceeds the limit of {}: {}",
             chain.len(),
@@ -293,12 +249,7 @@ impl Ctx<'_> {
 fn new_edges(g: &Graph, x: NodeId, old: Option<&FluxObject>) -> (Vec<NodeId>, Vec<NodeId>) {
     let Some(old) = old else {
         let out = g.out_edges(x).map(|(t, _)| t).collect();
-        let incoming = g
-            .dependents(x)
-            .iter()
-            .chain(g.waited_by(x))
-            .copied()
-            .collect();
+        let incoming = g.dependents(x).iter().chain(g.waited_by(x)).copied().collect();
         return (out, incoming);
     };
     let old_explicit: HashSet<NodeId> = old.depends_on.iter().filter_map(|k| g.id(k)).collect();
@@ -311,16 +262,9 @@ fn new_edges(g: &Graph, x: NodeId, old: Option<&FluxObject>) -> (Vec<NodeId>, Ve
         }
         children
     } else {
-        old.health_check_kustomizations
-            .iter()
-            .filter_map(|k| g.id(k))
-            .collect()
+        old.health_check_kustomizations.iter().filter_map(|k| g.id(k)).collect()
     };
-    let out = g
-        .out_edges(x)
-        .map(|(t, _)| t)
-        .filter(|t| !old_explicit.contains(t) && !old_waits.contains(t))
-        .collect();
+    let out = g.out_edges(x).map(|(t, _)| t).filter(|t| !old_explicit.contains(t) && !old_waits.contains(t)).collect();
     // Explicit in-edges belong to other objects and are unchanged. A wait in-edge from the
     // owner is new when the old labels did not make `x` that owner's child.
     let incoming = g
@@ -339,8 +283,7 @@ fn new_edges(g: &Graph, x: NodeId, old: Option<&FluxObject>) -> (Vec<NodeId>, Ve
             let Some(parent) = g.object(p) else {
                 return false;
             };
-            let by_health_check =
-                !parent.wait && parent.health_check_kustomizations.contains(g.key(x));
+            let by_health_check = !parent.wait && parent.health_check_kustomizations.contains(g.key(x));
             let by_old_owner = parent.wait && old.owner.as_ref() == Some(g.key(p));
             !(by_health_check || by_old_owner)
         })
@@ -351,16 +294,8 @@ fn new_edges(g: &Graph, x: NodeId, old: Option<&FluxObject>) -> (Vec<NodeId>, Ve
 /// A cycle rotated to start at its smallest id, for deduplication.
 fn canonical(cycle: &[NodeId]) -> Vec<NodeId> {
     let body = &cycle[..cycle.len() - 1];
-    let start = body
-        .iter()
-        .enumerate()
-        .min_by_key(|(_, id)| **id)
-        .map_or(0, |(i, _)| i);
-    body[start..]
-        .iter()
-        .chain(&body[..start])
-        .copied()
-        .collect()
+    let start = body.iter().enumerate().min_by_key(|(_, id)| **id).map_or(0, |(i, _)| i);
+    body[start..].iter().chain(&body[..start]).copied().collect()
 }
 
 /// How many times each target is listed.

@@ -11,21 +11,12 @@ use crate::policy::{Action, Policy, Rule};
 pub fn audit(graph: &Graph, policy: &Policy) -> Vec<Finding> {
     let kind = graph.kind();
     let mut findings = Vec::new();
-    let mut push =
-        |rule: Rule, object: &crate::object::ObjectKey, target, cycle, message: String| {
-            let action = policy.action(rule);
-            if action != Action::Off {
-                findings.push(Finding {
-                    rule,
-                    kind,
-                    object: object.clone(),
-                    target,
-                    cycle,
-                    action,
-                    message,
-                });
-            }
-        };
+    let mut push = |rule: Rule, object: &crate::object::ObjectKey, target, cycle, message: String| {
+        let action = policy.action(rule);
+        if action != Action::Off {
+            findings.push(Finding { rule, kind, object: object.clone(), target, cycle, action, message });
+        }
+    };
 
     for scc in graph.cycles() {
         let object = graph.key(scc.cycle[0]);
@@ -35,9 +26,7 @@ pub fn audit(graph: &Graph, policy: &Policy) -> Vec<Finding> {
         let on_path = scc.cycle.len() - 1;
         if scc.members.len() > on_path {
             let others = scc.members.len() - on_path;
-            message.push_str(&format!(
-                " ({others} more objects are caught in the same knot)"
-            ));
+            message.push_str(&format!(" ({others} more objects are caught in the same knot)"));
         }
         push(Rule::Cycle, object, None, Some(keys), message);
     }
@@ -51,40 +40,19 @@ pub fn audit(graph: &Graph, policy: &Policy) -> Vec<Finding> {
         for &dep in graph.deps(id) {
             let target = graph.key(dep);
             if counts[target] > 1 {
-                let msg = format!(
-                    "duplicate dependsOn: {} lists {target} {} times",
-                    object.key, counts[target]
-                );
-                push(
-                    Rule::DuplicateDependsOn,
-                    &object.key,
-                    Some(target.clone()),
-                    None,
-                    msg,
-                );
+                let msg = format!("duplicate dependsOn: {} lists {target} {} times", object.key, counts[target]);
+                push(Rule::DuplicateDependsOn, &object.key, Some(target.clone()), None, msg);
             }
             if !graph.is_present(dep) {
                 let msg = dangling_message(graph, &object.key, target);
-                push(
-                    Rule::DanglingDependsOn,
-                    &object.key,
-                    Some(target.clone()),
-                    None,
-                    msg,
-                );
+                push(Rule::DanglingDependsOn, &object.key, Some(target.clone()), None, msg);
             }
             if target.namespace != object.key.namespace {
                 let msg = format!(
                     "cross-namespace dependsOn: {} (namespace {}) depends on {target}",
                     object.key, object.key.namespace
                 );
-                push(
-                    Rule::CrossNamespaceDependsOn,
-                    &object.key,
-                    Some(target.clone()),
-                    None,
-                    msg,
-                );
+                push(Rule::CrossNamespaceDependsOn, &object.key, Some(target.clone()), None, msg);
             }
         }
         // A chain is reported once, at its top: the object nothing depends on.
@@ -124,10 +92,7 @@ mod tests {
         policy.set_action(Rule::MaxDepth, Action::Warn);
         policy.max_depth_limit = 2;
         let findings = audit(&g, &policy);
-        let rules: Vec<(String, Rule)> = findings
-            .iter()
-            .map(|f| (f.object.name.clone(), f.rule))
-            .collect();
+        let rules: Vec<(String, Rule)> = findings.iter().map(|f| (f.object.name.clone(), f.rule)).collect();
         assert_eq!(
             rules,
             vec![
@@ -139,9 +104,6 @@ mod tests {
         );
         assert_eq!(findings[0].message, "dependsOn cycle: f/a -> f/b -> f/a");
         assert!(findings[0].is_deny());
-        assert_eq!(
-            findings[2].message,
-            "dependsOn chain of 3 objects exceeds the limit of 2: f/c -> f/d -> f/e"
-        );
+        assert_eq!(findings[2].message, "dependsOn chain of 3 objects exceeds the limit of 2: f/c -> f/d -> f/e");
     }
 }

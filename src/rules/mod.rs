@@ -59,8 +59,7 @@ pub(crate) fn cycle_message(graph: &Graph, cycle: &[NodeId], prefix: &str) -> St
 /// The message of a dangling `dependsOn`, with a hint when a likely intended target exists.
 pub(crate) fn dangling_message(graph: &Graph, object: &ObjectKey, target: &ObjectKey) -> String {
     let kind = graph.kind();
-    let mut msg =
-        format!("dangling dependsOn: {object} depends on {kind} {target}, which does not exist");
+    let mut msg = format!("dangling dependsOn: {object} depends on {kind} {target}, which does not exist");
     if let Some(hint) = hint(graph, target) {
         msg.push_str("; ");
         msg.push_str(&hint);
@@ -80,21 +79,9 @@ pub(crate) fn hint(graph: &Graph, target: &ObjectKey) -> Option<String> {
     if !elsewhere.is_empty() {
         elsewhere.sort_unstable();
         let shown: Vec<&str> = elsewhere.iter().take(3).copied().collect();
-        let more = if elsewhere.len() > 3 {
-            format!(" and {} more", elsewhere.len() - 3)
-        } else {
-            String::new()
-        };
-        let noun = if elsewhere.len() == 1 {
-            "namespace"
-        } else {
-            "namespaces"
-        };
-        return Some(format!(
-            "a {kind} named {} exists in {noun} {}{more}",
-            target.name,
-            shown.join(", ")
-        ));
+        let more = if elsewhere.len() > 3 { format!(" and {} more", elsewhere.len() - 3) } else { String::new() };
+        let noun = if elsewhere.len() == 1 { "namespace" } else { "namespaces" };
+        return Some(format!("a {kind} named {} exists in {noun} {}{more}", target.name, shown.join(", ")));
     }
     let mut best: Option<(usize, &str)> = None;
     for id in graph.in_namespace(&target.namespace) {
@@ -119,11 +106,7 @@ fn nearness(wanted: &str, candidate: &str) -> Option<usize> {
     if distance <= (shorter / 3).max(1) {
         return Some(distance);
     }
-    let (short, long) = if wanted.len() <= candidate.len() {
-        (wanted, candidate)
-    } else {
-        (candidate, wanted)
-    };
+    let (short, long) = if wanted.len() <= candidate.len() { (wanted, candidate) } else { (candidate, wanted) };
     if short.len() >= 4 && long.starts_with(short) {
         return Some(distance);
     }

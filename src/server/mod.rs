@@ -59,10 +59,7 @@ impl App {
 
 /// `/validate` and `/mutate`.
 pub fn webhook_router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/validate", post(validate))
-        .route("/mutate", post(mutate))
-        .with_state(app)
+    Router::new().route("/validate", post(validate)).route("/mutate", post(mutate)).with_state(app)
 }
 
 /// `/healthz`, `/readyz`, `/metrics`, `/report`.
@@ -105,11 +102,8 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 /// The body, or the error response for a body that is too large, too slow, or broken.
 async fn read_body(request: Request) -> Result<axum::body::Bytes, Response> {
     let too_large = || error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds {MAX_BODY_BYTES} bytes"));
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Err(too_large());
     }
@@ -127,7 +121,12 @@ async fn handle(app: &App, request: Request, hook: Hook) -> Response {
     let count_error = || {
         app.metrics
             .requests
-            .get_or_create(&RequestLabels { webhook: hook.as_str(), kind: "unknown".into(), operation: "UNKNOWN", result: "error" })
+            .get_or_create(&RequestLabels {
+                webhook: hook.as_str(),
+                kind: "unknown".into(),
+                operation: "UNKNOWN",
+                result: "error",
+            })
             .inc();
     };
     let body = match read_body(request).await {
@@ -169,7 +168,12 @@ async fn handle(app: &App, request: Request, hook: Hook) -> Response {
     };
     app.metrics
         .requests
-        .get_or_create(&RequestLabels { webhook: hook.as_str(), kind: kind.into(), operation: req.operation.as_str(), result })
+        .get_or_create(&RequestLabels {
+            webhook: hook.as_str(),
+            kind: kind.into(),
+            operation: req.operation.as_str(),
+            result,
+        })
         .inc();
     app.metrics.duration.observe(elapsed.as_secs_f64());
     let mut rules: Vec<&str> = findings.iter().map(|f| f.rule.as_str()).collect();
@@ -211,10 +215,7 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
         }
         app.metrics.cache_ready.set(i64::from(state.is_synced()));
     }
-    (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        app.metrics.encode(),
-    )
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], app.metrics.encode())
         .into_response()
 }
 
@@ -302,7 +303,5 @@ pub async fn serve_admin(listener: TcpListener, router: Router, mut shutdown: wa
 
 /// Binds a TCP listener, naming the address on failure.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+    TcpListener::bind(addr).await.map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }

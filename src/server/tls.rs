@@ -60,8 +60,7 @@ fn read_pair(cert: &Path, key: &Path) -> Result<(Vec<u8>, Vec<u8>), Error> {
 }
 
 fn parse_pair(cert_pem: &[u8], key_pem: &[u8], cert: &Path, key: &Path) -> Result<CertifiedKey, Error> {
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(cert_pem).filter_map(Result::ok).collect();
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem).filter_map(Result::ok).collect();
     if chain.is_empty() {
         return Err(Error::NoCertificate { path: cert.to_path_buf() });
     }
@@ -123,9 +122,13 @@ impl ReloadingCert {
             loop {
                 tick.tick().await;
                 match this.reload() {
-                    Ok(true) => tracing::info!(cert = %this.cert_path.display(), "serving certificate reloaded"),
+                    Ok(true) => {
+                        tracing::info!(cert = %this.cert_path.display(), "serving certificate reloaded")
+                    }
                     Ok(false) => {}
-                    Err(e) => tracing::error!(error = %e, "new serving certificate refused; the previous one stays in use"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "new serving certificate refused; the previous one stays in use")
+                    }
                 }
             }
         })

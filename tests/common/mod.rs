@@ -2,6 +2,8 @@
 //! that drives the webhook router in-process.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -36,7 +38,8 @@ fn flux_object(api_version: &str, kind: &str, ns: &str, name: &str, deps: &[&str
         spec["path"] = json!(format!("./{name}"));
         spec["sourceRef"] = json!({ "kind": "GitRepository", "name": "flux-system", "namespace": "flux-system" });
     } else {
-        spec["chart"] = json!({ "spec": { "chart": name, "sourceRef": { "kind": "HelmRepository", "name": "charts" } } });
+        spec["chart"] =
+            json!({ "spec": { "chart": name, "sourceRef": { "kind": "HelmRepository", "name": "charts" } } });
     }
     if !depends_on.is_empty() {
         spec["dependsOn"] = json!(depends_on);
