@@ -13,6 +13,8 @@
 //! mutex: a decision and its recording happen under the same lock, so no interleaving of
 //! concurrent requests on one replica can admit both halves of a cycle.
 
+pub mod watch;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use super::{LogFormat, ServeArgs};
 use crate::admission::Webhook;
 use crate::cache::Cache;
+use crate::cache::watch::WatchOptions;
 use crate::manifests;
 use crate::object::FluxKind;
 use crate::policy::Policy;
@@ -53,13 +54,17 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         None => Policy::default(),
     };
     let cache = Arc::new(Cache::new());
-    if args.manifests.is_empty() {
-        return Err(
-            "cluster mode is not available in this build: pass --manifests PATH to serve Flux objects from files"
-                .into(),
-        );
-    }
-    load_manifests(&cache, &args.manifests);
+    // rustls needs its process-wide provider before the kube client builds its TLS config.
+    crate::server::tls::provider();
+    let watch = if args.manifests.is_empty() {
+        let client = kube::Client::try_default().await.map_err(|e| {
+            format!("cannot connect to a cluster ({e}); set KUBECONFIG or run in a pod, or pass --manifests PATH")
+        })?;
+        Some(tokio::spawn(crate::cache::watch::run(client, cache.clone(), WatchOptions::default())))
+    } else {
+        load_manifests(&cache, &args.manifests);
+        None
+    };
 
     let (cert_path, key_path) = match (&args.tls_cert, &args.tls_key) {
         (Some(c), Some(k)) => (c.clone(), k.clone()),
@@ -92,6 +97,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         tls_config,
         server::webhook_router(app.clone()),
         stop_rx.clone(),
+        server::Limits::default(),
     ));
     let admin = tokio::spawn(server::serve_admin(admin_listener, server::admin_router(app.clone()), stop_rx));
 
@@ -101,6 +107,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let _ = webhook.await;
     let _ = admin.await;
     audit.abort();
+    if let Some(w) = watch {
+        w.abort();
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -44,6 +44,20 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest drain of in-flight requests on shutdown.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Time limits of the webhook server.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub header_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { header_timeout: HEADER_TIMEOUT, handshake_timeout: HANDSHAKE_TIMEOUT, drain_timeout: DRAIN_TIMEOUT }
+    }
+}
+
 /// Everything the handlers share.
 pub struct App {
     pub webhook: Webhook,
@@ -233,12 +247,13 @@ pub fn publish_report(app: &App, report: &Report) {
 }
 
 /// Serves `router` over TLS on `listener` until `shutdown` turns true, then stops accepting and
-/// drains in-flight requests for at most [`DRAIN_TIMEOUT`].
+/// drains in-flight requests for at most `limits.drain_timeout`.
 pub async fn serve_tls(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
     router: Router,
     mut shutdown: watch::Receiver<bool>,
+    limits: Limits,
 ) {
     let acceptor = TlsAcceptor::from(config);
     let graceful = GracefulShutdown::new();
@@ -260,7 +275,7 @@ pub async fn serve_tls(
         let router = router.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let stream = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -275,7 +290,7 @@ pub async fn serve_tls(
                 router.clone().oneshot(req.map(Body::new))
             });
             let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
             builder.http2().timer(TokioTimer::new());
             let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
             if let Err(e) = watcher.watch(conn).await {
@@ -284,7 +299,7 @@ pub async fn serve_tls(
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await.is_err() {
         tracing::warn!("in-flight requests did not finish within the drain timeout");
     }
 }

@@ -29,11 +29,17 @@ impl ServeProcess {
     /// Starts `fluxgate serve` on loopback ports chosen by the OS with `extra` arguments, and
     /// waits for its "fluxgate serving" log line.
     pub fn start(extra: &[&str]) -> ServeProcess {
+        ServeProcess::start_with_env(extra, &[])
+    }
+
+    /// Like [`ServeProcess::start`], with extra environment variables.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> ServeProcess {
         let mut args =
             vec!["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json"];
         args.extend_from_slice(extra);
         let mut child = Command::new(env!("CARGO_BIN_EXE_fluxgate"))
             .args(&args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -1,0 +1,275 @@
+//! A fake Kubernetes API server for the two Flux kinds, speaking the real list/watch wire
+//! protocol over HTTP on loopback: lists carry a `resourceVersion`; `?watch=true` streams
+//! line-delimited watch events after the requested `resourceVersion`; BOOKMARK events; a watch
+//! from a compacted version gets an ERROR event with a 410 `Expired` Status; connections can be
+//! dropped mid-stream. Tests drive it: add, modify, delete, compact, drop, hold lists.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+
+#[derive(Default)]
+struct Resource {
+    installed: bool,
+    version: String,
+    kind: String,
+    /// (namespace, name) -> object.
+    objects: BTreeMap<(String, String), Value>,
+    /// (resourceVersion, type, object), oldest first.
+    events: Vec<(u64, String, Value)>,
+    watchers: Vec<mpsc::UnboundedSender<Result<Bytes, std::io::Error>>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    rv: u64,
+    /// Watches from a resourceVersion at or below this get 410 Gone.
+    compacted: u64,
+    resources: HashMap<String, Resource>,
+    lists_served: usize,
+    /// The `resourceVersion` of every watch request, in order.
+    watch_versions: Vec<String>,
+}
+
+/// Handle on a running fake API server.
+#[derive(Clone)]
+pub struct FakeApi {
+    pub addr: SocketAddr,
+    inner: Arc<Mutex<Inner>>,
+    hold: watch::Sender<bool>,
+}
+
+fn plural(kind: &str) -> String {
+    format!("{}s", kind.to_lowercase())
+}
+
+fn group_of(api_version: &str) -> &str {
+    api_version.split_once('/').map_or("", |(g, _)| g)
+}
+
+impl FakeApi {
+    /// Starts a server serving Kustomizations (`v1`) and, if `helm_installed`, HelmReleases (`v2`).
+    pub async fn start(helm_installed: bool) -> FakeApi {
+        let mut inner = Inner { rv: 1, ..Inner::default() };
+        inner.resources.insert(
+            "kustomize.toolkit.fluxcd.io/kustomizations".into(),
+            Resource { installed: true, version: "v1".into(), kind: "Kustomization".into(), ..Default::default() },
+        );
+        inner.resources.insert(
+            "helm.toolkit.fluxcd.io/helmreleases".into(),
+            Resource {
+                installed: helm_installed,
+                version: "v2".into(),
+                kind: "HelmRelease".into(),
+                ..Default::default()
+            },
+        );
+        let (hold, _) = watch::channel(false);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let fake = FakeApi { addr, inner: Arc::new(Mutex::new(inner)), hold };
+        let app = Router::new().route("/apis/{group}/{version}/{plural}", get(list_or_watch)).with_state(fake.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        fake
+    }
+
+    /// A kube client for this server.
+    pub fn client(&self) -> kube::Client {
+        fluxgate::server::tls::provider();
+        let config = kube::Config::new(format!("http://{}", self.addr).parse().unwrap());
+        kube::Client::try_from(config).unwrap()
+    }
+
+    /// A kubeconfig file pointing at this server.
+    pub fn kubeconfig(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("kubeconfig");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: c\n  context:\n    cluster: fake\n    user: u\ncurrent-context: c\n",
+            self.addr
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn key(object: &Value) -> (String, String) {
+        let api_version = object["apiVersion"].as_str().unwrap();
+        (group_of(api_version).to_string(), plural(object["kind"].as_str().unwrap()))
+    }
+
+    fn record(&self, kind: &str, mut object: Value) {
+        let (group, plural) = Self::key(&object);
+        let mut inner = self.inner.lock().unwrap();
+        inner.rv += 1;
+        let rv = inner.rv;
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let res = inner.resources.get_mut(&format!("{group}/{plural}")).unwrap();
+        let id = (
+            object["metadata"]["namespace"].as_str().unwrap().to_string(),
+            object["metadata"]["name"].as_str().unwrap().to_string(),
+        );
+        if kind == "DELETED" {
+            res.objects.remove(&id);
+        } else {
+            res.objects.insert(id, object.clone());
+        }
+        res.events.push((rv, kind.to_string(), object.clone()));
+        let line = json!({ "type": kind, "object": object });
+        res.watchers.retain(|w| w.send(Ok(Bytes::from(format!("{line}\n")))).is_ok());
+    }
+
+    /// Creates or replaces an object (ADDED or MODIFIED to watchers).
+    pub fn apply(&self, object: Value) {
+        let (group, plural) = Self::key(&object);
+        let exists = {
+            let inner = self.inner.lock().unwrap();
+            let res = &inner.resources[&format!("{group}/{plural}")];
+            res.objects.contains_key(&(
+                object["metadata"]["namespace"].as_str().unwrap().to_string(),
+                object["metadata"]["name"].as_str().unwrap().to_string(),
+            ))
+        };
+        self.record(if exists { "MODIFIED" } else { "ADDED" }, object);
+    }
+
+    /// Deletes an object (DELETED to watchers).
+    pub fn delete(&self, object: &Value) {
+        self.record("DELETED", object.clone());
+    }
+
+    /// Sends a BOOKMARK at the current resourceVersion to every open watch.
+    pub fn bookmark(&self) {
+        let mut inner = self.inner.lock().unwrap();
+        let rv = inner.rv;
+        for (key, res) in inner.resources.iter_mut() {
+            let (group, _) = key.split_once('/').unwrap();
+            let line = json!({ "type": "BOOKMARK", "object": {
+                "apiVersion": format!("{group}/{}", res.version), "kind": res.kind,
+                "metadata": { "resourceVersion": rv.to_string() } } });
+            res.watchers.retain(|w| w.send(Ok(Bytes::from(format!("{line}\n")))).is_ok());
+        }
+    }
+
+    /// Compacts history: open watches get 410 Gone, and so does any watch from an older version.
+    pub fn compact(&self) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.compacted = inner.rv;
+        for res in inner.resources.values_mut() {
+            let line = json!({ "type": "ERROR", "object": gone() });
+            for w in res.watchers.drain(..) {
+                let _ = w.send(Ok(Bytes::from(format!("{line}\n"))));
+            }
+        }
+    }
+
+    /// Cuts every open watch connection mid-stream.
+    pub fn drop_watches(&self) {
+        let mut inner = self.inner.lock().unwrap();
+        for res in inner.resources.values_mut() {
+            for w in res.watchers.drain(..) {
+                let _ = w.send(Err(std::io::Error::other("connection dropped")));
+            }
+        }
+    }
+
+    /// While held, list requests wait (to observe the state during an initial list or relist).
+    pub fn hold_lists(&self, hold: bool) {
+        self.hold.send_replace(hold);
+    }
+
+    /// Installs the HelmRelease CRD.
+    pub fn install_helm(&self) {
+        self.inner.lock().unwrap().resources.get_mut("helm.toolkit.fluxcd.io/helmreleases").unwrap().installed = true;
+    }
+
+    pub fn lists_served(&self) -> usize {
+        self.inner.lock().unwrap().lists_served
+    }
+
+    pub fn watch_versions(&self) -> Vec<String> {
+        self.inner.lock().unwrap().watch_versions.clone()
+    }
+
+    pub fn open_watches(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap()
+            .resources
+            .values()
+            .map(|r| r.watchers.iter().filter(|w| !w.is_closed()).count())
+            .sum()
+    }
+
+    pub fn current_version(&self) -> u64 {
+        self.inner.lock().unwrap().rv
+    }
+}
+
+fn gone() -> Value {
+    json!({ "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+            "message": "too old resource version", "reason": "Expired", "code": 410 })
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Response {
+    let body = json!({ "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                       "message": message, "reason": reason, "code": code });
+    (StatusCode::from_u16(code).unwrap(), axum::Json(body)).into_response()
+}
+
+async fn list_or_watch(
+    State(fake): State<FakeApi>,
+    Path((group, version, plural)): Path<(String, String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let key = format!("{group}/{plural}");
+    {
+        let inner = fake.inner.lock().unwrap();
+        match inner.resources.get(&key) {
+            Some(r) if r.installed && r.version == version => {}
+            _ => return status(404, "NotFound", "the server could not find the requested resource"),
+        }
+    }
+    let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+    if !watching {
+        let mut held = fake.hold.subscribe();
+        let _ = held.wait_for(|h| !*h).await;
+        let mut inner = fake.inner.lock().unwrap();
+        inner.lists_served += 1;
+        let rv = inner.rv;
+        let res = &inner.resources[&key];
+        let items: Vec<Value> = res.objects.values().cloned().collect();
+        let body = json!({ "apiVersion": format!("{group}/{version}"), "kind": format!("{}List", res.kind),
+                           "metadata": { "resourceVersion": rv.to_string() }, "items": items });
+        return axum::Json(body).into_response();
+    }
+
+    let from: u64 = query.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let (tx, rx) = mpsc::unbounded_channel::<Result<Bytes, std::io::Error>>();
+    {
+        let mut inner = fake.inner.lock().unwrap();
+        inner.watch_versions.push(query.get("resourceVersion").cloned().unwrap_or_default());
+        if from <= inner.compacted {
+            let line = json!({ "type": "ERROR", "object": gone() });
+            let _ = tx.send(Ok(Bytes::from(format!("{line}\n"))));
+            drop(tx);
+        } else {
+            let res = inner.resources.get_mut(&key).unwrap();
+            for (_, kind, object) in res.events.iter().filter(|(rv, _, _)| *rv > from) {
+                let line = json!({ "type": kind, "object": object });
+                let _ = tx.send(Ok(Bytes::from(format!("{line}\n"))));
+            }
+            res.watchers.push(tx);
+        }
+    }
+    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    Response::builder().header("content-type", "application/json").body(Body::from_stream(stream)).unwrap()
+}
