@@ -23,7 +23,6 @@ use tower::ServiceExt;
 const F: &str = "flux-system";
 
 struct Cluster {
-    fake: FakeApi,
     cache: Arc<Cache>,
     webhook: Webhook,
     _watch: tokio::task::JoinHandle<()>,
@@ -36,7 +35,7 @@ impl Cluster {
         let options = WatchOptions { crd_retry: Duration::from_millis(200) };
         let task = tokio::spawn(watch::run(fake.client(), cache.clone(), options));
         let webhook = Webhook::new(cache.clone(), Arc::new(Policy::default()));
-        Cluster { fake: fake.clone(), cache, webhook, _watch: task }
+        Cluster { cache, webhook, _watch: task }
     }
 
     /// Whether `review` would be allowed, judged now.
