@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -118,16 +119,27 @@ pub struct Client {
 
 impl Client {
     pub fn new(ca: &Path) -> Client {
+        Client::trusting(&[ca])
+    }
+
+    /// A client trusting each CA in `cas`.
+    pub fn trusting(cas: &[&Path]) -> Client {
         let provider = fluxgate::server::tls::provider();
         let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(ca).unwrap() {
-            roots.add(cert.unwrap()).unwrap();
+        for ca in cas {
+            for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+                roots.add(cert.unwrap()).unwrap();
+            }
         }
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
+        // Full handshakes only: a resumed session shows the certificate of the session it
+        // resumes, not the one the server presents now.
+        let mut config = config;
+        config.resumption = rustls::client::Resumption::disabled();
         Client { connector: TlsConnector::from(Arc::new(config)) }
     }
 
@@ -143,6 +155,8 @@ impl Client {
         let tls =
             connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.expect("TLS handshake verifies");
         let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+        let peer_certificate =
+            tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default();
         assert_eq!(
             alpn,
             Some(match http {
@@ -163,7 +177,7 @@ impl Client {
                 Sender::Two(sender)
             }
         };
-        Connection { sender }
+        Connection { sender, peer_certificate }
     }
 
     fn connector_config(&self) -> Arc<rustls::ClientConfig> {
@@ -171,13 +185,18 @@ impl Client {
     }
 }
 
+/// A request body: whole, or streamed by the test.
+pub type RequestBody = BoxBody<Bytes, std::io::Error>;
+
 enum Sender {
-    One(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
-    Two(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+    One(hyper::client::conn::http1::SendRequest<RequestBody>),
+    Two(hyper::client::conn::http2::SendRequest<RequestBody>),
 }
 
 pub struct Connection {
     sender: Sender,
+    /// DER of the certificate the server presented.
+    pub peer_certificate: Vec<u8>,
 }
 
 impl Connection {
@@ -188,10 +207,16 @@ impl Connection {
     }
 
     pub async fn post_bytes(&mut self, path: &str, body: Vec<u8>) -> (u16, Value) {
+        let body = Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed();
+        self.post_body(path, body).await
+    }
+
+    /// POSTs any body (a streamed one to keep a request in flight).
+    pub async fn post_body(&mut self, path: &str, body: RequestBody) -> (u16, Value) {
         let request = hyper::Request::post(path)
             .header("host", "localhost")
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
+            .body(body)
             .unwrap();
         let response = match &mut self.sender {
             Sender::One(s) => {

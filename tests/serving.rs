@@ -1,0 +1,260 @@
+//! Serving under operations: certificate rotation through a Kubernetes Secret volume's `..data`
+//! symlink swap with requests running, a broken new pair refused, SIGTERM with requests in
+//! flight, and a client that trickles its headers.
+
+mod common;
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::process::{Client, Http, RequestBody, ServeProcess, write_certs};
+use common::*;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Bytes, Frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const F: &str = "flux-system";
+
+/// A folder laid out as the kubelet lays out a Secret volume: the files are symlinks through
+/// `..data`, itself a symlink to a timestamped folder, swapped atomically on update.
+struct SecretVolume {
+    root: PathBuf,
+    generation: usize,
+}
+
+impl SecretVolume {
+    fn new(root: &Path, cert: &Path, key: &Path) -> SecretVolume {
+        std::fs::create_dir_all(root).unwrap();
+        let mut v = SecretVolume { root: root.to_path_buf(), generation: 0 };
+        v.publish(cert, key);
+        symlink("..data/tls.crt", root.join("tls.crt")).unwrap();
+        symlink("..data/tls.key", root.join("tls.key")).unwrap();
+        v
+    }
+
+    /// Writes a new timestamped folder, points `..data` at it with an atomic rename, and removes
+    /// the previous folder, as the kubelet does.
+    fn publish(&mut self, cert: &Path, key: &Path) {
+        let previous = format!("..2026_11_25_00_00_{:02}", self.generation);
+        self.generation += 1;
+        let dir = format!("..2026_11_25_00_00_{:02}", self.generation);
+        std::fs::create_dir(self.root.join(&dir)).unwrap();
+        std::fs::copy(cert, self.root.join(&dir).join("tls.crt")).unwrap();
+        std::fs::copy(key, self.root.join(&dir).join("tls.key")).unwrap();
+        let tmp = self.root.join("..data_tmp");
+        symlink(&dir, &tmp).unwrap();
+        std::fs::rename(&tmp, self.root.join("..data")).unwrap();
+        let _ = std::fs::remove_dir_all(self.root.join(previous));
+    }
+
+    fn cert(&self) -> PathBuf {
+        self.root.join("tls.crt")
+    }
+
+    fn key(&self) -> PathBuf {
+        self.root.join("tls.key")
+    }
+}
+
+fn der_of(pem: &Path) -> Vec<u8> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    CertificateDer::pem_file_iter(pem).unwrap().next().unwrap().unwrap().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_certificate_is_served_within_seconds_and_no_request_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca1, cert1, key1) = write_certs(&dir.path().join("one"));
+    let (ca2, cert2, key2) = write_certs(&dir.path().join("two"));
+    let mut volume = SecretVolume::new(&dir.path().join("secret"), &cert1, &key1);
+    let server = ServeProcess::start(&[
+        "--manifests",
+        dir.path().join("one").to_str().unwrap(),
+        "--tls-cert",
+        volume.cert().to_str().unwrap(),
+        "--tls-key",
+        volume.key().to_str().unwrap(),
+    ]);
+    let client = Client::trusting(&[&ca1, &ca2]);
+    let (old_der, new_der) = (der_of(&cert1), der_of(&cert2));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let seen_new_at: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let (client, stop, done, seen_new_at, new_der, old_der) =
+            (client.clone(), stop.clone(), done.clone(), seen_new_at.clone(), new_der.clone(), old_der.clone());
+        let addr = server.webhook;
+        workers.push(tokio::spawn(async move {
+            let http = if w % 2 == 0 { Http::One } else { Http::Two };
+            while !stop.load(Ordering::Relaxed) {
+                // A fresh connection each time, so every request does a handshake.
+                let mut conn = client.connect(addr, http).await;
+                assert!(conn.peer_certificate == old_der || conn.peer_certificate == new_der);
+                if conn.peer_certificate == new_der {
+                    seen_new_at.lock().unwrap().get_or_insert_with(Instant::now);
+                }
+                let (status, body) = conn.post("/validate", &create(&ks(F, "probe", &[]))).await;
+                assert_eq!(status, 200, "{body}");
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let swapped_at = Instant::now();
+    volume.publish(&cert2, &key2);
+    let deadline = swapped_at + Duration::from_secs(10);
+    while seen_new_at.lock().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the new certificate was not served within 10 s: {:?}", server.log_lines());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let delay = seen_new_at.lock().unwrap().unwrap() - swapped_at;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.expect("no request failed during the rotation");
+    }
+    eprintln!("new certificate served {delay:?} after the swap; {} requests", done.load(Ordering::Relaxed));
+    assert!(done.load(Ordering::Relaxed) > 20);
+    assert!(server.log_lines().iter().any(|l| l.contains("serving certificate reloaded")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_new_pair_is_refused_and_the_old_one_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca1, cert1, key1) = write_certs(&dir.path().join("one"));
+    let (_, _, key2) = write_certs(&dir.path().join("two"));
+    let mut volume = SecretVolume::new(&dir.path().join("secret"), &cert1, &key1);
+    let server = ServeProcess::start(&[
+        "--manifests",
+        dir.path().join("one").to_str().unwrap(),
+        "--tls-cert",
+        volume.cert().to_str().unwrap(),
+        "--tls-key",
+        volume.key().to_str().unwrap(),
+    ]);
+    // The certificate of pair one with the key of pair two: they do not belong together.
+    volume.publish(&cert1, &key2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.log_lines().iter().any(|l| l.contains("new serving certificate refused")) {
+        assert!(Instant::now() < deadline, "no error logged: {:?}", server.log_lines());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = server.log_lines().into_iter().find(|l| l.contains("refused")).unwrap();
+    assert!(refused.contains("does not match the certificate"), "{refused}");
+    assert!(!refused.contains("PRIVATE KEY"), "a key must never reach the logs");
+    let mut conn = Client::new(&ca1).connect(server.webhook, Http::Two).await;
+    assert_eq!(conn.peer_certificate, der_of(&cert1));
+    assert_eq!(conn.post("/validate", &create(&ks(F, "x", &[]))).await.0, 200);
+}
+
+/// A body sent in two parts, the second when `rest` fires.
+fn trickled(review: &serde_json::Value) -> (RequestBody, tokio::sync::oneshot::Sender<()>) {
+    let bytes = serde_json::to_vec(review).unwrap();
+    let (first, second) = bytes.split_at(bytes.len() / 2);
+    let (first, second) = (Bytes::copy_from_slice(first), Bytes::copy_from_slice(second));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let stream = futures::stream::unfold((0, Some(rx)), move |(step, rx)| {
+        let (first, second) = (first.clone(), second.clone());
+        async move {
+            match step {
+                0 => Some((Ok(Frame::data(first)), (1, rx))),
+                1 => {
+                    rx.unwrap().await.ok()?;
+                    Some((Ok(Frame::data(second)), (2, None)))
+                }
+                _ => None,
+            }
+        }
+    });
+    (StreamBody::new(stream).boxed(), tx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_requests_in_flight_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = write_certs(&dir.path().join("certs"));
+    let server = ServeProcess::start(&[
+        "--manifests",
+        dir.path().join("certs").to_str().unwrap(),
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let client = Client::new(&ca);
+    let mut in_flight = Vec::new();
+    let mut releases = Vec::new();
+    for (i, http) in [Http::One, Http::Two, Http::One, Http::Two].into_iter().enumerate() {
+        let mut conn = client.connect(server.webhook, http).await;
+        let (body, release) = trickled(&create(&ks(F, &format!("inflight-{i}"), &[])));
+        releases.push(release);
+        in_flight.push(tokio::spawn(async move { conn.post_body("/validate", body).await }));
+    }
+    // Every request has sent its headers and half its body; now the pod is told to stop.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = server.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // New connections are no longer accepted while the old ones drain.
+    let refused = tokio::net::TcpStream::connect(server.webhook).await;
+    assert!(refused.is_err(), "the listener must close on SIGTERM");
+    for r in releases {
+        r.send(()).unwrap();
+    }
+    for (i, request) in in_flight.into_iter().enumerate() {
+        let (status, body) = request.await.unwrap();
+        assert_eq!(status, 200, "request {i}: {body}");
+        assert_eq!(body["response"]["allowed"], true);
+    }
+    let status = server.terminate();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn client_that_trickles_its_headers_is_cut_off() {
+    use fluxgate::admission::Webhook;
+    use fluxgate::cache::Cache;
+    use fluxgate::server::{self, App, Limits, tls::ReloadingCert};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = write_certs(dir.path());
+    let tls = Arc::new(ReloadingCert::load(&cert, &key).unwrap().server_config());
+    let app = App::new(Webhook::new(Arc::new(Cache::new()), Arc::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let limits = Limits { header_timeout: Duration::from_millis(300), ..Limits::default() };
+    tokio::spawn(server::serve_tls(listener, tls, server::webhook_router(app), stop_rx, limits));
+
+    // A raw TLS stream: send the request line and one header, then nothing.
+    let provider = fluxgate::server::tls::provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in <rustls_pki_types::CertificateDer as rustls_pki_types::pem::PemObject>::pem_file_iter(&ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tls = connector.connect(rustls_pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    tls.write_all(b"POST /validate HTTP/1.1\r\nHost: localhost\r\n").await.unwrap();
+    tls.flush().await.unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the server kept a header-trickling connection open");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(250), "cut off before the timeout: {waited:?}");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(buf.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+}
