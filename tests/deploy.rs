@@ -1,0 +1,183 @@
+//! `deploy/` renders with `kubectl kustomize`, and every rendered object parses into its
+//! Kubernetes type with the settings the install relies on.
+
+use std::path::Path;
+use std::process::Command;
+
+use fluxgate::policy::Policy;
+use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use serde_json::Value;
+
+/// The objects `kubectl kustomize` renders for a folder of `deploy/`.
+fn render(folder: &str) -> Vec<Value> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(folder);
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&dir)
+        .output()
+        .expect("kubectl is installed (.ci/run installs it: Debian's kubernetes-client or kubectl)");
+    assert!(out.status.success(), "kubectl kustomize {folder} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    fluxgate::manifests::split_documents(&text).iter().map(|d| serde_saphyr::from_str(d.text).unwrap()).collect()
+}
+
+fn one<T: serde::de::DeserializeOwned>(objects: &[Value], kind: &str) -> T {
+    let found: Vec<&Value> = objects.iter().filter(|o| o["kind"] == kind).collect();
+    assert_eq!(found.len(), 1, "exactly one {kind}");
+    serde_json::from_value(found[0].clone()).unwrap_or_else(|e| panic!("{kind} does not parse: {e}"))
+}
+
+fn check_base(objects: &[Value]) {
+    // Every namespaced object lands in fluxgate-system.
+    for o in objects {
+        let kind = o["kind"].as_str().unwrap();
+        let cluster_scoped = matches!(
+            kind,
+            "Namespace"
+                | "ClusterRole"
+                | "ClusterRoleBinding"
+                | "ValidatingWebhookConfiguration"
+                | "MutatingWebhookConfiguration"
+        );
+        if !cluster_scoped {
+            assert_eq!(o["metadata"]["namespace"], "fluxgate-system", "{kind} {}", o["metadata"]["name"]);
+        }
+    }
+    let ns: Namespace = one(objects, "Namespace");
+    assert_eq!(ns.metadata.name.as_deref(), Some("fluxgate-system"));
+    let _: ServiceAccount = one(objects, "ServiceAccount");
+
+    // Deployment: 2 replicas, spread, non-root, read-only root, probes on the admin port, certificate from a Secret.
+    let d: Deployment = one(objects, "Deployment");
+    let spec = d.spec.unwrap();
+    assert_eq!(spec.replicas, Some(2));
+    let pod = spec.template.spec.unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("fluxgate"));
+    let anti = pod.affinity.unwrap().pod_anti_affinity.unwrap();
+    assert!(
+        anti.preferred_during_scheduling_ignored_during_execution.is_some()
+            || anti.required_during_scheduling_ignored_during_execution.is_some()
+    );
+    let psc = pod.security_context.unwrap();
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert!(psc.run_as_user.is_some_and(|u| u != 0));
+    let c = &pod.containers[0];
+    let csc = c.security_context.clone().unwrap();
+    assert_eq!(csc.read_only_root_filesystem, Some(true));
+    assert_eq!(csc.allow_privilege_escalation, Some(false));
+    assert_eq!(csc.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
+    let admin_port = c.ports.as_ref().unwrap().iter().find(|p| p.name.as_deref() == Some("admin")).unwrap();
+    assert_eq!(admin_port.container_port, 8080);
+    for (probe, path) in [(c.readiness_probe.clone(), "/readyz"), (c.liveness_probe.clone(), "/healthz")] {
+        let http = probe.unwrap().http_get.unwrap();
+        assert_eq!(http.path.as_deref(), Some(path));
+        assert_eq!(serde_json::to_value(&http.port).unwrap(), "admin");
+    }
+    let args = c.args.clone().unwrap();
+    assert!(args.contains(&"--tls-cert=/etc/fluxgate/tls/tls.crt".to_string()), "{args:?}");
+    let tls = pod.volumes.unwrap().into_iter().find(|v| v.name == "tls").unwrap();
+    assert_eq!(tls.secret.unwrap().secret_name.as_deref(), Some("fluxgate-tls"));
+
+    let pdb: PodDisruptionBudget = one(objects, "PodDisruptionBudget");
+    assert!(pdb.spec.unwrap().min_available.is_some());
+    let svc: Service = one(objects, "Service");
+    let port = svc.spec.unwrap().ports.unwrap().into_iter().find(|p| p.name.as_deref() == Some("webhook")).unwrap();
+    assert_eq!(port.port, 443);
+
+    // The shipped policy is a valid policy.
+    let cm: ConfigMap = one(objects, "ConfigMap");
+    Policy::parse(&cm.data.unwrap()["policy.yaml"], "deploy policy").expect("the shipped policy parses");
+
+    // RBAC: read the two kinds, write events, one Lease; nothing else, no wildcards.
+    let cr: ClusterRole = one(objects, "ClusterRole");
+    let rules = cr.rules.unwrap();
+    let has = |rules: &[PolicyRule], group: &str, resource: &str, verbs: &[&str]| {
+        rules.iter().any(|r| {
+            r.api_groups.as_deref().unwrap_or_default().contains(&group.to_string())
+                && r.resources.as_deref().unwrap_or_default().contains(&resource.to_string())
+                && verbs.iter().all(|v| r.verbs.contains(&v.to_string()))
+        })
+    };
+    assert!(has(&rules, "kustomize.toolkit.fluxcd.io", "kustomizations", &["get", "list", "watch"]));
+    assert!(has(&rules, "helm.toolkit.fluxcd.io", "helmreleases", &["get", "list", "watch"]));
+    assert!(has(&rules, "events.k8s.io", "events", &["create"]));
+    let role: Role = one(objects, "Role");
+    let lease_rules = role.rules.unwrap();
+    assert!(has(&lease_rules, "coordination.k8s.io", "leases", &["get", "update"]));
+    for r in rules.iter().chain(&lease_rules) {
+        assert!(!r.verbs.iter().any(|v| v == "*" || v == "delete" || v == "deletecollection"), "{r:?}");
+        assert!(!r.resources.as_deref().unwrap_or_default().iter().any(|x| x == "*" || x == "secrets"), "{r:?}");
+        assert!(!r.api_groups.as_deref().unwrap_or_default().iter().any(|g| g == "*"), "{r:?}");
+    }
+    let _: ClusterRoleBinding = one(objects, "ClusterRoleBinding");
+    let _: RoleBinding = one(objects, "RoleBinding");
+
+    // Webhooks: the settings the API server and Flux's dry-runs depend on.
+    let v: ValidatingWebhookConfiguration = one(objects, "ValidatingWebhookConfiguration");
+    let m: MutatingWebhookConfiguration = one(objects, "MutatingWebhookConfiguration");
+    let vw = &v.webhooks.unwrap()[0];
+    let mw = &m.webhooks.unwrap()[0];
+    for (side, review, policy, timeout, service, selector) in [
+        (
+            &vw.side_effects,
+            &vw.admission_review_versions,
+            &vw.match_policy,
+            vw.timeout_seconds,
+            &vw.client_config.service,
+            &vw.namespace_selector,
+        ),
+        (
+            &mw.side_effects,
+            &mw.admission_review_versions,
+            &mw.match_policy,
+            mw.timeout_seconds,
+            &mw.client_config.service,
+            &mw.namespace_selector,
+        ),
+    ] {
+        assert_eq!(side, "None");
+        assert_eq!(review, &vec!["v1".to_string()]);
+        assert_eq!(policy.as_deref(), Some("Equivalent"));
+        assert_eq!(timeout, Some(5));
+        let service = service.as_ref().unwrap();
+        assert_eq!((service.name.as_str(), service.namespace.as_str()), ("fluxgate", "fluxgate-system"));
+        let expr = &selector.as_ref().unwrap().match_expressions.as_ref().unwrap()[0];
+        assert_eq!(expr.operator, "NotIn");
+        let excluded = expr.values.clone().unwrap();
+        assert!(excluded.contains(&"fluxgate-system".to_string()) && excluded.contains(&"kube-system".to_string()));
+    }
+    assert_eq!(vw.failure_policy.as_deref(), Some("Fail"));
+    assert_eq!(mw.failure_policy.as_deref(), Some("Ignore"));
+    assert_eq!(vw.client_config.service.as_ref().unwrap().path.as_deref(), Some("/validate"));
+    assert_eq!(mw.client_config.service.as_ref().unwrap().path.as_deref(), Some("/mutate"));
+    let groups: Vec<String> = vw.rules.as_ref().unwrap().iter().flat_map(|r| r.api_groups.clone().unwrap()).collect();
+    assert_eq!(groups, ["kustomize.toolkit.fluxcd.io", "helm.toolkit.fluxcd.io"]);
+    assert!(vw.rules.as_ref().unwrap().iter().all(|r| r.operations.as_ref().unwrap().contains(&"DELETE".to_string())));
+}
+
+#[test]
+fn base_renders_and_every_object_has_the_settings_the_install_relies_on() {
+    let objects = render("deploy");
+    check_base(&objects);
+    assert!(objects.iter().all(|o| o["apiVersion"] != "cert-manager.io/v1"));
+}
+
+#[test]
+fn cert_manager_variant_adds_the_certificate_chain_and_injects_the_ca() {
+    let objects = render("deploy/overlays/cert-manager");
+    check_base(&objects);
+    let certs: Vec<&Value> = objects.iter().filter(|o| o["kind"] == "Certificate").collect();
+    let serving = certs.iter().find(|c| c["spec"]["secretName"] == "fluxgate-tls").expect("a serving Certificate");
+    assert!(serving["spec"]["dnsNames"].as_array().unwrap().contains(&"fluxgate.fluxgate-system.svc".into()));
+    let ca = certs.iter().find(|c| c["spec"]["isCA"] == true).expect("a CA Certificate");
+    assert_eq!(serving["spec"]["issuerRef"]["name"], "fluxgate-ca");
+    assert_eq!(ca["spec"]["issuerRef"]["name"], "fluxgate-selfsigned");
+    for kind in ["ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"] {
+        let o = objects.iter().find(|o| o["kind"] == kind).unwrap();
+        assert_eq!(o["metadata"]["annotations"]["cert-manager.io/inject-ca-from"], "fluxgate-system/fluxgate-serving");
+    }
+}
