@@ -8,12 +8,14 @@
 //! from every kustomization that no other kustomization includes (a build root) and gives each
 //! file the namespace kustomize would: the outermost `namespace:` on the way down wins.
 
+mod tree;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::object::{FluxKind, FluxObject, kind_of};
+use crate::object::{FluxKind, FluxObject, ObjectKey, kind_of};
 
 /// Namespace of a namespaced object that nothing gives one, as for any Kubernetes object.
 pub const FALLBACK_NAMESPACE: &str = "default";
@@ -51,6 +53,10 @@ pub struct Manifests {
     pub errors: Vec<LoadError>,
     /// How many YAML files were read.
     pub files: usize,
+    /// When the paths hold several clusters that give one name to different objects: the
+    /// objects of each cluster (indices into `objects`), to be checked one cluster at a time.
+    /// Empty when everything forms one graph.
+    pub clusters: Vec<Vec<usize>>,
 }
 
 impl Manifests {
@@ -126,23 +132,162 @@ pub fn load(paths: &[PathBuf]) -> Manifests {
     }
 
     let namespaces = resolve_namespaces(&kustomizations);
-    for raw in raws {
-        let namespace = raw
-            .value
+    let appliers: Vec<tree::Applier<'_>> = raws
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.kind == FluxKind::Kustomization)
+        .map(|(index, r)| {
+            let field = |p: &str| r.value.pointer(p).and_then(Value::as_str);
+            tree::Applier {
+                index,
+                path: field("/spec/path"),
+                source: field("/spec/sourceRef/name")
+                    .map(|name| (field("/spec/sourceRef/kind").unwrap_or("GitRepository"), name)),
+            }
+        })
+        .collect();
+    let tree = tree::build(paths, &files, raws.len(), &|i| raws[i].file.clone(), &appliers, &kustomizations);
+    let mut resolver = Resolver { raws: &raws, namespaces: &namespaces, parents: &tree.parents, keys: HashMap::new() };
+
+    // One instance of each object per cluster it belongs to, resolved with that cluster's parent.
+    let mut instances: Vec<(usize, Option<usize>)> = Vec::new();
+    let mut per_cluster: Vec<Vec<(usize, Option<usize>)>> = Vec::new();
+    for members in tree.clusters.values() {
+        let list: Vec<(usize, Option<usize>)> =
+            members.iter().map(|&i| (i, tree.parents[i].iter().copied().find(|p| members.contains(p)))).collect();
+        instances.extend(list.iter().copied());
+        per_cluster.push(list);
+    }
+    instances.sort_unstable();
+    instances.dedup();
+
+    let mut resolved: HashMap<(usize, Option<usize>), usize> = HashMap::new();
+    let mut first_error: HashSet<usize> = HashSet::new();
+    for &(i, parent) in &instances {
+        let raw = &raws[i];
+        match resolver.object(i, parent) {
+            Ok(object) => {
+                resolved.insert((i, parent), out.objects.len());
+                out.objects.push(Loaded { object, file: raw.file.clone(), line: raw.line });
+            }
+            Err(e) => {
+                if first_error.insert(i) {
+                    out.errors.push(LoadError {
+                        file: raw.file.clone(),
+                        line: raw.line,
+                        message: format!("{}: {e}", raw.kind),
+                    });
+                }
+            }
+        }
+    }
+
+    // Clusters conflict when one name stands for different objects in different clusters.
+    let mut definitions: HashMap<(FluxKind, ObjectKey), &FluxObject> = HashMap::new();
+    let mut conflict = false;
+    for l in &out.objects {
+        let key = (l.object.kind, l.object.key.clone());
+        match definitions.get(&key) {
+            Some(other) if **other != l.object => conflict = true,
+            Some(_) => {}
+            None => {
+                definitions.insert(key, &l.object);
+            }
+        }
+    }
+    if conflict && per_cluster.len() > 1 {
+        out.clusters = per_cluster
+            .iter()
+            .map(|list| list.iter().filter_map(|inst| resolved.get(inst).copied()).collect())
+            .collect();
+    } else {
+        // One graph: each object once, with the first parent found for it.
+        let mut seen = HashSet::new();
+        let mut keep = Vec::new();
+        for (n, &(i, _)) in instances.iter().enumerate() {
+            if resolved.contains_key(&instances[n]) && seen.insert(i) {
+                keep.push(resolved[&instances[n]]);
+            }
+        }
+        let mut objects: Vec<Option<Loaded>> = std::mem::take(&mut out.objects).into_iter().map(Some).collect();
+        out.objects = keep.into_iter().filter_map(|k| objects[k].take()).collect();
+    }
+    out
+}
+
+/// Resolves raw documents into objects: post-build substitution and namespace from the parent
+/// Kustomization that applies them, owner from that parent.
+struct Resolver<'a> {
+    raws: &'a [RawObject],
+    namespaces: &'a HashMap<PathBuf, String>,
+    parents: &'a [Vec<usize>],
+    keys: HashMap<usize, Option<ObjectKey>>,
+}
+
+impl Resolver<'_> {
+    /// The document of `i` after its parent's substitution, and its namespace.
+    fn substituted(&mut self, i: usize, parent: Option<usize>) -> (Value, String) {
+        let raw = &self.raws[i];
+        let mut value = raw.value.clone();
+        let parent_raw = parent.map(|p| &self.raws[p]);
+        if let Some(vars) =
+            parent_raw.and_then(|p| p.value.pointer("/spec/postBuild/substitute")).and_then(Value::as_object)
+        {
+            let vars: HashMap<String, String> = vars
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+                .collect();
+            let text = value.to_string();
+            let replaced = tree::substitute(&text, &vars);
+            if replaced != text
+                && let Ok(v) = serde_json::from_str(&replaced)
+            {
+                value = v;
+            }
+        }
+        let namespace = value
             .pointer("/metadata/namespace")
             .and_then(Value::as_str)
             .filter(|ns| !ns.is_empty())
             .map(str::to_string)
-            .or_else(|| namespace_of_file(&namespaces, &raw.file))
+            .or_else(|| namespace_of_file(self.namespaces, &raw.file))
+            .or_else(|| {
+                parent_raw
+                    .and_then(|p| p.value.pointer("/spec/targetNamespace"))
+                    .and_then(Value::as_str)
+                    .filter(|ns| !ns.is_empty() && !ns.contains("${"))
+                    .map(str::to_string)
+            })
             .unwrap_or_else(|| FALLBACK_NAMESPACE.to_string());
-        match FluxObject::from_value(raw.kind, &raw.value, &namespace, "") {
-            Ok(object) => out.objects.push(Loaded { object, file: raw.file, line: raw.line }),
-            Err(e) => {
-                out.errors.push(LoadError { file: raw.file, line: raw.line, message: format!("{}: {e}", raw.kind) })
-            }
-        }
+        (value, namespace)
     }
-    out
+
+    /// The key of Kustomization `i` as its own parent resolves it.
+    fn key(&mut self, i: usize) -> Option<ObjectKey> {
+        if let Some(k) = self.keys.get(&i) {
+            return k.clone();
+        }
+        // Guard against Kustomizations applying one another in a loop.
+        self.keys.insert(i, None);
+        let parent = self.parents[i].first().copied();
+        let (value, namespace) = self.substituted(i, parent);
+        let name = value.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+        let key = (!name.is_empty()).then(|| ObjectKey::new(namespace, name));
+        self.keys.insert(i, key.clone());
+        key
+    }
+
+    fn object(&mut self, i: usize, parent: Option<usize>) -> Result<FluxObject, String> {
+        let (value, namespace) = self.substituted(i, parent);
+        let mut object =
+            FluxObject::from_value(self.raws[i].kind, &value, &namespace, "").map_err(|e| e.to_string())?;
+        if object.owner.is_none()
+            && let Some(p) = parent
+        {
+            object.owner = self.key(p);
+        }
+        Ok(object)
+    }
 }
 
 /// The kustomize namespace of `file`: its own entry, else that of the nearest folder a

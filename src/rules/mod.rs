@@ -92,7 +92,21 @@ pub(crate) fn hint(graph: &Graph, target: &ObjectKey) -> Option<String> {
             best = Some((score, name));
         }
     }
-    best.map(|(_, name)| format!("did you mean {}/{name}?", target.namespace))
+    if let Some((_, name)) = best {
+        return Some(format!("did you mean {}/{name}?", target.namespace));
+    }
+    // Last, a near name anywhere: a renamed object in another namespace. This walks every
+    // object, which only a dangling reference (rare, and about to be reported) pays for.
+    let mut best: Option<(usize, &crate::object::ObjectKey)> = None;
+    for id in graph.present_ids() {
+        let key = graph.key(id);
+        if let Some(score) = nearness(&target.name, &key.name)
+            && best.is_none_or(|(s, k)| (score, key) < (s, k))
+        {
+            best = Some((score, key));
+        }
+    }
+    best.map(|(_, key)| format!("did you mean {key}?"))
 }
 
 /// A distance for names that look like a typo or an abbreviation of each other; `None` when
@@ -137,6 +151,12 @@ mod tests {
             "did you mean flux-system/cert-manager?"
         );
         assert_eq!(hint(&g, &ObjectKey::new("flux-system", "apps")), None);
+        // A renamed object in another namespace is found last.
+        g.upsert(ks("kubevirt", "zz-vm-kubevirt-app", &[]));
+        assert_eq!(
+            hint(&g, &ObjectKey::new("vm", "vm-kubevirt-app")).unwrap(),
+            "did you mean kubevirt/zz-vm-kubevirt-app?"
+        );
     }
 
     #[test]

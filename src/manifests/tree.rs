@@ -1,0 +1,247 @@
+//! What each Flux Kustomization of a checkout applies, read from its `spec.path`.
+//!
+//! `spec.path` is relative to the root of the source (the Git repository), which the files do
+//! not name: the root is taken to be the folder (among the given paths and their parents)
+//! against which the most `spec.path`s resolve to a folder that was read. A path is expanded as
+//! kustomize-controller expands it: through the folder's `kustomization.yaml` (following
+//! `resources:`, `bases:` and `components:`), or, without one, every manifest below the folder,
+//! a subfolder with its own `kustomization.yaml` being built through it.
+//!
+//! The relation gives each object its parent Kustomization (whose `targetNamespace` and
+//! `postBuild.substitute` apply to it, and whose `spec.wait` waits for it), and groups objects
+//! into clusters: the objects reached from the roots (objects no Kustomization applies) of one
+//! folder. A repository holding several clusters that reuse names is checked cluster by cluster.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use super::{KustomizeFile, normalize};
+
+/// A Flux Kustomization as the tree needs it.
+pub(super) struct Applier<'a> {
+    /// Index of the object among all loaded objects.
+    pub index: usize,
+    pub path: Option<&'a str>,
+    /// `spec.sourceRef` kind and name: only the checkout's own source applies its files.
+    /// `None` when the file has no sourceRef (a parent patches one in): it counts as the
+    /// checkout's source.
+    pub source: Option<(&'a str, &'a str)>,
+}
+
+/// The relation: for each loaded object, the Kustomizations (object indices) that apply it.
+pub(super) struct Tree {
+    pub parents: Vec<Vec<usize>>,
+    /// Object indices per cluster, clusters named by their roots' folder.
+    pub clusters: BTreeMap<PathBuf, BTreeSet<usize>>,
+}
+
+/// Files and subfolders of each folder that was read.
+struct Folders<'a> {
+    files: HashMap<&'a Path, Vec<&'a Path>>,
+    children: HashMap<&'a Path, BTreeSet<&'a Path>>,
+}
+
+impl<'a> Folders<'a> {
+    fn new(files: &'a [PathBuf]) -> Folders<'a> {
+        let mut f = Folders { files: HashMap::new(), children: HashMap::new() };
+        for file in files {
+            let Some(mut dir) = file.parent() else { continue };
+            f.files.entry(dir).or_default().push(file);
+            while let Some(up) = dir.parent() {
+                if !f.children.entry(up).or_default().insert(dir) {
+                    break;
+                }
+                dir = up;
+            }
+        }
+        f
+    }
+
+    fn knows(&self, dir: &Path) -> bool {
+        self.files.contains_key(dir) || self.children.contains_key(dir)
+    }
+}
+
+/// The files a build of `dir` reads.
+fn build_files<'a>(
+    dir: &Path,
+    folders: &Folders<'a>,
+    kustomizations: &HashMap<PathBuf, KustomizeFile>,
+    out: &mut HashSet<&'a Path>,
+    seen: &mut HashSet<PathBuf>,
+) {
+    if !seen.insert(dir.to_path_buf()) {
+        return;
+    }
+    if let Some(k) = kustomizations.get(dir) {
+        for include in &k.includes {
+            if kustomizations.contains_key(include) || folders.knows(include) {
+                build_files(include, folders, kustomizations, out, seen);
+            } else if let Some(files) = include.parent().and_then(|p| folders.files.get(p)) {
+                out.extend(files.iter().copied().filter(|f| *f == include.as_path()));
+            }
+        }
+        return;
+    }
+    out.extend(folders.files.get(dir).into_iter().flatten().copied());
+    for child in folders.children.get(dir).into_iter().flatten() {
+        build_files(child, folders, kustomizations, out, seen);
+    }
+}
+
+/// The checkout's source and its root: the pair against which the most `spec.path`s resolve
+/// to folders that were read. Kustomizations of other sources (another Git repository, an OCI
+/// artifact) do not apply files of this checkout.
+fn source_root<'s>(
+    inputs: &[PathBuf],
+    appliers: &[Applier<'s>],
+    folders: &Folders<'_>,
+) -> Option<(PathBuf, (&'s str, &'s str))> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    for input in inputs {
+        let input = normalize(input);
+        let start = if folders.knows(&input) {
+            input.clone()
+        } else {
+            input.parent().map(Path::to_path_buf).unwrap_or_default()
+        };
+        for up in start.ancestors().take(12) {
+            if !candidates.contains(&up.to_path_buf()) {
+                candidates.push(up.to_path_buf());
+            }
+        }
+    }
+    let sources: BTreeSet<(&str, &str)> = appliers.iter().filter_map(|a| a.source).collect();
+    let mut best: Option<(usize, PathBuf, (&str, &str))> = None;
+    for source in sources {
+        for root in &candidates {
+            let score = appliers
+                .iter()
+                .filter(|a| a.source.is_none_or(|s| s == source))
+                .filter_map(|a| a.path)
+                .filter(|p| !p.contains("${"))
+                .filter(|p| folders.knows(&normalize(&root.join(p))))
+                .count();
+            let deeper = |r: &PathBuf| root.components().count() > r.components().count();
+            if score > 0 && best.as_ref().is_none_or(|(s, r, _)| score > *s || (score == *s && deeper(r))) {
+                best = Some((score, root.clone(), source));
+            }
+        }
+    }
+    best.map(|(_, r, s)| (r, s))
+}
+
+/// Builds the relation for `count` objects, of which `appliers` are Flux Kustomizations;
+/// `file_of` gives each object's file.
+pub(super) fn build(
+    inputs: &[PathBuf],
+    files: &[PathBuf],
+    count: usize,
+    file_of: &dyn Fn(usize) -> PathBuf,
+    appliers: &[Applier<'_>],
+    kustomizations: &HashMap<PathBuf, KustomizeFile>,
+) -> Tree {
+    let folders = Folders::new(files);
+    let mut parents: Vec<Vec<usize>> = vec![Vec::new(); count];
+    if let Some((root, source)) = source_root(inputs, appliers, &folders) {
+        let mut by_file: HashMap<PathBuf, Vec<usize>> = HashMap::new();
+        for i in 0..count {
+            by_file.entry(file_of(i)).or_default().push(i);
+        }
+        for a in appliers.iter().filter(|a| a.source.is_none_or(|s| s == source)) {
+            let Some(path) = a.path.filter(|p| !p.contains("${")) else { continue };
+            let dir = normalize(&root.join(path));
+            if !folders.knows(&dir) && !kustomizations.contains_key(&dir) {
+                continue;
+            }
+            let mut applied = HashSet::new();
+            build_files(&dir, &folders, kustomizations, &mut applied, &mut HashSet::new());
+            for file in applied {
+                for &o in by_file.get(file).into_iter().flatten() {
+                    // The bootstrap Kustomization applies the folder holding itself.
+                    if o != a.index {
+                        parents[o].push(a.index);
+                    }
+                }
+            }
+        }
+    }
+
+    // Clusters: roots grouped by folder, then everything they apply, transitively.
+    let mut children: Vec<Vec<usize>> = vec![Vec::new(); count];
+    for (o, ps) in parents.iter().enumerate() {
+        for &p in ps {
+            children[p].push(o);
+        }
+    }
+    let mut clusters: BTreeMap<PathBuf, BTreeSet<usize>> = BTreeMap::new();
+    let mut reached = vec![false; count];
+    let mut roots: Vec<usize> = (0..count).filter(|&o| parents[o].is_empty()).collect();
+    loop {
+        for &r in &roots {
+            let folder = file_of(r).parent().map(Path::to_path_buf).unwrap_or_default();
+            let members = clusters.entry(folder).or_default();
+            let mut stack = vec![r];
+            while let Some(o) = stack.pop() {
+                if members.insert(o) {
+                    reached[o] = true;
+                    stack.extend(children[o].iter().copied());
+                }
+            }
+        }
+        // Objects only reachable through a loop of Kustomizations applying one another.
+        match (0..count).find(|&o| !reached[o]) {
+            Some(o) => roots = vec![o],
+            None => break,
+        }
+    }
+    Tree { parents, clusters }
+}
+
+/// Replaces `${VAR}`, `${VAR:=default}`, `${VAR:-default}` and `${VAR=default}` the way Flux's
+/// post-build substitution does. A variable with no value and no default is left as written.
+pub(super) fn substitute(text: &str, vars: &HashMap<String, String>) -> String {
+    if !text.contains("${") {
+        return text.to_string();
+    }
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let Some(len) = rest[start..].find('}') else {
+            out.push_str(&rest[start..]);
+            return out;
+        };
+        let inner = &rest[start + 2..start + len];
+        let (name, default) = match inner.find([':', '=']) {
+            Some(i) => {
+                let d = inner[i..].trim_start_matches([':', '=', '-']);
+                (&inner[..i], Some(d))
+            }
+            None => (inner, None),
+        };
+        match vars.get(name).map(String::as_str).or(default) {
+            Some(v) => out.push_str(v),
+            None => out.push_str(&rest[start..=start + len]),
+        }
+        rest = &rest[start + len + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn substitution_follows_flux() {
+        let vars = HashMap::from([("CLUSTER".to_string(), "prod".to_string())]);
+        assert_eq!(substitute("0-${CLUSTER}-config", &vars), "0-prod-config");
+        assert_eq!(substitute("${MISSING:=dflt}-x", &vars), "dflt-x");
+        assert_eq!(substitute("${MISSING:-d}", &vars), "d");
+        assert_eq!(substitute("${MISSING}", &vars), "${MISSING}");
+        assert_eq!(substitute("plain", &vars), "plain");
+        assert_eq!(substitute("${unterminated", &vars), "${unterminated");
+    }
+}
