@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::{CheckArgs, CheckFormat};
 use crate::cache::Graphs;
-use crate::manifests::{self, LoadError, Manifests};
+use crate::manifests::{self, LoadError, Loaded, Manifests};
 use crate::object::{FluxKind, ObjectKey};
 use crate::policy::Policy;
 use crate::rules::{self, Finding};
@@ -48,29 +48,52 @@ impl CheckOutput {
 /// Where each object is written: file and line.
 pub type Places = HashMap<(FluxKind, ObjectKey), (PathBuf, usize)>;
 
-/// Builds both graphs from loaded manifests; returns them with where each object is written.
-pub fn build_graphs(loaded: &Manifests) -> (Graphs, Places) {
+/// Builds both graphs from `objects`; returns them with where each object is written.
+fn graphs_of<'a>(objects: impl IntoIterator<Item = &'a Loaded>) -> (Graphs, Places) {
     let mut graphs = Graphs::default();
     let mut places = HashMap::new();
-    for l in &loaded.objects {
+    for l in objects {
         graphs.get_mut(l.object.kind).upsert(Arc::new(l.object.clone()));
         places.insert((l.object.kind, l.object.key.clone()), (l.file.clone(), l.line));
     }
     (graphs, places)
 }
 
-/// Loads `paths` and runs the audit rules.
+/// Builds both graphs from everything loaded (for `graph`; `check` goes cluster by cluster).
+pub fn build_graphs(loaded: &Manifests) -> (Graphs, Places) {
+    graphs_of(&loaded.objects)
+}
+
+/// Loads `paths` and runs the audit rules: on one graph, or on each cluster's graph when the
+/// paths hold several clusters that give one name to different objects.
 pub fn check_paths(paths: &[PathBuf], policy: &Policy) -> CheckOutput {
     let loaded = manifests::load(paths);
-    let (graphs, places) = build_graphs(&loaded);
-    let mut findings = Vec::new();
-    for graph in graphs.iter() {
-        for finding in rules::audit(graph, policy) {
-            let (file, line) = places.get(&(finding.kind, finding.object.clone())).cloned().unwrap_or_default();
-            findings.push(Located { finding, file, line });
+    let groups: Vec<Vec<&Loaded>> = if loaded.clusters.is_empty() {
+        vec![loaded.objects.iter().collect()]
+    } else {
+        loaded.clusters.iter().map(|members| members.iter().map(|&i| &loaded.objects[i]).collect()).collect()
+    };
+    let mut findings: Vec<Located> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for group in groups {
+        let (graphs, places) = graphs_of(group);
+        for graph in graphs.iter() {
+            for finding in rules::audit(graph, policy) {
+                let (file, line) = places.get(&(finding.kind, finding.object.clone())).cloned().unwrap_or_default();
+                // A base shared by several clusters is reported once.
+                if seen.insert((finding.clone(), file.clone(), line)) {
+                    findings.push(Located { finding, file, line });
+                }
+            }
         }
     }
-    CheckOutput { objects: loaded.objects.len(), findings, errors: loaded.errors }
+    let objects = loaded
+        .objects
+        .iter()
+        .map(|l| (l.object.kind, &l.object.key, &l.file))
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    CheckOutput { objects, findings, errors: loaded.errors }
 }
 
 pub fn run(args: CheckArgs) -> ExitCode {

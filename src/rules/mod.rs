@@ -15,7 +15,7 @@ use crate::object::{FluxKind, ObjectKey};
 use crate::policy::{Action, Rule};
 
 /// One problem found in a graph. `action` is `Deny` or `Warn`, never `Off`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Finding {
     pub rule: Rule,
     pub kind: FluxKind,

@@ -1,0 +1,97 @@
+//! `fluxgate graph`: waves and the critical path on a known graph, cycles and waits marked, and
+//! output that Graphviz's `dot` accepts.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use serde_json::{Value, json};
+
+fn root(rel: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel).to_str().unwrap().to_string()
+}
+
+fn graph(path: &str, format: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_fluxgate")).args(["graph", path, "--format", format]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn example_fleet_has_known_waves_and_critical_path() {
+    let g: Value = serde_json::from_str(&graph(&root("examples/fleet"), "json")).unwrap();
+    let f = |names: &[&str]| -> Vec<String> { names.iter().map(|n| format!("flux-system/{n}")).collect() };
+    assert_eq!(
+        g["waves"],
+        json!([
+            f(&["crds", "production-namespace"]),
+            f(&["logging", "monitoring", "operators", "production-infrastructure"]),
+            f(&["app-a", "app-b", "infrastructure", "production-config"]),
+            f(&["applications", "production-backend"]),
+            f(&["production-frontend"]),
+        ])
+    );
+    assert_eq!(
+        g["criticalPath"],
+        json!(f(&[
+            "production-namespace",
+            "production-infrastructure",
+            "production-config",
+            "production-backend",
+            "production-frontend"
+        ]))
+    );
+    assert_eq!(g["cycles"], json!([]));
+}
+
+#[test]
+fn cycles_and_wait_edges_are_marked() {
+    let g: Value = serde_json::from_str(&graph(&root("tests/fixtures/cycle-two-files"), "json")).unwrap();
+    assert_eq!(g["cycles"], json!([["flux-system/apps", "flux-system/infra", "flux-system/apps"]]));
+    assert!(g["nodes"].as_array().unwrap().iter().all(|n| n["inCycle"] == true && n["wave"].is_null()));
+    assert_eq!(g["waves"], json!([]));
+
+    let g: Value = serde_json::from_str(&graph(&root("tests/fixtures/parent-wait"), "json")).unwrap();
+    let wait = g["edges"].as_array().unwrap().iter().find(|e| e["kind"] == "wait").expect("a wait edge");
+    assert_eq!((wait["from"].as_str(), wait["to"].as_str()), (Some("flux-system/apps"), Some("flux-system/web")));
+    assert_eq!(wait["inCycle"], true);
+}
+
+fn dot_accepts(source: &str) {
+    let mut child = Command::new("dot")
+        .arg("-Tsvg")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("Graphviz dot is installed (.ci/run installs Debian's graphviz)");
+    child.stdin.take().unwrap().write_all(source.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "dot rejected the graph: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("<svg"));
+}
+
+#[test]
+fn dot_output_renders_with_graphviz() {
+    for path in [
+        "examples/fleet",
+        "tests/fixtures/cycle-two-files",
+        "tests/fixtures/parent-wait",
+        "tests/fixtures/dangling-hint",
+    ] {
+        dot_accepts(&graph(&root(path), "dot"));
+    }
+    // A real repository, when the shared fleets are beside the project.
+    let fleet = root("../shared/fleets/onedr0p__home-ops");
+    if std::path::Path::new(&fleet).exists() {
+        dot_accepts(&graph(&fleet, "dot"));
+    }
+}
+
+#[test]
+fn mermaid_output_has_waves_and_edges() {
+    let m = graph(&root("examples/fleet"), "mermaid");
+    assert!(m.starts_with("flowchart BT\n"));
+    assert!(m.contains("subgraph wave0 [\"wave 0\"]"));
+    assert_eq!(m.matches(" --> ").count(), 13, "{m}");
+}
