@@ -9,12 +9,16 @@ use tokio::sync::watch;
 
 use super::{LogFormat, ServeArgs};
 use crate::admission::Webhook;
+use crate::audit::events;
 use crate::cache::Cache;
 use crate::cache::watch::WatchOptions;
 use crate::manifests;
 use crate::object::FluxKind;
 use crate::policy::Policy;
 use crate::server::{self, App, tls::ReloadingCert};
+
+/// How long the audit Lease is held without renewal before another replica takes over.
+const LEASE_DURATION: Duration = Duration::from_secs(30);
 
 /// How often the serving certificate files are re-read.
 const CERT_POLL: Duration = Duration::from_secs(2);
@@ -56,15 +60,21 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let cache = Arc::new(Cache::new());
     // rustls needs its process-wide provider before the kube client builds its TLS config.
     crate::server::tls::provider();
-    let watch = if args.manifests.is_empty() {
+    let mut background = Vec::new();
+    let mut events = None;
+    if args.manifests.is_empty() {
         let client = kube::Client::try_default().await.map_err(|e| {
             format!("cannot connect to a cluster ({e}); set KUBECONFIG or run in a pod, or pass --manifests PATH")
         })?;
-        Some(tokio::spawn(crate::cache::watch::run(client, cache.clone(), WatchOptions::default())))
+        background.push(tokio::spawn(crate::cache::watch::run(client.clone(), cache.clone(), WatchOptions::default())));
+        let (identity, namespace) = events::pod_identity();
+        let publisher = Arc::new(events::Publisher::new(client, &namespace, &identity, LEASE_DURATION));
+        let lease = publisher.clone();
+        background.push(tokio::spawn(async move { lease.run_lease().await }));
+        events = Some(publisher);
     } else {
         load_manifests(&cache, &args.manifests);
-        None
-    };
+    }
 
     let (cert_path, key_path) = match (&args.tls_cert, &args.tls_key) {
         (Some(c), Some(k)) => (c.clone(), k.clone()),
@@ -91,6 +101,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         app.report.clone(),
         args.audit_interval,
         move |report| server::publish_report(&audit_app, report),
+        events,
     ));
     let webhook = tokio::spawn(server::serve_tls(
         webhook_listener,
@@ -107,8 +118,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let _ = webhook.await;
     let _ = admin.await;
     audit.abort();
-    if let Some(w) = watch {
-        w.abort();
+    for task in background {
+        task.abort();
     }
     tracing::info!("stopped");
     Ok(())

@@ -39,6 +39,10 @@ struct Inner {
     lists_served: usize,
     /// The `resourceVersion` of every watch request, in order.
     watch_versions: Vec<String>,
+    /// Leases by (namespace, name).
+    leases: HashMap<(String, String), Value>,
+    /// Every Event posted, in order.
+    events: Vec<Value>,
 }
 
 /// Handle on a running fake API server.
@@ -78,7 +82,12 @@ impl FakeApi {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let fake = FakeApi { addr, inner: Arc::new(Mutex::new(inner)), hold };
-        let app = Router::new().route("/apis/{group}/{version}/{plural}", get(list_or_watch)).with_state(fake.clone());
+        let app = Router::new()
+            .route("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases", axum::routing::post(create_lease))
+            .route("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}", get(get_lease).put(replace_lease))
+            .route("/apis/events.k8s.io/v1/namespaces/{ns}/events", axum::routing::post(create_event))
+            .route("/apis/{group}/{version}/{plural}", get(list_or_watch))
+            .with_state(fake.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         fake
     }
@@ -209,6 +218,20 @@ impl FakeApi {
             .sum()
     }
 
+    /// Every Event posted so far.
+    pub fn events(&self) -> Vec<Value> {
+        self.inner.lock().unwrap().events.clone()
+    }
+
+    /// The holder of a Lease, if it exists.
+    pub fn lease_holder(&self, ns: &str, name: &str) -> Option<String> {
+        let inner = self.inner.lock().unwrap();
+        inner
+            .leases
+            .get(&(ns.to_string(), name.to_string()))
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+    }
+
     pub fn current_version(&self) -> u64 {
         self.inner.lock().unwrap().rv
     }
@@ -272,4 +295,67 @@ async fn list_or_watch(
     }
     let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     Response::builder().header("content-type", "application/json").body(Body::from_stream(stream)).unwrap()
+}
+
+fn next_version(inner: &mut Inner) -> String {
+    inner.rv += 1;
+    inner.rv.to_string()
+}
+
+async fn get_lease(State(fake): State<FakeApi>, Path((ns, name)): Path<(String, String)>) -> Response {
+    let inner = fake.inner.lock().unwrap();
+    match inner.leases.get(&(ns, name.clone())) {
+        Some(l) => axum::Json(l.clone()).into_response(),
+        None => status(404, "NotFound", &format!("leases.coordination.k8s.io \"{name}\" not found")),
+    }
+}
+
+async fn create_lease(
+    State(fake): State<FakeApi>,
+    Path(ns): Path<String>,
+    axum::Json(mut lease): axum::Json<Value>,
+) -> Response {
+    let mut inner = fake.inner.lock().unwrap();
+    let name = lease["metadata"]["name"].as_str().unwrap().to_string();
+    if inner.leases.contains_key(&(ns.clone(), name.clone())) {
+        return status(409, "AlreadyExists", &format!("leases.coordination.k8s.io \"{name}\" already exists"));
+    }
+    lease["metadata"]["namespace"] = json!(ns);
+    lease["metadata"]["resourceVersion"] = json!(next_version(&mut inner));
+    inner.leases.insert((ns, name), lease.clone());
+    (StatusCode::CREATED, axum::Json(lease)).into_response()
+}
+
+/// PUT with optimistic concurrency: a stale resourceVersion gets 409 Conflict.
+async fn replace_lease(
+    State(fake): State<FakeApi>,
+    Path((ns, name)): Path<(String, String)>,
+    axum::Json(mut lease): axum::Json<Value>,
+) -> Response {
+    let mut inner = fake.inner.lock().unwrap();
+    let Some(current) = inner.leases.get(&(ns.clone(), name.clone())) else {
+        return status(404, "NotFound", "not found");
+    };
+    if current["metadata"]["resourceVersion"] != lease["metadata"]["resourceVersion"] {
+        return status(
+            409,
+            "Conflict",
+            "the object has been modified; please apply your changes to the latest version",
+        );
+    }
+    lease["metadata"]["resourceVersion"] = json!(next_version(&mut inner));
+    inner.leases.insert((ns, name), lease.clone());
+    axum::Json(lease).into_response()
+}
+
+async fn create_event(
+    State(fake): State<FakeApi>,
+    Path(ns): Path<String>,
+    axum::Json(mut event): axum::Json<Value>,
+) -> Response {
+    let mut inner = fake.inner.lock().unwrap();
+    event["metadata"]["namespace"] = json!(ns);
+    event["metadata"]["resourceVersion"] = json!(next_version(&mut inner));
+    inner.events.push(event.clone());
+    (StatusCode::CREATED, axum::Json(event)).into_response()
 }

@@ -1,6 +1,8 @@
 //! The periodic audit: scans both graphs whole, keeps the findings for `/report` and the
 //! violation gauges, and logs each finding once when it first appears.
 
+pub mod events;
+
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -64,14 +66,16 @@ fn id(f: &Finding) -> FindingId {
     (f.rule, f.kind, f.object.to_string(), f.message.clone())
 }
 
-/// Runs the audit every `every`, publishing into `report` and calling `publish` with each new
-/// report (for metrics). Logs a line per finding not seen in the previous scan.
+/// Runs the audit every `every`, publishing into `report`, calling `publish` with each new
+/// report (for metrics), and handing it to `events` (cluster mode) to post as Events. Logs a
+/// line per finding not seen in the previous scan.
 pub async fn run(
     cache: Arc<Cache>,
     policy: Arc<Policy>,
     report: Arc<RwLock<Report>>,
     every: Duration,
     publish: impl Fn(&Report) + Send + 'static,
+    events: Option<Arc<events::Publisher>>,
 ) {
     let mut known: HashSet<FindingId> = HashSet::new();
     let mut tick = tokio::time::interval(every);
@@ -88,6 +92,9 @@ pub async fn run(
         }
         known = ids;
         publish(&next);
+        if let Some(events) = &events {
+            events.publish(&next).await;
+        }
         *report.write().unwrap_or_else(|p| p.into_inner()) = next;
     }
 }

@@ -1,0 +1,239 @@
+//! Audit findings as Kubernetes Events, posted by one replica at a time.
+//!
+//! Webhook warnings never reach a Kustomization's status or events, so the audit also posts
+//! Warning Events (`DependencyCycle`, `DependencyMissing`) on the offending objects, where
+//! `kubectl describe` and event-based alerting see them. The replicas elect a poster with a
+//! `coordination.k8s.io` Lease; the holder renews it, and another replica takes over once it has
+//! not been renewed for its duration. A finding is posted once while it lasts: an unchanged
+//! finding is not posted again, one that went away and came back is.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, PostParams};
+
+use super::Report;
+use crate::object::{FluxKind, ObjectKey};
+use crate::policy::Rule;
+use crate::rules::Finding;
+
+/// Name of the Lease the replicas compete for.
+pub const LEASE_NAME: &str = "fluxgate-audit";
+/// `reportingController` of the posted Events.
+pub const REPORTING_CONTROLLER: &str = "fluxgate.dev/audit";
+
+type Posted = (Rule, FluxKind, ObjectKey, String);
+
+/// Posts audit findings as Events while this replica holds the Lease.
+pub struct Publisher {
+    client: kube::Client,
+    namespace: String,
+    identity: String,
+    lease_duration: Duration,
+    leader: AtomicBool,
+    posted: Mutex<HashSet<Posted>>,
+}
+
+/// The Event reason for a rule, for the rules that post Events.
+fn reason(rule: Rule) -> Option<&'static str> {
+    match rule {
+        Rule::Cycle => Some("DependencyCycle"),
+        Rule::DanglingDependsOn => Some("DependencyMissing"),
+        _ => None,
+    }
+}
+
+fn api_version(kind: FluxKind) -> &'static str {
+    match kind {
+        FluxKind::Kustomization => "kustomize.toolkit.fluxcd.io/v1",
+        FluxKind::HelmRelease => "helm.toolkit.fluxcd.io/v2",
+    }
+}
+
+fn is_status(e: &kube::Error, code: u16) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == code)
+}
+
+impl Publisher {
+    /// A publisher competing for the Lease in `namespace` as `identity` (the pod name).
+    pub fn new(client: kube::Client, namespace: &str, identity: &str, lease_duration: Duration) -> Publisher {
+        Publisher {
+            client,
+            namespace: namespace.to_string(),
+            identity: identity.to_string(),
+            lease_duration,
+            leader: AtomicBool::new(false),
+            posted: Mutex::default(),
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Relaxed)
+    }
+
+    /// Takes the Lease if it is free or expired, renews it if held; returns whether this
+    /// replica holds it now. A conflicting write by another replica means it does not.
+    pub async fn acquire_or_renew(&self) -> Result<bool, kube::Error> {
+        let api: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
+        let now = Timestamp::now();
+        let duration = i32::try_from(self.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX);
+        let held = match api.get_opt(LEASE_NAME).await? {
+            None => {
+                let lease = Lease {
+                    metadata: ObjectMeta { name: Some(LEASE_NAME.into()), ..ObjectMeta::default() },
+                    spec: Some(LeaseSpec {
+                        holder_identity: Some(self.identity.clone()),
+                        lease_duration_seconds: Some(duration),
+                        acquire_time: Some(MicroTime(now)),
+                        renew_time: Some(MicroTime(now)),
+                        lease_transitions: Some(0),
+                        ..LeaseSpec::default()
+                    }),
+                };
+                match api.create(&PostParams::default(), &lease).await {
+                    Ok(_) => true,
+                    Err(e) if is_status(&e, 409) => false,
+                    Err(e) => return Err(e),
+                }
+            }
+            Some(mut lease) => {
+                let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+                let mine = spec.holder_identity.as_deref() == Some(self.identity.as_str());
+                let held_for = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(duration)));
+                let expired = spec.renew_time.as_ref().is_none_or(|t| t.0 + held_for < now);
+                if mine || expired || spec.holder_identity.is_none() {
+                    if !mine {
+                        spec.holder_identity = Some(self.identity.clone());
+                        spec.acquire_time = Some(MicroTime(now));
+                        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+                    }
+                    spec.renew_time = Some(MicroTime(now));
+                    spec.lease_duration_seconds = Some(duration);
+                    // The resourceVersion read above makes this a compare-and-swap.
+                    match api.replace(LEASE_NAME, &PostParams::default(), &lease).await {
+                        Ok(_) => true,
+                        Err(e) if is_status(&e, 409) => false,
+                        Err(e) => return Err(e),
+                    }
+                } else {
+                    false
+                }
+            }
+        };
+        let was = self.leader.swap(held, Ordering::Relaxed);
+        if was != held {
+            tracing::info!(identity = %self.identity, leader = held, "audit Event poster changed");
+            if !held {
+                self.posted.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            }
+        }
+        Ok(held)
+    }
+
+    /// Renews the Lease every third of its duration until the task is dropped.
+    pub async fn run_lease(&self) {
+        let every = (self.lease_duration / 3).max(Duration::from_millis(100));
+        loop {
+            if let Err(e) = self.acquire_or_renew().await {
+                tracing::warn!(error = %e, "cannot renew the audit Lease");
+                self.leader.store(false, Ordering::Relaxed);
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    /// Posts an Event for each finding of `report` not posted yet, on each offending object
+    /// (every member of a cycle), when this replica holds the Lease. Returns how many were posted.
+    pub async fn publish(&self, report: &Report) -> usize {
+        if !self.is_leader() {
+            return 0;
+        }
+        let mut wanted: Vec<(Posted, &Finding)> = Vec::new();
+        for f in &report.findings {
+            if reason(f.rule).is_none() {
+                continue;
+            }
+            let mut objects = vec![f.object.clone()];
+            for member in f.cycle.iter().flatten() {
+                if !objects.contains(member) {
+                    objects.push(member.clone());
+                }
+            }
+            for object in objects {
+                wanted.push(((f.rule, f.kind, object, f.message.clone()), f));
+            }
+        }
+        let new: Vec<(Posted, &Finding)> = {
+            let mut posted = self.posted.lock().unwrap_or_else(|p| p.into_inner());
+            let current: HashSet<&Posted> = wanted.iter().map(|(id, _)| id).collect();
+            posted.retain(|id| current.contains(id));
+            wanted.into_iter().filter(|(id, _)| !posted.contains(id)).collect()
+        };
+        let mut count = 0;
+        for (id, finding) in new {
+            match self.post(&id.2, finding).await {
+                Ok(()) => {
+                    count += 1;
+                    self.posted.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+                }
+                Err(e) => tracing::warn!(object = %id.2, error = %e, "cannot post an audit Event; will retry"),
+            }
+        }
+        count
+    }
+
+    async fn post(&self, object: &ObjectKey, finding: &Finding) -> Result<(), kube::Error> {
+        let now = Timestamp::now();
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &object.namespace);
+        let note: String = finding.message.chars().take(1024).collect();
+        let event = Event {
+            metadata: ObjectMeta {
+                // Unique per post; event names are not looked up, only listed by object.
+                name: Some(format!("{}.{:x}", object.name, now.as_nanosecond())),
+                namespace: Some(object.namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            event_time: Some(MicroTime(now)),
+            reporting_controller: Some(REPORTING_CONTROLLER.into()),
+            reporting_instance: Some(self.identity.clone()),
+            action: Some("Audit".into()),
+            reason: reason(finding.rule).map(str::to_string),
+            type_: Some("Warning".into()),
+            note: Some(note),
+            regarding: Some(ObjectReference {
+                api_version: Some(api_version(finding.kind).into()),
+                kind: Some(finding.kind.as_str().into()),
+                name: Some(object.name.clone()),
+                namespace: Some(object.namespace.clone()),
+                ..ObjectReference::default()
+            }),
+            ..Event::default()
+        };
+        api.create(&PostParams::default(), &event).await.map(|_| ())
+    }
+}
+
+/// This pod's identity and namespace: the downward API's `POD_NAME`/`POD_NAMESPACE`, else the
+/// hostname and the service account's namespace file, else `fluxgate-system`.
+pub fn pod_identity() -> (String, String) {
+    let name = std::env::var("POD_NAME")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_string()))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("fluxgate-{}", std::process::id()));
+    let namespace = std::env::var("POD_NAMESPACE")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace").ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "fluxgate-system".to_string());
+    (name, namespace)
+}
