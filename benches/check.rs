@@ -143,8 +143,12 @@ fn bench_admission() {
             review("flux-system/crds", &["tenant-100/app-010".into()], Some(&[]), true),
         ),
         (
-            "app with a dangling target (hint search)",
+            "dangling target, near name in its namespace",
             review("tenant-007/new-app", &["tenant-007/hubb".into()], None, true),
+        ),
+        (
+            "dangling target, no near name anywhere",
+            review("tenant-007/new-app", &["tenant-007/zzzzzzzzzz-qqq".into()], None, true),
         ),
     ];
     for (label, body) in cases {

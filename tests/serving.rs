@@ -65,20 +65,29 @@ fn der_of(pem: &Path) -> Vec<u8> {
     CertificateDer::pem_file_iter(pem).unwrap().next().unwrap().unwrap().to_vec()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rotated_certificate_is_served_within_seconds_and_no_request_fails() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ca1, cert1, key1) = write_certs(&dir.path().join("one"));
-    let (ca2, cert2, key2) = write_certs(&dir.path().join("two"));
-    let mut volume = SecretVolume::new(&dir.path().join("secret"), &cert1, &key1);
+/// `fluxgate serve` reading its certificate from a Secret-style volume under `dir` that starts
+/// with `cert`/`key`.
+fn serve_from_volume(dir: &Path, cert: &Path, key: &Path) -> (SecretVolume, ServeProcess) {
+    let volume = SecretVolume::new(&dir.join("secret"), cert, key);
+    let empty = dir.join("no-manifests");
+    std::fs::create_dir_all(&empty).unwrap();
     let server = ServeProcess::start(&[
         "--manifests",
-        dir.path().join("one").to_str().unwrap(),
+        empty.to_str().unwrap(),
         "--tls-cert",
         volume.cert().to_str().unwrap(),
         "--tls-key",
         volume.key().to_str().unwrap(),
     ]);
+    (volume, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_certificate_is_served_within_seconds_and_no_request_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca1, cert1, key1) = write_certs(&dir.path().join("one"));
+    let (ca2, cert2, key2) = write_certs(&dir.path().join("two"));
+    let (mut volume, server) = serve_from_volume(dir.path(), &cert1, &key1);
     let client = Client::trusting(&[&ca1, &ca2]);
     let (old_der, new_der) = (der_of(&cert1), der_of(&cert2));
 
@@ -129,15 +138,7 @@ async fn broken_new_pair_is_refused_and_the_old_one_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let (ca1, cert1, key1) = write_certs(&dir.path().join("one"));
     let (_, _, key2) = write_certs(&dir.path().join("two"));
-    let mut volume = SecretVolume::new(&dir.path().join("secret"), &cert1, &key1);
-    let server = ServeProcess::start(&[
-        "--manifests",
-        dir.path().join("one").to_str().unwrap(),
-        "--tls-cert",
-        volume.cert().to_str().unwrap(),
-        "--tls-key",
-        volume.key().to_str().unwrap(),
-    ]);
+    let (mut volume, server) = serve_from_volume(dir.path(), &cert1, &key1);
     // The certificate of pair one with the key of pair two: they do not belong together.
     volume.publish(&cert1, &key2);
     let deadline = Instant::now() + Duration::from_secs(10);

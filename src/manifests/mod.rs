@@ -110,7 +110,7 @@ pub fn load(paths: &[PathBuf]) -> Manifests {
         let is_kustomize_file =
             file.file_name().and_then(|n| n.to_str()).is_some_and(|n| KUSTOMIZATION_FILES.contains(&n));
         for doc in split_documents(&text) {
-            let value: Value = match serde_saphyr::from_str(doc.text) {
+            let value: Value = match parse_document(doc.text) {
                 Ok(v) => v,
                 Err(e) => {
                     let (line, message) = yaml_error(&e, &doc);
@@ -294,6 +294,50 @@ impl Resolver<'_> {
 /// kustomization includes as a whole.
 fn namespace_of_file(namespaces: &HashMap<PathBuf, String>, file: &Path) -> Option<String> {
     file.ancestors().find_map(|p| namespaces.get(p)).cloned()
+}
+
+/// Parses one YAML document as Kubernetes tooling does. YAML 1.2 lets an anchor name contain
+/// `:`, so `*app: value` reads as the alias `app:`; go-yaml (used by kubectl and Flux) ends the
+/// name at the colon. A document that fails for that reason is read again with the colon set
+/// apart, so files Flux accepts load here too.
+pub fn parse_document(text: &str) -> Result<Value, serde_saphyr::Error> {
+    match serde_saphyr::from_str(text) {
+        Ok(v) => Ok(v),
+        Err(e) => match go_yaml_alias_keys(text) {
+            Some(fixed) => serde_saphyr::from_str(&fixed).map_err(|_| e),
+            None => Err(e),
+        },
+    }
+}
+
+/// `text` with every alias used as a block mapping key (`*name:`) written `*name :`, or `None`
+/// when there is none.
+fn go_yaml_alias_keys(text: &str) -> Option<String> {
+    let mut changed = false;
+    let mut out = String::with_capacity(text.len() + 8);
+    for line in text.split_inclusive('\n') {
+        let body = line.trim_start();
+        let indent = &line[..line.len() - body.len()];
+        let (dash, rest) = match body.strip_prefix("- ") {
+            Some(r) => ("- ", r),
+            None => ("", body),
+        };
+        let name_len = rest
+            .strip_prefix('*')
+            .map(|r| r.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-')).unwrap_or(r.len()))
+            .unwrap_or(0);
+        if name_len > 0 && rest[1 + name_len..].starts_with(':') {
+            changed = true;
+            out.push_str(indent);
+            out.push_str(dash);
+            out.push_str(&rest[..1 + name_len]);
+            out.push(' ');
+            out.push_str(&rest[1 + name_len..]);
+        } else {
+            out.push_str(line);
+        }
+    }
+    changed.then_some(out)
 }
 
 /// The file line of a YAML error and its message without the parser's document-relative
@@ -513,6 +557,15 @@ mod tests {
         assert_eq!((docs[0].line, docs[0].text.trim()), (3, "a: 1"));
         assert_eq!((docs[1].line, docs[1].text.trim()), (8, "b: 2"));
         assert_eq!((docs[2].line, docs[2].text.trim()), (9, "{c: 3}"));
+    }
+
+    #[test]
+    fn alias_keys_read_as_go_yaml_reads_them() {
+        let text = "name: &app web\nvalues:\n  *app:\n    replicas: 1\n  list:\n    - *app: 2\n";
+        let v = parse_document(text).unwrap();
+        assert_eq!(v["values"]["web"]["replicas"], 1);
+        assert_eq!(v["values"]["list"][0]["web"], 2);
+        assert!(go_yaml_alias_keys("a: *b\n").is_none(), "an alias used as a value is left alone");
     }
 
     #[test]

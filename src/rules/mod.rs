@@ -115,16 +115,19 @@ fn nearness(wanted: &str, candidate: &str) -> Option<usize> {
     if wanted == candidate {
         return None;
     }
+    let (short, long) = if wanted.len() <= candidate.len() { (wanted, candidate) } else { (candidate, wanted) };
+    let prefix = short.len() >= 4 && long.starts_with(short);
+    // Names whose lengths differ by more than the allowed distance cannot be close: skip the
+    // edit distance, which dominates a scan over every object.
+    if !prefix && long.len() - short.len() > (short.len() / 3).max(1) {
+        return None;
+    }
     let distance = strsim::levenshtein(wanted, candidate);
     let shorter = wanted.chars().count().min(candidate.chars().count());
     if distance <= (shorter / 3).max(1) {
         return Some(distance);
     }
-    let (short, long) = if wanted.len() <= candidate.len() { (wanted, candidate) } else { (candidate, wanted) };
-    if short.len() >= 4 && long.starts_with(short) {
-        return Some(distance);
-    }
-    None
+    prefix.then_some(distance)
 }
 
 #[cfg(test)]
