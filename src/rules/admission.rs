@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use super::{Finding, cycle_message, dangling_message};
+use super::{Finding, HintReach, cycle_message, dangling_message};
 use crate::graph::{Graph, NodeId};
 use crate::object::{FluxObject, ObjectKey};
 use crate::policy::{Action, Policy, Rule};
@@ -209,7 +209,7 @@ impl Ctx<'_> {
                 if object.has_owner_labels() && action == Action::Deny {
                     action = Action::Warn;
                 }
-                let msg = dangling_message(g, &object.key, target);
+                let msg = dangling_message(g, &object.key, target, HintReach::Indexed);
                 self.push(Rule::DanglingDependsOn, action, Some(target.clone()), None, msg);
             }
 

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::{Finding, cycle_message, dangling_message};
+use super::{Finding, HintReach, cycle_message, dangling_message};
 use crate::graph::Graph;
 use crate::policy::{Action, Policy, Rule};
 
@@ -44,7 +44,7 @@ pub fn audit(graph: &Graph, policy: &Policy) -> Vec<Finding> {
                 push(Rule::DuplicateDependsOn, &object.key, Some(target.clone()), None, msg);
             }
             if !graph.is_present(dep) {
-                let msg = dangling_message(graph, &object.key, target);
+                let msg = dangling_message(graph, &object.key, target, HintReach::Everywhere);
                 push(Rule::DanglingDependsOn, &object.key, Some(target.clone()), None, msg);
             }
             if target.namespace != object.key.namespace {

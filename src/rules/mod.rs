@@ -57,19 +57,30 @@ pub(crate) fn cycle_message(graph: &Graph, cycle: &[NodeId], prefix: &str) -> St
 }
 
 /// The message of a dangling `dependsOn`, with a hint when a likely intended target exists.
-pub(crate) fn dangling_message(graph: &Graph, object: &ObjectKey, target: &ObjectKey) -> String {
+pub(crate) fn dangling_message(graph: &Graph, object: &ObjectKey, target: &ObjectKey, reach: HintReach) -> String {
     let kind = graph.kind();
     let mut msg = format!("dangling dependsOn: {object} depends on {kind} {target}, which does not exist");
-    if let Some(hint) = hint(graph, target) {
+    if let Some(hint) = hint(graph, target, reach) {
         msg.push_str("; ");
         msg.push_str(&hint);
     }
     msg
 }
 
+/// How far a hint may look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HintReach {
+    /// The name index and the target's namespace only: cheap, for the admission path.
+    Indexed,
+    /// Also near names in every namespace (a renamed object): a walk over every object, for the
+    /// audit and `check`.
+    Everywhere,
+}
+
 /// Where the author probably meant to point: the same name in another namespace first (a wrong
-/// or missing `namespace:` is the common mistake), else a near name in the same namespace.
-pub(crate) fn hint(graph: &Graph, target: &ObjectKey) -> Option<String> {
+/// or missing `namespace:` is the common mistake), else a near name in the same namespace, else
+/// (with [`HintReach::Everywhere`]) a near name in any namespace.
+pub(crate) fn hint(graph: &Graph, target: &ObjectKey, reach: HintReach) -> Option<String> {
     let kind = graph.kind();
     let mut elsewhere: Vec<&str> = graph
         .named(&target.name)
@@ -95,8 +106,10 @@ pub(crate) fn hint(graph: &Graph, target: &ObjectKey) -> Option<String> {
     if let Some((_, name)) = best {
         return Some(format!("did you mean {}/{name}?", target.namespace));
     }
-    // Last, a near name anywhere: a renamed object in another namespace. This walks every
-    // object, which only a dangling reference (rare, and about to be reported) pays for.
+    if reach == HintReach::Indexed {
+        return None;
+    }
+    // Last, a near name anywhere: a renamed object in another namespace.
     let mut best: Option<(usize, &crate::object::ObjectKey)> = None;
     for id in graph.present_ids() {
         let key = graph.key(id);
@@ -142,22 +155,23 @@ mod tests {
         g.upsert(ks("flux-system", "infrastructure", &[]));
         g.upsert(ks("flux-system", "cert-manager", &[]));
         assert_eq!(
-            hint(&g, &ObjectKey::new("flux-system", "infra")).unwrap(),
+            hint(&g, &ObjectKey::new("flux-system", "infra"), HintReach::Everywhere).unwrap(),
             "a Kustomization named infra exists in namespace infra-system"
         );
         assert_eq!(
-            hint(&g, &ObjectKey::new("flux-system", "infrastucture")).unwrap(),
+            hint(&g, &ObjectKey::new("flux-system", "infrastucture"), HintReach::Everywhere).unwrap(),
             "did you mean flux-system/infrastructure?"
         );
         assert_eq!(
-            hint(&g, &ObjectKey::new("flux-system", "certmanager")).unwrap(),
+            hint(&g, &ObjectKey::new("flux-system", "certmanager"), HintReach::Everywhere).unwrap(),
             "did you mean flux-system/cert-manager?"
         );
-        assert_eq!(hint(&g, &ObjectKey::new("flux-system", "apps")), None);
-        // A renamed object in another namespace is found last.
+        assert_eq!(hint(&g, &ObjectKey::new("flux-system", "apps"), HintReach::Everywhere), None);
+        // A renamed object in another namespace is found last, and only when asked to look there.
         g.upsert(ks("kubevirt", "zz-vm-kubevirt-app", &[]));
+        assert_eq!(hint(&g, &ObjectKey::new("vm", "vm-kubevirt-app"), HintReach::Indexed), None);
         assert_eq!(
-            hint(&g, &ObjectKey::new("vm", "vm-kubevirt-app")).unwrap(),
+            hint(&g, &ObjectKey::new("vm", "vm-kubevirt-app"), HintReach::Everywhere).unwrap(),
             "did you mean kubevirt/zz-vm-kubevirt-app?"
         );
     }
