@@ -140,6 +140,14 @@ fn load_manifests(cache: &Cache, paths: &[std::path::PathBuf]) {
     for e in &loaded.errors {
         tracing::warn!(file = %e.file.display(), line = e.line, "skipped: {}", e.message);
     }
+    if !loaded.clusters.is_empty() {
+        // A webhook guards one cluster: serving several that reuse names would mix them.
+        tracing::warn!(
+            clusters = loaded.clusters.len(),
+            "the manifests hold several clusters that give one name to different objects; they are served as one \
+             graph where a later file wins: pass one cluster's folder"
+        );
+    }
     let mut state = cache.lock();
     for kind in FluxKind::ALL {
         let objects = loaded

@@ -201,16 +201,15 @@ pub fn load(paths: &[PathBuf]) -> Manifests {
             .map(|list| list.iter().filter_map(|inst| resolved.get(inst).copied()).collect())
             .collect();
     } else {
-        // One graph: each object once, with the first parent found for it.
+        // One graph: each document once, as resolved in the first cluster that has it.
         let mut seen = HashSet::new();
-        let mut keep = Vec::new();
-        for (n, &(i, _)) in instances.iter().enumerate() {
-            if resolved.contains_key(&instances[n]) && seen.insert(i) {
-                keep.push(resolved[&instances[n]]);
-            }
-        }
-        let mut objects: Vec<Option<Loaded>> = std::mem::take(&mut out.objects).into_iter().map(Some).collect();
-        out.objects = keep.into_iter().filter_map(|k| objects[k].take()).collect();
+        let first: HashSet<usize> = instances
+            .iter()
+            .filter(|inst| seen.insert(inst.0))
+            .filter_map(|inst| resolved.get(inst).copied())
+            .collect();
+        let all = std::mem::take(&mut out.objects);
+        out.objects = all.into_iter().enumerate().filter(|(n, _)| first.contains(n)).map(|(_, l)| l).collect();
     }
     out
 }
