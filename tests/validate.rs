@@ -332,6 +332,24 @@ async fn warnings_respect_the_api_server_limits() {
 }
 
 #[tokio::test]
+async fn a_request_with_a_huge_depends_on_list_is_answered() {
+    // A body near the 4 MiB limit can hold this many entries; quadratic work here would hold
+    // the cache lock for minutes.
+    let h = Harness::new(Policy::default(), &[ks(F, "infra", &[])]);
+    let deps: Vec<String> = (0..60_000).map(|i| format!("d{i}")).chain(["infra".to_string()]).collect();
+    let refs: Vec<&str> = deps.iter().map(String::as_str).collect();
+    let child = owned_by(ks(F, "huge", &refs), "flux-system/root");
+    let w = allowed(&h.validate(&create(&child)).await);
+    assert!(w.last().unwrap().ends_with("more fluxgate warnings not shown"));
+    // Without owner labels every dangling target is deny-level: the message stays bounded.
+    let msg = denied(&h.validate(&create(&ks(F, "huge", &refs))).await);
+    assert!(msg.len() < 17 * 1024, "{}", msg.len());
+    assert!(msg.ends_with("more deny-level findings"), "{}", &msg[msg.len() - 80..]);
+    // The next request is answered too: the lock was released.
+    allowed(&h.validate(&create(&ks(F, "after", &["infra"]))).await);
+}
+
+#[tokio::test]
 async fn every_deny_level_finding_is_in_the_message() {
     let h = Harness::new(Policy::default(), &[]);
     let msg = denied(&h.validate(&create(&ks(F, "x", &["x", "nowhere"]))).await);

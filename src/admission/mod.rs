@@ -102,9 +102,28 @@ pub fn validate(graphs: &mut Graphs, policy: &Policy, req: &AdmissionRequest) ->
         }
     }
     let allowed = denials.is_empty();
-    let response = Response { allowed, message: (!allowed).then(|| denials.join("; ")), warnings, patch: None };
+    let response = Response { allowed, message: (!allowed).then(|| denial_message(&denials)), warnings, patch: None };
     let record = if allowed && !req.dry_run { candidate } else { None };
     Ok(Verdict { response, findings, kind: Some(kind), record })
+}
+
+/// Longest denial message: every deny-level finding up to this size, then a count of the rest.
+pub const MAX_DENIAL_BYTES: usize = 16 * 1024;
+
+/// The deny-level findings joined for `status.message`, cut at [`MAX_DENIAL_BYTES`].
+fn denial_message(denials: &[String]) -> String {
+    let mut message = String::new();
+    for (i, d) in denials.iter().enumerate() {
+        if i > 0 && message.len() + d.len() + 2 > MAX_DENIAL_BYTES {
+            message.push_str(&format!("; and {} more deny-level findings", denials.len() - i));
+            break;
+        }
+        if i > 0 {
+            message.push_str("; ");
+        }
+        message.push_str(d);
+    }
+    message
 }
 
 /// The webhook's state: the cache and the policy.

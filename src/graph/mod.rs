@@ -91,13 +91,28 @@ fn remove_sorted(list: &mut Vec<NodeId>, id: NodeId) {
 }
 
 fn dedup_in_order(ids: impl IntoIterator<Item = NodeId>) -> Vec<NodeId> {
-    let mut out: Vec<NodeId> = Vec::new();
-    for id in ids {
-        if !out.contains(&id) {
-            out.push(id);
+    let mut seen = std::collections::HashSet::new();
+    ids.into_iter().filter(|id| seen.insert(*id)).collect()
+}
+
+/// Membership in a list of ids: a scan for the usual handful, a set for long lists (a request
+/// body may carry a hundred thousand `dependsOn` entries, and this runs under the cache lock).
+enum Members<'a> {
+    Few(&'a [NodeId]),
+    Many(std::collections::HashSet<NodeId>),
+}
+
+impl<'a> Members<'a> {
+    fn of(list: &'a [NodeId]) -> Members<'a> {
+        if list.len() <= 16 { Members::Few(list) } else { Members::Many(list.iter().copied().collect()) }
+    }
+
+    fn contains(&self, id: NodeId) -> bool {
+        match self {
+            Members::Few(list) => list.contains(&id),
+            Members::Many(set) => set.contains(&id),
         }
     }
-    out
 }
 
 impl Graph {
@@ -271,16 +286,18 @@ impl Graph {
             None => Vec::new(),
         };
         let old_deps = std::mem::take(&mut self.nodes[id as usize].deps);
+        let (in_new, in_old) = (Members::of(&new_deps), Members::of(&old_deps));
         for &t in &old_deps {
-            if !new_deps.contains(&t) {
+            if !in_new.contains(t) {
                 remove_sorted(&mut self.nodes[t as usize].dependents, id);
             }
         }
         for &t in &new_deps {
-            if !old_deps.contains(&t) {
+            if !in_old.contains(t) {
                 insert_sorted(&mut self.nodes[t as usize].dependents, id);
             }
         }
+        drop((in_new, in_old));
         self.nodes[id as usize].deps = new_deps;
 
         let old_owner = self.owner_of(old);

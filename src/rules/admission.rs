@@ -15,6 +15,8 @@ use crate::policy::{Action, Policy, Rule};
 
 /// At most this many distinct new cycles are spelled out for one request.
 const MAX_CYCLES_REPORTED: usize = 5;
+/// At most this many dangling targets of one request get a hint.
+const MAX_HINTS: usize = 20;
 
 /// Findings for a CREATE (`old = None`) or UPDATE of `new`. `old` is the request's
 /// `oldObject`: an edge or target it already had is "unchanged" and only warned about, so
@@ -187,6 +189,7 @@ impl Ctx<'_> {
         let counts = count_in(&object.depends_on);
         let old_counts = old.map(|o| count_in(&o.depends_on)).unwrap_or_default();
         let mut done: HashSet<&ObjectKey> = HashSet::new();
+        let mut hinted = 0;
         for target in &object.depends_on {
             if !done.insert(target) {
                 continue;
@@ -209,7 +212,11 @@ impl Ctx<'_> {
                 if object.has_owner_labels() && action == Action::Deny {
                     action = Action::Warn;
                 }
-                let msg = dangling_message(g, &object.key, target, HintReach::Indexed);
+                // Hints cost a look through the namespace; past the first few, a message that
+                // nobody will read to the end does not need them.
+                hinted += 1;
+                let reach = if hinted <= MAX_HINTS { Some(HintReach::Indexed) } else { None };
+                let msg = dangling_message(g, &object.key, target, reach);
                 self.push(Rule::DanglingDependsOn, action, Some(target.clone()), None, msg);
             }
 

@@ -44,7 +44,7 @@ pub fn audit(graph: &Graph, policy: &Policy) -> Vec<Finding> {
                 push(Rule::DuplicateDependsOn, &object.key, Some(target.clone()), None, msg);
             }
             if !graph.is_present(dep) {
-                let msg = dangling_message(graph, &object.key, target, HintReach::Everywhere);
+                let msg = dangling_message(graph, &object.key, target, Some(HintReach::Everywhere));
                 push(Rule::DanglingDependsOn, &object.key, Some(target.clone()), None, msg);
             }
             if target.namespace != object.key.namespace {

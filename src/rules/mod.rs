@@ -56,11 +56,16 @@ pub(crate) fn cycle_message(graph: &Graph, cycle: &[NodeId], prefix: &str) -> St
     msg
 }
 
-/// The message of a dangling `dependsOn`, with a hint when a likely intended target exists.
-pub(crate) fn dangling_message(graph: &Graph, object: &ObjectKey, target: &ObjectKey, reach: HintReach) -> String {
+/// The message of a dangling `dependsOn`; with a `reach`, a hint when a likely target exists.
+pub(crate) fn dangling_message(
+    graph: &Graph,
+    object: &ObjectKey,
+    target: &ObjectKey,
+    reach: Option<HintReach>,
+) -> String {
     let kind = graph.kind();
     let mut msg = format!("dangling dependsOn: {object} depends on {kind} {target}, which does not exist");
-    if let Some(hint) = hint(graph, target, reach) {
+    if let Some(hint) = reach.and_then(|reach| hint(graph, target, reach)) {
         msg.push_str("; ");
         msg.push_str(&hint);
     }
