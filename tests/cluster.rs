@@ -33,8 +33,10 @@ impl Cluster {
     fn watch(fake: &FakeApi) -> Cluster {
         let cache = Arc::new(Cache::new());
         let options = WatchOptions { crd_retry: Duration::from_millis(200) };
-        let task = tokio::spawn(watch::run(fake.client(), cache.clone(), options));
-        let webhook = Webhook::new(cache.clone(), Arc::new(Policy::default()));
+        let served = Arc::new(watch::Served::default());
+        let task = tokio::spawn(watch::run(fake.client(), cache.clone(), served.clone(), options));
+        let webhook = Webhook::new(cache.clone(), Arc::new(Policy::default()))
+            .with_lookup(watch::Lookup::new(fake.client(), served));
         Cluster { cache, webhook, _watch: task }
     }
 
@@ -46,6 +48,12 @@ impl Cluster {
     fn allows_at(&self, review: &Value, now: Instant) -> bool {
         let parsed = AdmissionReview::from_slice(&serde_json::to_vec(review).unwrap()).unwrap();
         self.webhook.validate(&parsed.request, now).unwrap().response.allowed
+    }
+
+    /// Whether `review` is allowed through the full path, lookups on a dangling target included.
+    async fn reviews(&self, review: &Value) -> bool {
+        let parsed = AdmissionReview::from_slice(&serde_json::to_vec(review).unwrap()).unwrap();
+        self.webhook.review(&parsed.request, Instant::now()).await.unwrap().response.allowed
     }
 
     fn has(&self, kind: FluxKind, ns: &str, name: &str) -> bool {
@@ -242,4 +250,19 @@ async fn serve_binary_watches_the_cluster_named_by_kubeconfig() {
     let (_, metrics) = admin_get(server.admin, "/metrics").await;
     assert!(metrics.contains("fluxgate_graph_objects{kind=\"Kustomization\"} 1"), "{metrics}");
     assert!(metrics.contains("fluxgate_cache_ready 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_target_another_replica_admitted_is_confirmed_before_denying() {
+    let fake = FakeApi::start(true).await;
+    let c = Cluster::watch(&fake);
+    eventually("ready", || c.cache.is_ready()).await;
+    eventually("the served versions are known", || fake.open_watches() == 2).await;
+    // `kubectl apply` sent infra to the other replica; this replica's watch lags behind.
+    fake.store_unwatched(ks(F, "infra", &[]));
+    assert!(!c.allows(&dry_run_create(&ks(F, "apps", &["infra"]))), "the cache alone does not know infra");
+    assert!(c.reviews(&create(&ks(F, "apps", &["infra"]))).await, "the lookup finds infra");
+    assert!(c.has(FluxKind::Kustomization, F, "infra"), "and the cache now holds it until the watch confirms it");
+    // A target the API server does not have either is still denied.
+    assert!(!c.reviews(&create(&ks(F, "web", &["nowhere"]))).await);
 }

@@ -14,13 +14,14 @@ pub use review::{
 };
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::cache::watch::Lookup;
 use crate::cache::{Cache, Graphs};
-use crate::object::{FluxKind, FluxObject};
-use crate::policy::{Action, Enforcement, Policy};
+use crate::object::{FluxKind, FluxObject, ObjectKey};
+use crate::policy::{Action, Enforcement, Policy, Rule};
 use crate::rules::{self, Finding};
 
 /// The outcome of a validation: the response, the findings behind it (for logs and metrics),
@@ -127,15 +128,28 @@ fn denial_message(denials: &[String]) -> String {
 }
 
 /// The webhook's state: the cache and the policy.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Webhook {
     pub cache: Arc<Cache>,
     pub policy: Arc<Policy>,
+    /// In cluster mode, where a dangling target is confirmed before a denial.
+    pub lookup: Option<Lookup>,
 }
+
+/// At most this many dangling targets of one request are looked up before denying it.
+const MAX_LOOKUPS: usize = 10;
+/// How long a confirming lookup may take; past it the cache's answer stands.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Webhook {
     pub fn new(cache: Arc<Cache>, policy: Arc<Policy>) -> Webhook {
-        Webhook { cache, policy }
+        Webhook { cache, policy, lookup: None }
+    }
+
+    /// The same webhook, confirming dangling targets with `lookup` before denying.
+    pub fn with_lookup(mut self, lookup: Lookup) -> Webhook {
+        self.lookup = Some(lookup);
+        self
     }
 
     /// Validates `req` and, when it is admitted for real, records the object so the next
@@ -150,6 +164,45 @@ impl Webhook {
             state.admit(object.clone(), replaced, now);
         }
         Ok(verdict)
+    }
+
+    /// [`Webhook::validate`], but a denial for dangling targets is confirmed first: another
+    /// replica may have admitted the target moments ago, before this replica's watch delivered
+    /// it. Targets the API server has join the cache (as admitted objects, until the watch
+    /// confirms them) and the request is judged again. Only the deny path pays for the lookups,
+    /// and they run outside the cache lock.
+    pub async fn review(&self, req: &AdmissionRequest, now: Instant) -> Result<Verdict, BadRequest> {
+        let verdict = self.validate(req, now)?;
+        let (Some(lookup), Some(kind)) = (&self.lookup, verdict.kind) else { return Ok(verdict) };
+        if verdict.response.allowed {
+            return Ok(verdict);
+        }
+        let missing: Vec<ObjectKey> = verdict
+            .findings
+            .iter()
+            .filter(|f| f.rule == Rule::DanglingDependsOn && f.is_deny())
+            .filter_map(|f| f.target.clone())
+            .take(MAX_LOOKUPS)
+            .collect();
+        let mut found = Vec::new();
+        for key in &missing {
+            match tokio::time::timeout(LOOKUP_TIMEOUT, lookup.get(kind, key)).await {
+                Ok(Ok(Some((object, _)))) => found.push(Arc::new(object)),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::warn!(target = %key, error = %e, "cannot confirm a dangling target"),
+                Err(_) => tracing::warn!(target = %key, "confirming a dangling target timed out"),
+            }
+        }
+        if found.is_empty() {
+            return Ok(verdict);
+        }
+        {
+            let mut state = self.cache.lock();
+            for object in found {
+                state.admit(object, None, now);
+            }
+        }
+        self.validate(req, now)
     }
 
     /// Computes the mutating webhook's response.

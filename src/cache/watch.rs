@@ -7,7 +7,7 @@
 //! installed is skipped with a log line (it does not hold readiness back) and looked for again
 //! periodically, so installing Flux after fluxgate works.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -81,16 +81,33 @@ pub fn read_object(kind: FluxKind, object: &DynamicObject) -> Result<(FluxObject
     Ok((parsed, meta.resource_version.clone()))
 }
 
-/// Watches both kinds into `cache` until the task is dropped.
-pub async fn run(client: kube::Client, cache: Arc<Cache>, options: WatchOptions) {
-    let tasks =
-        FluxKind::ALL.map(|kind| tokio::spawn(watch_kind(client.clone(), cache.clone(), kind, options.clone())));
+/// The API resource watched for each kind, once known (the version the cluster serves).
+#[derive(Debug, Default)]
+pub struct Served([OnceLock<ApiResource>; 2]);
+
+impl Served {
+    pub fn get(&self, kind: FluxKind) -> Option<&ApiResource> {
+        self.0[kind.index()].get()
+    }
+}
+
+/// Watches both kinds into `cache` until the task is dropped, recording in `served` which
+/// version of each kind it watches.
+pub async fn run(client: kube::Client, cache: Arc<Cache>, served: Arc<Served>, options: WatchOptions) {
+    let tasks = FluxKind::ALL
+        .map(|kind| tokio::spawn(watch_kind(client.clone(), cache.clone(), served.clone(), kind, options.clone())));
     for t in tasks {
         let _ = t.await;
     }
 }
 
-async fn watch_kind(client: kube::Client, cache: Arc<Cache>, kind: FluxKind, options: WatchOptions) {
+async fn watch_kind(
+    client: kube::Client,
+    cache: Arc<Cache>,
+    served: Arc<Served>,
+    kind: FluxKind,
+    options: WatchOptions,
+) {
     let mut reported_missing = false;
     let mut error_backoff = Duration::from_millis(500);
     let ar = loop {
@@ -116,6 +133,7 @@ async fn watch_kind(client: kube::Client, cache: Arc<Cache>, kind: FluxKind, opt
         }
     };
     tracing::info!(kind = kind.as_str(), api_version = %ar.api_version, "watching {kind} objects cluster-wide");
+    let _ = served.0[kind.index()].set(ar.clone());
     let api: Api<DynamicObject> = Api::all_with(client, &ar);
     let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
     futures::pin_mut!(stream);
@@ -146,6 +164,36 @@ async fn watch_kind(client: kube::Client, cache: Arc<Cache>, kind: FluxKind, opt
             Err(e) => {
                 tracing::warn!(kind = kind.as_str(), error = %e, "watch error; backing off, the last complete list stays in use")
             }
+        }
+    }
+}
+
+/// Looks objects up directly in the API server: the webhook confirms a dangling target this
+/// way before denying, since another replica may have admitted it moments ago and this
+/// replica's watch may not have delivered it yet.
+#[derive(Clone)]
+pub struct Lookup {
+    client: kube::Client,
+    served: Arc<Served>,
+}
+
+impl Lookup {
+    pub fn new(client: kube::Client, served: Arc<Served>) -> Lookup {
+        Lookup { client, served }
+    }
+
+    /// The object, if the API server has it. `Ok(None)` when it does not, or when the kind is
+    /// not watched (its CRD is missing).
+    pub async fn get(
+        &self,
+        kind: FluxKind,
+        key: &crate::object::ObjectKey,
+    ) -> Result<Option<(FluxObject, Option<String>)>, kube::Error> {
+        let Some(ar) = self.served.get(kind) else { return Ok(None) };
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &key.namespace, ar);
+        match api.get_opt(&key.name).await? {
+            Some(o) => Ok(read_object(kind, &o).ok()),
+            None => Ok(None),
         }
     }
 }

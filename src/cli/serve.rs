@@ -11,7 +11,7 @@ use super::{LogFormat, ServeArgs};
 use crate::admission::Webhook;
 use crate::audit::events;
 use crate::cache::Cache;
-use crate::cache::watch::WatchOptions;
+use crate::cache::watch::{self as cluster, WatchOptions};
 use crate::manifests;
 use crate::object::FluxKind;
 use crate::policy::Policy;
@@ -62,11 +62,19 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     crate::server::tls::provider();
     let mut background = Vec::new();
     let mut events = None;
+    let mut lookup = None;
     if args.manifests.is_empty() {
         let client = kube::Client::try_default().await.map_err(|e| {
             format!("cannot connect to a cluster ({e}); set KUBECONFIG or run in a pod, or pass --manifests PATH")
         })?;
-        background.push(tokio::spawn(crate::cache::watch::run(client.clone(), cache.clone(), WatchOptions::default())));
+        let served = Arc::new(cluster::Served::default());
+        background.push(tokio::spawn(cluster::run(
+            client.clone(),
+            cache.clone(),
+            served.clone(),
+            WatchOptions::default(),
+        )));
+        lookup = Some(cluster::Lookup::new(client.clone(), served));
         let (identity, namespace) = events::pod_identity();
         let publisher = Arc::new(events::Publisher::new(client, &namespace, &identity, LEASE_DURATION));
         let lease = publisher.clone();
@@ -84,7 +92,11 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     cert.spawn_watch(CERT_POLL);
     let tls_config = Arc::new(cert.server_config());
 
-    let app = App::new(Webhook::new(cache.clone(), Arc::new(policy)));
+    let mut webhook = Webhook::new(cache.clone(), Arc::new(policy));
+    if let Some(lookup) = lookup {
+        webhook = webhook.with_lookup(lookup);
+    }
+    let app = App::new(webhook);
     let webhook_listener = server::bind(args.listen).await.map_err(|e| e.to_string())?;
     let admin_listener = server::bind(args.admin_listen).await.map_err(|e| e.to_string())?;
     tracing::info!(

@@ -160,7 +160,7 @@ async fn handle(app: &App, request: Request, hook: Hook) -> Response {
     };
     let req = &review.request;
     let outcome = match hook {
-        Hook::Validate => app.webhook.validate(req, Instant::now()).map(|v| (v.response, v.findings)),
+        Hook::Validate => app.webhook.review(req, Instant::now()).await.map(|v| (v.response, v.findings)),
         Hook::Mutate => app.webhook.mutate(req).map(|r| (r, Vec::new())),
     };
     let (response, findings) = match outcome {

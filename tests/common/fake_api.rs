@@ -87,6 +87,7 @@ impl FakeApi {
             .route("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}", get(get_lease).put(replace_lease))
             .route("/apis/events.k8s.io/v1/namespaces/{ns}/events", axum::routing::post(create_event))
             .route("/apis/{group}/{version}/{plural}", get(list_or_watch))
+            .route("/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}", get(get_object))
             .with_state(fake.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         fake
@@ -148,6 +149,20 @@ impl FakeApi {
             ))
         };
         self.record(if exists { "MODIFIED" } else { "ADDED" }, object);
+    }
+
+    /// Stores an object without telling any watch, as when another replica's admission
+    /// reached etcd but this replica's watch has not delivered it yet.
+    pub fn store_unwatched(&self, mut object: Value) {
+        let (group, plural) = Self::key(&object);
+        let mut inner = self.inner.lock().unwrap();
+        inner.rv += 1;
+        object["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
+        let id = (
+            object["metadata"]["namespace"].as_str().unwrap().to_string(),
+            object["metadata"]["name"].as_str().unwrap().to_string(),
+        );
+        inner.resources.get_mut(&format!("{group}/{plural}")).unwrap().objects.insert(id, object);
     }
 
     /// Deletes an object (DELETED to watchers).
@@ -358,4 +373,19 @@ async fn create_event(
     event["metadata"]["resourceVersion"] = json!(next_version(&mut inner));
     inner.events.push(event.clone());
     (StatusCode::CREATED, axum::Json(event)).into_response()
+}
+
+async fn get_object(
+    State(fake): State<FakeApi>,
+    Path((group, version, ns, plural, name)): Path<(String, String, String, String, String)>,
+) -> Response {
+    let inner = fake.inner.lock().unwrap();
+    let Some(res) = inner.resources.get(&format!("{group}/{plural}")).filter(|r| r.installed && r.version == version)
+    else {
+        return status(404, "NotFound", "the server could not find the requested resource");
+    };
+    match res.objects.get(&(ns, name.clone())) {
+        Some(o) => axum::Json(o.clone()).into_response(),
+        None => status(404, "NotFound", &format!("{plural}.{group} \"{name}\" not found")),
+    }
 }
