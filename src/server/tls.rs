@@ -47,12 +47,6 @@ pub fn provider() -> Arc<CryptoProvider> {
     provider
 }
 
-/// Reads a certificate chain and key and checks that they belong together.
-pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, Error> {
-    let (cert_pem, key_pem) = read_pair(cert, key)?;
-    parse_pair(&cert_pem, &key_pem, cert, key)
-}
-
 fn read_pair(cert: &Path, key: &Path) -> Result<(Vec<u8>, Vec<u8>), Error> {
     let c = std::fs::read(cert).map_err(|source| Error::Read { path: cert.to_path_buf(), source })?;
     let k = std::fs::read(key).map_err(|source| Error::Read { path: key.to_path_buf(), source })?;
