@@ -95,3 +95,19 @@ fn mermaid_output_has_waves_and_edges() {
     assert!(m.contains("subgraph wave0 [\"wave 0\"]"));
     assert_eq!(m.matches(" --> ").count(), 13, "{m}");
 }
+
+#[test]
+fn clusters_reusing_names_are_drawn_one_by_one() {
+    // Merged, production's apps -> infra and staging's infra -> apps would draw a cycle.
+    let g: Value = serde_json::from_str(&graph(&root("tests/fixtures/multi-cluster"), "json")).unwrap();
+    let clusters = g["clusters"].as_array().expect("one graph per cluster");
+    assert_eq!(clusters.len(), 2);
+    for c in clusters {
+        assert_eq!(c["cycles"], json!([]), "{}", c["cluster"]);
+        assert_eq!(c["waves"].as_array().unwrap().len(), 2);
+    }
+    assert!(clusters[0]["cluster"].as_str().unwrap().ends_with("clusters/production"));
+    assert_eq!(clusters[0]["waves"][0], json!(["flux-system/infra"]));
+    assert_eq!(clusters[1]["waves"][0], json!(["flux-system/apps"]));
+    dot_accepts(&graph(&root("tests/fixtures/multi-cluster"), "dot"));
+}

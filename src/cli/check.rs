@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::{CheckArgs, CheckFormat};
 use crate::cache::Graphs;
-use crate::manifests::{self, LoadError, Loaded, Manifests};
+use crate::manifests::{self, LoadError, Loaded};
 use crate::object::{FluxKind, ObjectKey};
 use crate::policy::Policy;
 use crate::rules::{self, Finding};
@@ -59,9 +59,9 @@ fn graphs_of<'a>(objects: impl IntoIterator<Item = &'a Loaded>) -> (Graphs, Plac
     (graphs, places)
 }
 
-/// Builds both graphs from everything loaded (for `graph`; `check` goes cluster by cluster).
-pub fn build_graphs(loaded: &Manifests) -> (Graphs, Places) {
-    graphs_of(&loaded.objects)
+/// Builds both graphs from `objects`.
+pub fn build_graphs<'a>(objects: impl IntoIterator<Item = &'a Loaded>) -> (Graphs, Places) {
+    graphs_of(objects)
 }
 
 /// Loads `paths` and runs the audit rules: on one graph, or on each cluster's graph when the
@@ -71,7 +71,7 @@ pub fn check_paths(paths: &[PathBuf], policy: &Policy) -> CheckOutput {
     let groups: Vec<Vec<&Loaded>> = if loaded.clusters.is_empty() {
         vec![loaded.objects.iter().collect()]
     } else {
-        loaded.clusters.iter().map(|members| members.iter().map(|&i| &loaded.objects[i]).collect()).collect()
+        loaded.clusters.iter().map(|c| c.members.iter().map(|&i| &loaded.objects[i]).collect()).collect()
     };
     let mut findings: Vec<Located> = Vec::new();
     let mut seen = std::collections::HashSet::new();

@@ -23,6 +23,9 @@ pub enum GraphFormat {
 /// The graph as `fluxgate graph --format json` prints it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct GraphView {
+    /// The cluster (its roots' folder) when a repository holds several that reuse names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
     pub kind: FluxKind,
     pub nodes: Vec<NodeView>,
     pub edges: Vec<EdgeView>,
@@ -95,6 +98,7 @@ pub fn view(graph: &Graph) -> GraphView {
         }
     }
     GraphView {
+        cluster: None,
         kind: graph.kind(),
         nodes,
         edges,
@@ -150,12 +154,13 @@ fn dot(view: &GraphView) -> String {
     let critical: HashSet<(&str, &str)> =
         view.critical_path.windows(2).map(|w| (w[1].as_str(), w[0].as_str())).collect();
     let mut s = String::new();
-    writeln!(s, "digraph fluxgate {{").unwrap();
+    let title = view.cluster.as_ref().map_or(String::new(), |c| format!("{c}: "));
+    writeln!(s, "digraph {} {{", quote(&format!("fluxgate {title}"))).unwrap();
     writeln!(
         s,
         "  label={};",
         quote(&format!(
-            "{} dependsOn graph: {} waves, critical path {} objects, {} cycles",
+            "{title}{} dependsOn graph: {} waves, critical path {} objects, {} cycles",
             view.kind,
             view.waves.len(),
             view.critical_path.len(),
@@ -195,7 +200,11 @@ fn dot(view: &GraphView) -> String {
 fn mermaid(view: &GraphView) -> String {
     let ids: std::collections::HashMap<&str, String> =
         view.nodes.iter().enumerate().map(|(i, n)| (n.id.as_str(), format!("n{i}"))).collect();
-    let mut s = String::from("flowchart BT\n");
+    let mut s = String::new();
+    if let Some(cluster) = &view.cluster {
+        writeln!(s, "%% cluster {cluster}").unwrap();
+    }
+    s.push_str("flowchart BT\n");
     for (i, wave) in view.waves.iter().enumerate() {
         writeln!(s, "  subgraph wave{i} [\"wave {i}\"]").unwrap();
         for n in wave {
@@ -220,11 +229,33 @@ pub fn run(args: GraphArgs) -> ExitCode {
     for e in &loaded.errors {
         eprintln!("fluxgate graph: {e}");
     }
-    let (graphs, _) = super::check::build_graphs(&loaded);
     let kind = match args.kind {
         KindArg::Kustomization => FluxKind::Kustomization,
         KindArg::HelmRelease => FluxKind::HelmRelease,
     };
-    print!("{}", render_graph(&view(graphs.get(kind)), args.format));
+    if loaded.clusters.is_empty() {
+        let (graphs, _) = super::check::build_graphs(&loaded.objects);
+        print!("{}", render_graph(&view(graphs.get(kind)), args.format));
+    } else {
+        // Clusters that reuse names are drawn one by one, as `check` checks them.
+        let views: Vec<GraphView> = loaded
+            .clusters
+            .iter()
+            .map(|c| {
+                let (graphs, _) = super::check::build_graphs(c.members.iter().map(|&i| &loaded.objects[i]));
+                GraphView { cluster: Some(c.folder.display().to_string()), ..view(graphs.get(kind)) }
+            })
+            .collect();
+        match args.format {
+            GraphFormat::Json => {
+                let all = serde_json::json!({ "clusters": views });
+                println!("{}", serde_json::to_string_pretty(&all).expect("views serialise"));
+            }
+            format => {
+                let rendered: Vec<String> = views.iter().map(|v| render_graph(v, format)).collect();
+                print!("{}", rendered.join("\n"));
+            }
+        }
+    }
     if loaded.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) }
 }

@@ -53,16 +53,28 @@ pub struct Manifests {
     pub errors: Vec<LoadError>,
     /// How many YAML files were read.
     pub files: usize,
-    /// When the paths hold several clusters that give one name to different objects: the
+    /// When the paths hold several clusters that give one name to different objects: each
+    /// cluster, named by the folder of its roots, with its objects (indices into `objects`),
     /// objects of each cluster (indices into `objects`), to be checked one cluster at a time.
     /// Empty when everything forms one graph.
-    pub clusters: Vec<Vec<usize>>,
+    pub clusters: Vec<Cluster>,
 }
 
 impl Manifests {
     pub fn count(&self, kind: FluxKind) -> usize {
         self.objects.iter().filter(|o| o.object.kind == kind).count()
     }
+}
+
+/// A document as resolved in one cluster: its index and the parent that applies it there.
+type Instance = (usize, Option<usize>);
+
+/// One cluster of a repository holding several: its roots' folder and its objects.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub folder: PathBuf,
+    /// Indices into [`Manifests::objects`].
+    pub members: Vec<usize>,
 }
 
 /// A raw Flux document before its namespace is known.
@@ -150,18 +162,18 @@ pub fn load(paths: &[PathBuf]) -> Manifests {
     let mut resolver = Resolver { raws: &raws, namespaces: &namespaces, parents: &tree.parents, keys: HashMap::new() };
 
     // One instance of each object per cluster it belongs to, resolved with that cluster's parent.
-    let mut instances: Vec<(usize, Option<usize>)> = Vec::new();
-    let mut per_cluster: Vec<Vec<(usize, Option<usize>)>> = Vec::new();
-    for members in tree.clusters.values() {
-        let list: Vec<(usize, Option<usize>)> =
+    let mut instances: Vec<Instance> = Vec::new();
+    let mut per_cluster: Vec<(PathBuf, Vec<Instance>)> = Vec::new();
+    for (folder, members) in &tree.clusters {
+        let list: Vec<Instance> =
             members.iter().map(|&i| (i, tree.parents[i].iter().copied().find(|p| members.contains(p)))).collect();
         instances.extend(list.iter().copied());
-        per_cluster.push(list);
+        per_cluster.push((folder.clone(), list));
     }
     instances.sort_unstable();
     instances.dedup();
 
-    let mut resolved: HashMap<(usize, Option<usize>), usize> = HashMap::new();
+    let mut resolved: HashMap<Instance, usize> = HashMap::new();
     let mut first_error: HashSet<usize> = HashSet::new();
     for &(i, parent) in &instances {
         let raw = &raws[i];
@@ -198,7 +210,10 @@ pub fn load(paths: &[PathBuf]) -> Manifests {
     if conflict && per_cluster.len() > 1 {
         out.clusters = per_cluster
             .iter()
-            .map(|list| list.iter().filter_map(|inst| resolved.get(inst).copied()).collect())
+            .map(|(folder, list)| Cluster {
+                folder: folder.clone(),
+                members: list.iter().filter_map(|inst| resolved.get(inst).copied()).collect(),
+            })
             .collect();
     } else {
         // One graph: each document once, as resolved in the first cluster that has it.
