@@ -97,17 +97,7 @@ fn synthetic(namespaces: usize, per_ns: usize) -> (Arc<Cache>, Vec<String>) {
     }
     let list = objects
         .into_iter()
-        .map(|(key, depends_on)| {
-            let o = FluxObject {
-                kind: FluxKind::Kustomization,
-                key,
-                depends_on,
-                wait: false,
-                health_check_kustomizations: vec![],
-                owner: None,
-            };
-            (Arc::new(o), None)
-        })
+        .map(|(key, depends_on)| (Arc::new(FluxObject::new(FluxKind::Kustomization, key, depends_on)), None))
         .collect();
     let mut state = cache.lock();
     state.replace_all(FluxKind::Kustomization, list);

@@ -130,6 +130,12 @@ fn bad(field: impl Into<String>, expected: &'static str) -> ObjectError {
 }
 
 impl FluxObject {
+    /// An object with these `dependsOn` targets and nothing else: no wait, no health checks,
+    /// no owner.
+    pub fn new(kind: FluxKind, key: ObjectKey, depends_on: Vec<ObjectKey>) -> FluxObject {
+        FluxObject { kind, key, depends_on, wait: false, health_check_kustomizations: Vec::new(), owner: None }
+    }
+
     /// Reads an object of `kind` from its JSON form (an admission request's `object`, a watch
     /// event, a parsed manifest). `namespace` is where the object lives: the caller decides it
     /// (the admission request's namespace, the watch object's, the one resolved from kustomize).
@@ -225,8 +231,8 @@ fn health_check_target(entry: &Value, namespace: &str) -> Option<ObjectKey> {
     Some(ObjectKey::new(ns, name))
 }
 
-/// The API group, version and kind of a manifest or request object, from its `apiVersion` and
-/// `kind` fields.
+/// The Flux kind of a manifest or request object, from its `apiVersion` and `kind` fields;
+/// `None` for anything else.
 pub fn kind_of(value: &Value) -> Option<FluxKind> {
     let api_version = value.get("apiVersion")?.as_str()?;
     let kind = value.get("kind")?.as_str()?;

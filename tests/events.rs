@@ -30,15 +30,7 @@ fn cache_with(edges: &[(&str, &[&str])]) -> Cache {
                     ObjectKey::new(dn, dm)
                 })
                 .collect();
-            let o = FluxObject {
-                kind: FluxKind::Kustomization,
-                key: ObjectKey::new(ns, n),
-                depends_on,
-                wait: false,
-                health_check_kustomizations: vec![],
-                owner: None,
-            };
-            (Arc::new(o), None)
+            (Arc::new(FluxObject::new(FluxKind::Kustomization, ObjectKey::new(ns, n), depends_on)), None)
         })
         .collect();
     let mut state = cache.lock();
@@ -110,17 +102,9 @@ async fn the_lease_holder_posts_each_finding_once_on_every_offending_object() {
     assert_eq!(fake.events().len(), 3);
 
     // A finding that went away and came back is posted again.
-    cache.lock().apply(
-        Arc::new(FluxObject {
-            kind: FluxKind::Kustomization,
-            key: ObjectKey::new("web", "missing"),
-            depends_on: vec![],
-            wait: false,
-            health_check_kustomizations: vec![],
-            owner: None,
-        }),
-        None,
-    );
+    cache
+        .lock()
+        .apply(Arc::new(FluxObject::new(FluxKind::Kustomization, ObjectKey::new("web", "missing"), vec![])), None);
     assert_eq!(a.publish(&report_of(&cache)).await, 0);
     cache.lock().delete(FluxKind::Kustomization, &ObjectKey::new("web", "missing"));
     assert_eq!(a.publish(&report_of(&cache)).await, 1);

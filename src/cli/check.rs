@@ -49,7 +49,7 @@ impl CheckOutput {
 pub type Places = HashMap<(FluxKind, ObjectKey), (PathBuf, usize)>;
 
 /// Builds both graphs from `objects`; returns them with where each object is written.
-fn graphs_of<'a>(objects: impl IntoIterator<Item = &'a Loaded>) -> (Graphs, Places) {
+pub fn build_graphs<'a>(objects: impl IntoIterator<Item = &'a Loaded>) -> (Graphs, Places) {
     let mut graphs = Graphs::default();
     let mut places = HashMap::new();
     for l in objects {
@@ -57,11 +57,6 @@ fn graphs_of<'a>(objects: impl IntoIterator<Item = &'a Loaded>) -> (Graphs, Plac
         places.insert((l.object.kind, l.object.key.clone()), (l.file.clone(), l.line));
     }
     (graphs, places)
-}
-
-/// Builds both graphs from `objects`.
-pub fn build_graphs<'a>(objects: impl IntoIterator<Item = &'a Loaded>) -> (Graphs, Places) {
-    graphs_of(objects)
 }
 
 /// Loads `paths` and runs the audit rules: on one graph, or on each cluster's graph when the
@@ -76,7 +71,7 @@ pub fn check_paths(paths: &[PathBuf], policy: &Policy) -> CheckOutput {
     let mut findings: Vec<Located> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for group in groups {
-        let (graphs, places) = graphs_of(group);
+        let (graphs, places) = build_graphs(group);
         for graph in graphs.iter() {
             for finding in rules::audit(graph, policy) {
                 let (file, line) = places.get(&(finding.kind, finding.object.clone())).cloned().unwrap_or_default();

@@ -351,20 +351,14 @@ pub(crate) mod tests {
     use super::*;
 
     pub fn ks(ns: &str, name: &str, deps: &[&str]) -> Arc<FluxObject> {
-        Arc::new(FluxObject {
-            kind: FluxKind::Kustomization,
-            key: ObjectKey::new(ns, name),
-            depends_on: deps
-                .iter()
-                .map(|d| match d.split_once('/') {
-                    Some((n, m)) => ObjectKey::new(n, m),
-                    None => ObjectKey::new(ns, *d),
-                })
-                .collect(),
-            wait: false,
-            health_check_kustomizations: Vec::new(),
-            owner: None,
-        })
+        let depends_on = deps
+            .iter()
+            .map(|d| match d.split_once('/') {
+                Some((n, m)) => ObjectKey::new(n, m),
+                None => ObjectKey::new(ns, *d),
+            })
+            .collect();
+        Arc::new(FluxObject::new(FluxKind::Kustomization, ObjectKey::new(ns, name), depends_on))
     }
 
     fn key(s: &str) -> ObjectKey {

@@ -5,10 +5,13 @@
 //! it, and the cached object is put back before returning: the graph is unchanged afterwards.
 //! Recording an admitted object is the cache's job, not this module's.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use super::{Finding, HintReach, cycle_message, dangling_message};
+use super::{
+    Finding, HintReach, chain_message, count_targets, cross_namespace_message, cycle_message, dangling_message,
+    duplicate_message,
+};
 use crate::graph::{Graph, NodeId};
 use crate::object::{FluxObject, ObjectKey};
 use crate::policy::{Action, Policy, Rule};
@@ -186,8 +189,8 @@ impl Ctx<'_> {
     fn targets(&mut self, x: NodeId, old: Option<&FluxObject>) {
         let g = self.graph;
         let object = self.object;
-        let counts = count_in(&object.depends_on);
-        let old_counts = old.map(|o| count_in(&o.depends_on)).unwrap_or_default();
+        let counts = count_targets(&object.depends_on);
+        let old_counts = old.map(|o| count_targets(&o.depends_on)).unwrap_or_default();
         let mut done: HashSet<&ObjectKey> = HashSet::new();
         let mut hinted = 0;
         for target in &object.depends_on {
@@ -200,7 +203,7 @@ impl Ctx<'_> {
             let count = counts[target];
             if count > 1 {
                 let action = self.action(Rule::DuplicateDependsOn, old_count < count);
-                let msg = format!("duplicate dependsOn: {} lists {target} {count} times", object.key);
+                let msg = duplicate_message(&object.key, target, count);
                 self.push(Rule::DuplicateDependsOn, action, Some(target.clone()), None, msg);
             }
 
@@ -222,10 +225,7 @@ impl Ctx<'_> {
 
             if target.namespace != object.key.namespace {
                 let action = self.action(Rule::CrossNamespaceDependsOn, introduced);
-                let msg = format!(
-                    "cross-namespace dependsOn: {} (namespace {}) depends on {target}",
-                    object.key, object.key.namespace
-                );
+                let msg = cross_namespace_message(&object.key, target);
                 self.push(Rule::CrossNamespaceDependsOn, action, Some(target.clone()), None, msg);
             }
         }
@@ -240,13 +240,7 @@ impl Ctx<'_> {
         if chain.len() <= self.policy.max_depth_limit {
             return None;
         }
-        let path: Vec<String> = chain.iter().map(|&id| self.graph.key(id).to_string()).collect();
-        Some(format!(
-            "dependsOn chain of {} objects exceeds the limit of {}: {}",
-            chain.len(),
-            self.policy.max_depth_limit,
-            path.join(" -> ")
-        ))
+        Some(chain_message(self.graph, &chain, self.policy.max_depth_limit))
     }
 }
 
@@ -303,13 +297,4 @@ fn canonical(cycle: &[NodeId]) -> Vec<NodeId> {
     let body = &cycle[..cycle.len() - 1];
     let start = body.iter().enumerate().min_by_key(|(_, id)| **id).map_or(0, |(i, _)| i);
     body[start..].iter().chain(&body[..start]).copied().collect()
-}
-
-/// How many times each target is listed.
-fn count_in(list: &[ObjectKey]) -> HashMap<&ObjectKey, usize> {
-    let mut counts: HashMap<&ObjectKey, usize> = HashMap::new();
-    for t in list {
-        *counts.entry(t).or_default() += 1;
-    }
-    counts
 }

@@ -1,9 +1,10 @@
 //! Rules over a whole graph: what the periodic audit reports and what `fluxgate check` prints.
 //! Unlike admission, nothing here is "unchanged": every finding takes its rule's action.
 
-use std::collections::HashMap;
-
-use super::{Finding, HintReach, cycle_message, dangling_message};
+use super::{
+    Finding, HintReach, chain_message, count_targets, cross_namespace_message, cycle_message, dangling_message,
+    duplicate_message,
+};
 use crate::graph::Graph;
 use crate::policy::{Action, Policy, Rule};
 
@@ -33,14 +34,11 @@ pub fn audit(graph: &Graph, policy: &Policy) -> Vec<Finding> {
 
     for id in graph.present_ids() {
         let object = graph.object(id).expect("present ids have objects");
-        let mut counts: HashMap<&crate::object::ObjectKey, usize> = HashMap::new();
-        for target in &object.depends_on {
-            *counts.entry(target).or_default() += 1;
-        }
+        let counts = count_targets(&object.depends_on);
         for &dep in graph.deps(id) {
             let target = graph.key(dep);
             if counts[target] > 1 {
-                let msg = format!("duplicate dependsOn: {} lists {target} {} times", object.key, counts[target]);
+                let msg = duplicate_message(&object.key, target, counts[target]);
                 push(Rule::DuplicateDependsOn, &object.key, Some(target.clone()), None, msg);
             }
             if !graph.is_present(dep) {
@@ -48,10 +46,7 @@ pub fn audit(graph: &Graph, policy: &Policy) -> Vec<Finding> {
                 push(Rule::DanglingDependsOn, &object.key, Some(target.clone()), None, msg);
             }
             if target.namespace != object.key.namespace {
-                let msg = format!(
-                    "cross-namespace dependsOn: {} (namespace {}) depends on {target}",
-                    object.key, object.key.namespace
-                );
+                let msg = cross_namespace_message(&object.key, target);
                 push(Rule::CrossNamespaceDependsOn, &object.key, Some(target.clone()), None, msg);
             }
         }
@@ -59,13 +54,7 @@ pub fn audit(graph: &Graph, policy: &Policy) -> Vec<Finding> {
         if policy.action(Rule::MaxDepth) != Action::Off && graph.dependents(id).is_empty() {
             let chain = graph.longest_chain(id, false).0;
             if chain.len() > policy.max_depth_limit {
-                let path: Vec<String> = chain.iter().map(|&n| graph.key(n).to_string()).collect();
-                let msg = format!(
-                    "dependsOn chain of {} objects exceeds the limit of {}: {}",
-                    chain.len(),
-                    policy.max_depth_limit,
-                    path.join(" -> ")
-                );
+                let msg = chain_message(graph, &chain, policy.max_depth_limit);
                 push(Rule::MaxDepth, &object.key, None, None, msg);
             }
         }

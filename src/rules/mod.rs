@@ -8,6 +8,8 @@ mod audit;
 pub use admission::{evaluate_delete, evaluate_upsert};
 pub use audit::audit;
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 
 use crate::graph::{EdgeKind, Graph, NodeId};
@@ -80,6 +82,31 @@ pub(crate) enum HintReach {
     /// Also near names in every namespace (a renamed object): a walk over every object, for the
     /// audit and `check`.
     Everywhere,
+}
+
+/// `duplicate dependsOn: a lists b 2 times`.
+pub(crate) fn duplicate_message(object: &ObjectKey, target: &ObjectKey, count: usize) -> String {
+    format!("duplicate dependsOn: {object} lists {target} {count} times")
+}
+
+/// `cross-namespace dependsOn: a (namespace x) depends on y/b`.
+pub(crate) fn cross_namespace_message(object: &ObjectKey, target: &ObjectKey) -> String {
+    format!("cross-namespace dependsOn: {object} (namespace {}) depends on {target}", object.namespace)
+}
+
+/// `dependsOn chain of N objects exceeds the limit of L: a -> b -> ...`.
+pub(crate) fn chain_message(graph: &Graph, chain: &[NodeId], limit: usize) -> String {
+    let path: Vec<String> = chain.iter().map(|&id| graph.key(id).to_string()).collect();
+    format!("dependsOn chain of {} objects exceeds the limit of {limit}: {}", chain.len(), path.join(" -> "))
+}
+
+/// How many times each target is listed.
+pub(crate) fn count_targets(list: &[ObjectKey]) -> HashMap<&ObjectKey, usize> {
+    let mut counts: HashMap<&ObjectKey, usize> = HashMap::new();
+    for t in list {
+        *counts.entry(t).or_default() += 1;
+    }
+    counts
 }
 
 /// Where the author probably meant to point: the same name in another namespace first (a wrong
