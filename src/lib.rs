@@ -9,6 +9,7 @@
 //! - [`cache`]: the objects the webhook knows, with read-your-writes;
 //! - [`manifests`]: Flux objects read from YAML files and folders;
 //! - [`server`]: the HTTPS webhook and the admin port;
+//! - [`status`]: live dependency status, states and root causes of stuck objects;
 //! - [`audit`]: the periodic whole-graph scan behind `/report`;
 //! - [`certs`]: CA and serving certificates;
 //! - [`cli`]: the command line.
@@ -24,3 +25,4 @@ pub mod object;
 pub mod policy;
 pub mod rules;
 pub mod server;
+pub mod status;

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::graph::Graph;
 use crate::object::{FluxKind, FluxObject, ObjectKey};
+use crate::status::{StatusReport, StatusStore};
 
 /// How long an admitted object stays visible without the source confirming it.
 pub const OVERLAY_TTL: Duration = Duration::from_secs(60);
@@ -81,6 +82,10 @@ impl State {
     /// `resource_version` is the object's `metadata.resourceVersion`, when it has one.
     pub fn apply(&mut self, object: Arc<FluxObject>, resource_version: Option<&str>) {
         let key = (object.kind, object.key.clone());
+        // Most watch events change only the status: they cost a lookup, never graph work.
+        if !self.overlay.contains_key(&key) && self.base.get(&key).is_some_and(|old| **old == *object) {
+            return;
+        }
         self.base.insert(key.clone(), object.clone());
         if let Some(entry) = self.overlay.get(&key) {
             let stale = resource_version.is_some() && entry.replaced_version.as_deref() == resource_version;
@@ -176,6 +181,8 @@ impl State {
 #[derive(Debug, Default)]
 pub struct Cache {
     state: Mutex<State>,
+    /// Object statuses, under a lock of their own (see [`crate::status`]).
+    status: StatusStore,
 }
 
 impl Cache {
@@ -191,6 +198,30 @@ impl Cache {
 
     pub fn is_ready(&self) -> bool {
         self.lock().is_synced()
+    }
+
+    /// The statuses of the objects; updating them never takes the cache lock.
+    pub fn status(&self) -> &StatusStore {
+        &self.status
+    }
+
+    /// The present objects of `kind`. The cache lock is held only to copy their `Arc`s.
+    pub fn objects(&self, kind: FluxKind) -> Vec<Arc<FluxObject>> {
+        let state = self.lock();
+        let graph = state.graphs().get(kind);
+        graph.present_ids().filter_map(|id| graph.object(id).cloned()).collect()
+    }
+
+    /// The status of every object, computed outside the cache lock.
+    pub fn status_report(&self) -> StatusReport {
+        let kinds = FluxKind::ALL
+            .iter()
+            .map(|&kind| {
+                let objects = self.objects(kind);
+                crate::status::analyze(kind, objects, &self.status.snapshot(kind))
+            })
+            .collect();
+        StatusReport { kinds }
     }
 }
 

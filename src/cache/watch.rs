@@ -53,7 +53,7 @@ fn resource(kind: FluxKind, version: &str) -> ApiResource {
 
 /// The first served version of `kind`, probed with a one-item list (which also proves the
 /// list permission); `None` when no version is served (the CRD is not installed).
-async fn served_resource(client: &kube::Client, kind: FluxKind) -> Result<Option<ApiResource>, kube::Error> {
+pub(crate) async fn served_resource(client: &kube::Client, kind: FluxKind) -> Result<Option<ApiResource>, kube::Error> {
     for version in versions(kind) {
         let ar = resource(kind, version);
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
@@ -142,16 +142,23 @@ async fn watch_kind(
         match event {
             Ok(Event::Init) => listing.clear(),
             Ok(Event::InitApply(o)) => match read_object(kind, &o) {
-                Ok((object, version)) => listing.push((Arc::new(object), version)),
+                Ok((object, version)) => {
+                    cache.status().record_watched(kind, &o);
+                    listing.push((Arc::new(object), version))
+                }
                 Err(e) => tracing::warn!(kind = kind.as_str(), "skipped an object the rules cannot read: {e}"),
             },
             Ok(Event::InitDone) => {
                 let n = listing.len();
+                cache.status().keep_only(kind, listing.iter().map(|(o, _)| &o.key));
                 cache.lock().replace_all(kind, std::mem::take(&mut listing));
                 tracing::info!(kind = kind.as_str(), objects = n, "list complete");
             }
             Ok(Event::Apply(o)) => match read_object(kind, &o) {
-                Ok((object, version)) => cache.lock().apply(Arc::new(object), version.as_deref()),
+                Ok((object, version)) => {
+                    cache.status().record_watched(kind, &o);
+                    cache.lock().apply(Arc::new(object), version.as_deref())
+                }
                 Err(e) => tracing::warn!(kind = kind.as_str(), "skipped an object the rules cannot read: {e}"),
             },
             Ok(Event::Delete(o)) => {
@@ -159,6 +166,7 @@ async fn watch_kind(
                     o.metadata.namespace.clone().unwrap_or_default(),
                     o.metadata.name.clone().unwrap_or_default(),
                 );
+                cache.status().forget(kind, &key);
                 cache.lock().delete(kind, &key);
             }
             Err(e) => {

@@ -137,8 +137,18 @@ fn critical_path(graph: &Graph, waves: &[Option<u32>]) -> Vec<NodeId> {
     path
 }
 
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
 fn quote(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+    format!("\"{}\"", escape(s))
+}
+
+/// A DOT label of several lines: each line escaped, joined by DOT's own line break.
+fn label(lines: &[&str]) -> String {
+    let lines: Vec<String> = lines.iter().map(|l| escape(l)).collect();
+    format!("\"{}\"", lines.join("\\n"))
 }
 
 /// Renders a view in `format`.
@@ -168,18 +178,22 @@ fn dot(view: &GraphView) -> String {
         ))
     )
     .unwrap();
-    writeln!(s, "  rankdir=BT;\n  node [shape=box, style=rounded];").unwrap();
+    // One column per wave, wave 0 on the left (edges run from dependent to dependency, so
+    // right-to-left ranking puts dependencies first): the width grows with the number of waves,
+    // not with the number of objects, which a long ribbon of one rank made unreadable.
+    writeln!(s, "  labelloc=t;\n  rankdir=RL;\n  newrank=true;\n  ranksep=0.5;\n  nodesep=0.12;").unwrap();
+    writeln!(s, "  node [shape=box, style=rounded, fontsize=12, height=0.3];").unwrap();
     for (i, wave) in view.waves.iter().enumerate() {
         writeln!(s, "  subgraph {} {{\n    rank=same;", quote(&format!("wave {i}"))).unwrap();
         for n in wave {
-            writeln!(s, "    {} [label={}];", quote(n), quote(&format!("{n}\\nwave {i}"))).unwrap();
+            writeln!(s, "    {} [label={}];", quote(n), label(&[n, &format!("wave {i}")])).unwrap();
         }
         writeln!(s, "  }}").unwrap();
     }
     for n in view.nodes.iter().filter(|n| n.wave.is_none()) {
-        let style = if n.missing { "style=dashed, color=gray, label=" } else { "color=red, label=" };
-        let label = if n.missing { format!("{}\\n(missing)", n.id) } else { format!("{}\\n(cycle)", n.id) };
-        writeln!(s, "  {} [{style}{}];", quote(&n.id), quote(&label)).unwrap();
+        let (style, note) =
+            if n.missing { ("style=dashed, color=gray", "(missing)") } else { ("color=red", "(cycle)") };
+        writeln!(s, "  {} [{style}, label={}];", quote(&n.id), label(&[&n.id, note])).unwrap();
     }
     for e in &view.edges {
         let mut attrs = Vec::new();

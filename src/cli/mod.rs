@@ -1,8 +1,9 @@
-//! The command line: `serve`, `check`, `graph`, `certs`.
+//! The command line: `serve`, `check`, `graph`, `status`, `why`, `certs`.
 
 mod check;
 mod graph;
 mod serve;
+mod status;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 pub use check::{CheckOutput, check_paths};
 pub use graph::{GraphFormat, render_graph};
+pub use status::{Color, StatusFormat, render_status, render_why};
 
 /// Guards the dependsOn graphs of Flux Kustomizations and HelmReleases.
 #[derive(Debug, Parser)]
@@ -30,6 +32,14 @@ pub enum Command {
     Check(CheckArgs),
     /// Print the dependsOn graph with its waves, critical path and cycles.
     Graph(GraphArgs),
+    /// Show every object's state by wave, and what holds up the waiting ones: exit 0 when
+    /// nothing is stuck, 1 when an object is failed, waiting or stale, 2 when the objects cannot
+    /// be read.
+    Status(StatusArgs),
+    /// Explain why an object is not ready: the chain to each root cause with its message. Exit
+    /// 0 when the object is not stuck, 1 when it is, 2 when the objects cannot be read or no
+    /// object has that name.
+    Why(WhyArgs),
     /// Write a CA and a serving certificate and key; print the caBundle.
     Certs(CertsArgs),
 }
@@ -103,6 +113,44 @@ pub struct GraphArgs {
     pub kind: KindArg,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Read the objects from this file (the output of `kubectl get
+    /// kustomizations,helmreleases -A -o yaml`) instead of listing them in the kubeconfig's
+    /// cluster.
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: StatusFormat,
+    /// Colour the states.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub color: Color,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WhyArgs {
+    /// Name of the Kustomization or HelmRelease.
+    pub name: String,
+    /// Its namespace (any namespace when not given).
+    #[arg(short = 'n', long, value_name = "NS")]
+    pub namespace: Option<String>,
+    /// Its kind (both kinds when not given).
+    #[arg(long, value_enum)]
+    pub kind: Option<KindArg>,
+    /// Read the objects from this file (the output of `kubectl get
+    /// kustomizations,helmreleases -A -o yaml`) instead of listing them in the kubeconfig's
+    /// cluster.
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: StatusFormat,
+    /// Colour the states.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub color: Color,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum KindArg {
     Kustomization,
@@ -134,6 +182,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Check(args) => check::run(args),
         Command::Graph(args) => graph::run(args),
+        Command::Status(args) => status::run_status(args),
+        Command::Why(args) => status::run_why(args),
         Command::Certs(args) => certs(args),
     }
 }

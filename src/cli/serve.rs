@@ -160,6 +160,10 @@ fn load_manifests(cache: &Cache, paths: &[std::path::PathBuf]) {
              graph where a later file wins: pass one cluster's folder"
         );
     }
+    for kind in FluxKind::ALL {
+        let statuses = loaded.objects.iter().filter(|o| o.object.kind == kind);
+        cache.status().replace_all(kind, statuses.map(|o| (o.object.key.clone(), o.status.clone())));
+    }
     let mut state = cache.lock();
     for kind in FluxKind::ALL {
         let objects = loaded

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::object::{FluxKind, FluxObject, ObjectKey, kind_of};
+use crate::status::ObjectStatus;
 
 /// Namespace of a namespaced object that nothing gives one, as for any Kubernetes object.
 pub const FALLBACK_NAMESPACE: &str = "default";
@@ -30,6 +31,9 @@ pub struct Loaded {
     pub file: PathBuf,
     /// 1-based line where the object's document starts.
     pub line: usize,
+    /// The status written in the document: present in a dump of a cluster's objects
+    /// (`kubectl get ... -o yaml`), empty (unknown) in a Git checkout.
+    pub status: ObjectStatus,
 }
 
 /// A document or file that could not be read.
@@ -180,7 +184,8 @@ pub fn load(paths: &[PathBuf]) -> Manifests {
         match resolver.object(i, parent) {
             Ok(object) => {
                 resolved.insert((i, parent), out.objects.len());
-                out.objects.push(Loaded { object, file: raw.file.clone(), line: raw.line });
+                let status = ObjectStatus::from_value(&raw.value);
+                out.objects.push(Loaded { object, file: raw.file.clone(), line: raw.line, status });
             }
             Err(e) => {
                 if first_error.insert(i) {

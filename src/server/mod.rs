@@ -1,5 +1,5 @@
 //! The network edge: the HTTPS webhook (`/validate`, `/mutate`) and the plain-HTTP admin port
-//! (`/healthz`, `/readyz`, `/metrics`, `/report`).
+//! (`/healthz`, `/readyz`, `/metrics`, `/report`, `/status`).
 //!
 //! The routers are plain axum routers over [`App`], so tests drive them in-process; [`serve_tls`]
 //! puts the webhook router behind rustls with HTTP/1.1 and HTTP/2, header and body timeouts, a
@@ -76,13 +76,14 @@ pub fn webhook_router(app: Arc<App>) -> Router {
     Router::new().route("/validate", post(validate)).route("/mutate", post(mutate)).with_state(app)
 }
 
-/// `/healthz`, `/readyz`, `/metrics`, `/report`.
+/// `/healthz`, `/readyz`, `/metrics`, `/report`, `/status`.
 pub fn admin_router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/report", get(report))
+        .route("/status", get(status_json))
         .with_state(app)
 }
 
@@ -236,6 +237,16 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
 async fn report(State(app): State<Arc<App>>) -> Response {
     let report = app.report.read().unwrap_or_else(|p| p.into_inner()).clone();
     axum::Json(report).into_response()
+}
+
+/// Every object's state and, for waiting ones, their root causes. Computed on a blocking thread
+/// from a snapshot: the cache lock is held only to copy the objects' `Arc`s.
+async fn status_json(State(app): State<Arc<App>>) -> Response {
+    let cache = app.webhook.cache.clone();
+    match tokio::task::spawn_blocking(move || cache.status_report()).await {
+        Ok(report) => axum::Json(report).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("status could not be computed: {e}")),
+    }
 }
 
 /// Publishes an audit report into the violation gauges.

@@ -1,0 +1,521 @@
+//! Live dependency status: what state each Flux object is in, and for every object that waits
+//! for its dependencies, the objects really holding it up.
+//!
+//! Kept apart from the graphs on purpose. Per object the [`StatusStore`] keeps only the `Ready`
+//! condition, `generation` against `status.observedGeneration`, and `spec.suspend`, behind its
+//! own lock: a status-only watch event updates this map and never touches the graph or the
+//! admission lock. The analysis ([`analyze`]) runs on a snapshot: the present objects' `Arc`s are
+//! copied out of the cache (the only moment the admission lock is held), a private graph is built
+//! from them, and everything else happens outside the lock.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::graph::{EdgeKind, Graph, NodeId};
+use crate::object::{FluxKind, FluxObject, ObjectKey};
+
+/// The reason Flux sets on `Ready=False` while an object waits for its `dependsOn`.
+pub const DEPENDENCY_NOT_READY: &str = "DependencyNotReady";
+
+/// `status` of a condition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum ConditionStatus {
+    True,
+    False,
+    Unknown,
+}
+
+/// The `Ready` condition of an object, as Flux writes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReadyCondition {
+    pub status: ConditionStatus,
+    pub reason: String,
+    pub message: String,
+    /// `lastTransitionTime`, RFC 3339, as written.
+    #[serde(rename = "lastTransitionTime", skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+}
+
+/// What fluxgate keeps of one object's status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObjectStatus {
+    pub ready: Option<ReadyCondition>,
+    pub generation: Option<i64>,
+    pub observed_generation: Option<i64>,
+    pub suspended: bool,
+}
+
+/// The state of one object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// `Ready=False` for a reason of its own (a failed build, a failed health check, ...).
+    Failed,
+    /// `Ready=False` with reason `DependencyNotReady`.
+    Waiting,
+    /// `spec.suspend: true`.
+    Suspended,
+    /// `status.observedGeneration` behind `metadata.generation`: the controller has not looked at
+    /// the current spec.
+    Stale,
+    /// `Ready=Unknown`: a reconciliation is under way.
+    Progressing,
+    /// No `Ready` condition yet.
+    Unknown,
+    Ready,
+}
+
+impl State {
+    /// Every state, stuck ones first (the order of tables and the page).
+    pub const ALL: [State; 7] = [
+        State::Failed,
+        State::Waiting,
+        State::Suspended,
+        State::Stale,
+        State::Progressing,
+        State::Unknown,
+        State::Ready,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Failed => "failed",
+            State::Waiting => "waiting",
+            State::Suspended => "suspended",
+            State::Stale => "stale",
+            State::Progressing => "progressing",
+            State::Unknown => "unknown",
+            State::Ready => "ready",
+        }
+    }
+}
+
+impl ObjectStatus {
+    /// Reads the status-relevant fields of a whole object (a watch event, a list item). Fields
+    /// of the wrong type read as absent: status is written by controllers, not by users, and one
+    /// odd field must not hide the rest.
+    pub fn from_value(value: &Value) -> ObjectStatus {
+        let ready = value
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
+            .map(|c| {
+                let text = |field: &str| c.get(field).and_then(Value::as_str).unwrap_or_default().to_string();
+                ReadyCondition {
+                    status: match c.get("status").and_then(Value::as_str) {
+                        Some("True") => ConditionStatus::True,
+                        Some("False") => ConditionStatus::False,
+                        _ => ConditionStatus::Unknown,
+                    },
+                    reason: text("reason"),
+                    message: text("message"),
+                    last_transition_time: c.get("lastTransitionTime").and_then(Value::as_str).map(str::to_string),
+                }
+            });
+        ObjectStatus {
+            ready,
+            generation: value.pointer("/metadata/generation").and_then(Value::as_i64),
+            observed_generation: value.pointer("/status/observedGeneration").and_then(Value::as_i64),
+            suspended: value.pointer("/spec/suspend").and_then(Value::as_bool).unwrap_or(false),
+        }
+    }
+
+    /// Reads the status of an object from the API server (metadata is kept apart there).
+    pub fn from_dynamic(object: &kube::api::DynamicObject) -> ObjectStatus {
+        ObjectStatus { generation: object.metadata.generation, ..ObjectStatus::from_value(&object.data) }
+    }
+
+    /// The object's state. Suspension wins (Flux does nothing else with a suspended object);
+    /// `DependencyNotReady` wins over staleness because Flux sets it before it records the new
+    /// generation as observed.
+    pub fn state(&self) -> State {
+        if self.suspended {
+            return State::Suspended;
+        }
+        let Some(ready) = &self.ready else { return State::Unknown };
+        if ready.status == ConditionStatus::False && ready.reason == DEPENDENCY_NOT_READY {
+            return State::Waiting;
+        }
+        if let (Some(generation), Some(observed)) = (self.generation, self.observed_generation)
+            && observed < generation
+        {
+            return State::Stale;
+        }
+        match ready.status {
+            ConditionStatus::True => State::Ready,
+            ConditionStatus::Unknown => State::Progressing,
+            ConditionStatus::False => State::Failed,
+        }
+    }
+
+    /// The `Ready` message, if any.
+    pub fn message(&self) -> Option<&str> {
+        self.ready.as_ref().map(|r| r.message.as_str()).filter(|m| !m.is_empty())
+    }
+}
+
+type Key = (FluxKind, ObjectKey);
+
+/// The statuses of every watched object, behind a lock of their own.
+#[derive(Debug, Default)]
+pub struct StatusStore {
+    map: RwLock<HashMap<Key, ObjectStatus>>,
+}
+
+impl StatusStore {
+    /// Records the status of a whole object as the source delivered it.
+    pub fn record(&self, kind: FluxKind, key: ObjectKey, value: &Value) {
+        let status = ObjectStatus::from_value(value);
+        self.map.write().unwrap_or_else(|p| p.into_inner()).insert((kind, key), status);
+    }
+
+    /// Records the status of a watched object.
+    pub fn record_watched(&self, kind: FluxKind, object: &kube::api::DynamicObject) {
+        let meta = &object.metadata;
+        let key = ObjectKey::new(meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default());
+        let status = ObjectStatus::from_dynamic(object);
+        self.map.write().unwrap_or_else(|p| p.into_inner()).insert((kind, key), status);
+    }
+
+    /// After a relist: forgets the statuses of `kind` whose objects were not listed.
+    pub fn keep_only<'a>(&self, kind: FluxKind, listed: impl IntoIterator<Item = &'a ObjectKey>) {
+        let listed: HashSet<&ObjectKey> = listed.into_iter().collect();
+        self.map.write().unwrap_or_else(|p| p.into_inner()).retain(|(k, key), _| *k != kind || listed.contains(key));
+    }
+
+    /// Forgets a deleted object.
+    pub fn forget(&self, kind: FluxKind, key: &ObjectKey) {
+        self.map.write().unwrap_or_else(|p| p.into_inner()).remove(&(kind, key.clone()));
+    }
+
+    /// Replaces every status of `kind` (an initial list or relist).
+    pub fn replace_all(&self, kind: FluxKind, statuses: impl IntoIterator<Item = (ObjectKey, ObjectStatus)>) {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        map.retain(|(k, _), _| *k != kind);
+        map.extend(statuses.into_iter().map(|(key, s)| ((kind, key), s)));
+    }
+
+    /// A copy of every status of `kind`.
+    pub fn snapshot(&self, kind: FluxKind) -> HashMap<ObjectKey, ObjectStatus> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        map.iter().filter(|((k, _), _)| *k == kind).map(|((_, key), s)| (key.clone(), s.clone())).collect()
+    }
+}
+
+/// Why a root holds its dependents up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cause {
+    Failed,
+    Suspended,
+    /// Named in a `dependsOn` (or a health check) but does not exist.
+    Missing,
+    Stale,
+    Progressing,
+    /// Exists but has no `Ready` condition yet.
+    Unknown,
+    /// On a `dependsOn` cycle: it can never become ready.
+    Cycle,
+}
+
+impl Cause {
+    pub const ALL: [Cause; 7] = [
+        Cause::Failed,
+        Cause::Suspended,
+        Cause::Missing,
+        Cause::Stale,
+        Cause::Progressing,
+        Cause::Unknown,
+        Cause::Cycle,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Failed => "failed",
+            Cause::Suspended => "suspended",
+            Cause::Missing => "missing",
+            Cause::Stale => "stale",
+            Cause::Progressing => "progressing",
+            Cause::Unknown => "unknown",
+            Cause::Cycle => "cycle",
+        }
+    }
+}
+
+/// One hop of a chain: the object reached and the kind of edge that led to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Hop {
+    pub id: ObjectKey,
+    /// `dependsOn` or `wait`; absent on the first hop (the object itself).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<&'static str>,
+}
+
+/// An object holding up a waiting object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Root {
+    /// The root object (for a cycle: the member the chain reaches first).
+    pub id: ObjectKey,
+    pub cause: Cause,
+    /// From the waiting object to the root, both included.
+    pub chain: Vec<Hop>,
+    /// The root's own `Ready` message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// For a cycle: the cycle, first member repeated at the end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cycle: Option<Vec<ObjectKey>>,
+}
+
+/// The status of one object (or of a missing `dependsOn` target) in a report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ObjectReport {
+    pub kind: FluxKind,
+    pub id: ObjectKey,
+    pub state: State,
+    /// The wave the object reconciles in; `None` on or behind a cycle.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wave: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When the `Ready` condition last changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    #[serde(rename = "inCycle")]
+    pub in_cycle: bool,
+    /// For waiting objects: the objects really holding them up.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub roots: Vec<Root>,
+    /// The object's explicit dependencies.
+    #[serde(rename = "dependsOn", skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<ObjectKey>,
+}
+
+impl ObjectReport {
+    /// Whether the object is stuck: failed, waiting, or stale. Progressing (Flux is working on
+    /// it), suspended (someone chose that) and unknown (just created, or a dump without status)
+    /// are not.
+    pub fn is_stuck(&self) -> bool {
+        matches!(self.state, State::Failed | State::Waiting | State::Stale)
+    }
+}
+
+/// The status of every object of one kind.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct KindReport {
+    pub kind: FluxKind,
+    /// Objects sorted by key.
+    pub objects: Vec<ObjectReport>,
+    /// Every cycle, first member repeated at the end.
+    pub cycles: Vec<Vec<ObjectKey>>,
+    /// Targets named by a `dependsOn` or health check that do not exist.
+    pub missing: Vec<ObjectKey>,
+}
+
+impl KindReport {
+    pub fn get(&self, key: &ObjectKey) -> Option<&ObjectReport> {
+        self.objects.binary_search_by(|o| o.id.cmp(key)).ok().map(|i| &self.objects[i])
+    }
+
+    /// How many objects are in each state.
+    pub fn counts(&self) -> BTreeMap<State, usize> {
+        let mut counts = BTreeMap::new();
+        for o in &self.objects {
+            *counts.entry(o.state).or_default() += 1;
+        }
+        counts
+    }
+}
+
+/// The status of both kinds: what `GET /status` and `fluxgate status --format json` give.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StatusReport {
+    pub kinds: Vec<KindReport>,
+}
+
+impl StatusReport {
+    pub fn kind(&self, kind: FluxKind) -> Option<&KindReport> {
+        self.kinds.iter().find(|k| k.kind == kind)
+    }
+}
+
+/// Builds the report of one kind from its present objects and their statuses. An object without
+/// a recorded status is `unknown`.
+pub fn analyze(
+    kind: FluxKind,
+    objects: impl IntoIterator<Item = Arc<FluxObject>>,
+    statuses: &HashMap<ObjectKey, ObjectStatus>,
+) -> KindReport {
+    let mut graph = Graph::new(kind);
+    for o in objects {
+        graph.upsert(o);
+    }
+    let waves = graph.waves();
+    let sccs = graph.cycles();
+    let mut cycle_of: HashMap<NodeId, usize> = HashMap::new();
+    for (i, scc) in sccs.iter().enumerate() {
+        for &m in &scc.members {
+            cycle_of.insert(m, i);
+        }
+    }
+    let unknown = ObjectStatus::default();
+    let status_of = |id: NodeId| statuses.get(graph.key(id)).unwrap_or(&unknown);
+    let state_of = |id: NodeId| status_of(id).state();
+    let cycles: Vec<Vec<ObjectKey>> =
+        sccs.iter().map(|s| s.cycle.iter().map(|&id| graph.key(id).clone()).collect()).collect();
+
+    let mut objects: Vec<ObjectReport> = graph
+        .present_ids()
+        .map(|id| {
+            let status = status_of(id);
+            let state = status.state();
+            let roots = if state == State::Waiting {
+                root_causes(&graph, id, &state_of, &cycle_of, &cycles, statuses)
+            } else {
+                Vec::new()
+            };
+            ObjectReport {
+                kind,
+                id: graph.key(id).clone(),
+                state,
+                wave: waves[id as usize],
+                reason: status.ready.as_ref().map(|r| r.reason.clone()).filter(|r| !r.is_empty()),
+                message: status.message().map(str::to_string),
+                since: status.ready.as_ref().and_then(|r| r.last_transition_time.clone()),
+                in_cycle: cycle_of.contains_key(&id),
+                roots,
+                depends_on: graph.deps(id).iter().map(|&d| graph.key(d).clone()).collect(),
+            }
+        })
+        .collect();
+    objects.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut missing: Vec<ObjectKey> = (0..graph.node_count() as NodeId)
+        .filter(|&id| !graph.is_present(id))
+        .filter(|&id| !graph.dependents(id).is_empty() || !graph.waited_by(id).is_empty())
+        .map(|id| graph.key(id).clone())
+        .collect();
+    missing.sort();
+    KindReport { kind, objects, cycles, missing }
+}
+
+/// The roots holding up the waiting object `start`: a breadth-first walk along its out-edges
+/// (`dependsOn` and implicit waits) that goes on through waiting objects and stops at the first
+/// object on each path that is not ready and not waiting (or is missing, or on a cycle). Ready
+/// objects are not followed: they hold nothing up. Breadth-first gives each root its shortest
+/// chain, and each root (each cycle) is reported once.
+fn root_causes(
+    graph: &Graph,
+    start: NodeId,
+    state_of: &impl Fn(NodeId) -> State,
+    cycle_of: &HashMap<NodeId, usize>,
+    cycles: &[Vec<ObjectKey>],
+    statuses: &HashMap<ObjectKey, ObjectStatus>,
+) -> Vec<Root> {
+    let mut parent: HashMap<NodeId, (NodeId, EdgeKind)> = HashMap::new();
+    let mut seen: HashSet<NodeId> = HashSet::from([start]);
+    let mut queue = VecDeque::from([start]);
+    let mut roots = Vec::new();
+    let mut cycles_reported: HashSet<usize> = HashSet::new();
+    let chain_to = |parent: &HashMap<NodeId, (NodeId, EdgeKind)>, mut id: NodeId| {
+        let mut hops = Vec::new();
+        while let Some(&(from, kind)) = parent.get(&id) {
+            hops.push(Hop { id: graph.key(id).clone(), via: Some(edge_name(kind)) });
+            id = from;
+        }
+        hops.push(Hop { id: graph.key(id).clone(), via: None });
+        hops.reverse();
+        hops
+    };
+    let cycle_root = |id: NodeId, chain: Vec<Hop>, index: usize| Root {
+        id: graph.key(id).clone(),
+        cause: Cause::Cycle,
+        chain,
+        message: None,
+        cycle: Some(cycles[index].clone()),
+    };
+    if let Some(&index) = cycle_of.get(&start) {
+        cycles_reported.insert(index);
+        roots.push(cycle_root(start, chain_to(&parent, start), index));
+    }
+    while let Some(id) = queue.pop_front() {
+        for (next, kind) in graph.out_edges(id) {
+            if !seen.insert(next) {
+                continue;
+            }
+            parent.insert(next, (id, kind));
+            if !graph.is_present(next) {
+                roots.push(Root {
+                    id: graph.key(next).clone(),
+                    cause: Cause::Missing,
+                    chain: chain_to(&parent, next),
+                    message: None,
+                    cycle: None,
+                });
+                continue;
+            }
+            if let Some(&index) = cycle_of.get(&next) {
+                if cycles_reported.insert(index) {
+                    roots.push(cycle_root(next, chain_to(&parent, next), index));
+                }
+                continue;
+            }
+            let cause = match state_of(next) {
+                State::Ready => continue,
+                State::Waiting => {
+                    queue.push_back(next);
+                    continue;
+                }
+                State::Failed => Cause::Failed,
+                State::Suspended => Cause::Suspended,
+                State::Stale => Cause::Stale,
+                State::Progressing => Cause::Progressing,
+                State::Unknown => Cause::Unknown,
+            };
+            roots.push(Root {
+                id: graph.key(next).clone(),
+                cause,
+                chain: chain_to(&parent, next),
+                message: statuses.get(graph.key(next)).and_then(|s| s.message()).map(str::to_string),
+                cycle: None,
+            });
+        }
+    }
+    // Nearest blockers first, then by name: a stable order for people and for tests.
+    roots.sort_by(|a, b| a.chain.len().cmp(&b.chain.len()).then_with(|| a.id.cmp(&b.id)));
+    roots
+}
+
+fn edge_name(kind: EdgeKind) -> &'static str {
+    match kind {
+        EdgeKind::DependsOn => "dependsOn",
+        EdgeKind::Wait => "wait",
+    }
+}
+
+/// A chain as people read it: `a -> b -(wait)-> c`.
+pub fn format_chain(chain: &[Hop]) -> String {
+    let mut s = String::new();
+    for hop in chain {
+        match hop.via {
+            None => {}
+            Some("dependsOn") => s.push_str(" -> "),
+            Some(via) => {
+                s.push_str(" -(");
+                s.push_str(via);
+                s.push_str(")-> ");
+            }
+        }
+        s.push_str(&hop.id.to_string());
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,254 @@
+use super::*;
+use crate::graph::tests::ks;
+use proptest::prelude::*;
+use serde_json::json;
+
+fn key(s: &str) -> ObjectKey {
+    let (ns, n) = s.split_once('/').unwrap();
+    ObjectKey::new(ns, n)
+}
+
+fn status(ready: &str, reason: &str, message: &str) -> ObjectStatus {
+    ObjectStatus::from_value(&json!({
+        "metadata": {"generation": 2},
+        "status": {"observedGeneration": 2, "conditions": [
+            {"type": "Reconciling", "status": "True", "reason": "Progressing"},
+            {"type": "Ready", "status": ready, "reason": reason, "message": message,
+             "lastTransitionTime": "2026-11-26T10:00:00Z"}
+        ]}
+    }))
+}
+
+fn ready() -> ObjectStatus {
+    status("True", "ReconciliationSucceeded", "Applied revision: main@sha1:abc")
+}
+
+fn waiting(on: &str) -> ObjectStatus {
+    status("False", DEPENDENCY_NOT_READY, &format!("dependency '{on}' is not ready"))
+}
+
+fn failed(message: &str) -> ObjectStatus {
+    status("False", "HealthCheckFailed", message)
+}
+
+fn report(objects: &[(&str, &[&str], ObjectStatus)]) -> KindReport {
+    let statuses = objects.iter().map(|(name, _, s)| (key(&format!("f/{name}")), s.clone())).collect();
+    analyze(FluxKind::Kustomization, objects.iter().map(|(name, deps, _)| ks("f", name, deps)), &statuses)
+}
+
+fn roots(r: &KindReport, name: &str) -> Vec<(String, Cause, String)> {
+    r.get(&key(&format!("f/{name}")))
+        .unwrap()
+        .roots
+        .iter()
+        .map(|root| (root.id.name.clone(), root.cause, format_chain(&root.chain)))
+        .collect()
+}
+
+#[test]
+fn states_from_conditions_generation_and_suspend() {
+    assert_eq!(ObjectStatus::from_value(&json!({"metadata": {"name": "a"}})).state(), State::Unknown);
+    assert_eq!(ready().state(), State::Ready);
+    assert_eq!(status("Unknown", "Progressing", "Reconciliation in progress").state(), State::Progressing);
+    assert_eq!(failed("timeout").state(), State::Failed);
+    assert_eq!(waiting("f/x").state(), State::Waiting);
+    let stale = json!({"metadata": {"generation": 3}, "status": {"observedGeneration": 2,
+        "conditions": [{"type": "Ready", "status": "True", "reason": "ReconciliationSucceeded"}]}});
+    assert_eq!(ObjectStatus::from_value(&stale).state(), State::Stale);
+    let mut suspended = stale.clone();
+    suspended["spec"] = json!({"suspend": true});
+    assert_eq!(ObjectStatus::from_value(&suspended).state(), State::Suspended);
+    // A new object waiting for its dependencies has not recorded its generation yet.
+    let new_waiting = json!({"metadata": {"generation": 1}, "status": {"observedGeneration": -1,
+        "conditions": [{"type": "Ready", "status": "False", "reason": "DependencyNotReady"}]}});
+    assert_eq!(ObjectStatus::from_value(&new_waiting).state(), State::Waiting);
+}
+
+#[test]
+fn chain_through_waiting_objects_ends_at_the_failed_root_with_its_message() {
+    let r = report(&[
+        ("apps", &["infra"], waiting("f/infra")),
+        ("infra", &["crds"], waiting("f/crds")),
+        ("crds", &[], failed("health check failed after 5m: timeout waiting for Deployment/cert-manager")),
+    ]);
+    let apps = r.get(&key("f/apps")).unwrap();
+    assert_eq!(apps.roots.len(), 1);
+    assert_eq!(format_chain(&apps.roots[0].chain), "f/apps -> f/infra -> f/crds");
+    assert_eq!(apps.roots[0].cause, Cause::Failed);
+    assert_eq!(
+        apps.roots[0].message.as_deref(),
+        Some("health check failed after 5m: timeout waiting for Deployment/cert-manager")
+    );
+    assert!(r.get(&key("f/crds")).unwrap().roots.is_empty(), "only waiting objects get roots");
+}
+
+#[test]
+fn suspended_missing_stale_and_progressing_are_roots() {
+    let mut stale = ready();
+    stale.generation = Some(5);
+    stale.observed_generation = Some(4);
+    let mut suspended = ready();
+    suspended.suspended = true;
+    let r = report(&[
+        ("a", &["s"], waiting("f/s")),
+        ("s", &[], suspended),
+        ("b", &["gone"], waiting("f/gone")),
+        ("c", &["old"], waiting("f/old")),
+        ("old", &[], stale),
+        ("d", &["busy"], waiting("f/busy")),
+        ("busy", &[], status("Unknown", "Progressing", "Reconciliation in progress")),
+    ]);
+    assert_eq!(roots(&r, "a"), [("s".into(), Cause::Suspended, "f/a -> f/s".into())]);
+    assert_eq!(roots(&r, "b"), [("gone".into(), Cause::Missing, "f/b -> f/gone".into())]);
+    assert_eq!(roots(&r, "c"), [("old".into(), Cause::Stale, "f/c -> f/old".into())]);
+    assert_eq!(roots(&r, "d"), [("busy".into(), Cause::Progressing, "f/d -> f/busy".into())]);
+    assert_eq!(r.missing, [key("f/gone")]);
+}
+
+#[test]
+fn a_cycle_is_a_root_of_its_own() {
+    let r = report(&[("app", &["x"], waiting("f/x")), ("x", &["y"], waiting("f/y")), ("y", &["x"], waiting("f/x"))]);
+    let app = r.get(&key("f/app")).unwrap();
+    assert_eq!(app.roots.len(), 1, "one cycle, one root: {:?}", app.roots);
+    assert_eq!(app.roots[0].cause, Cause::Cycle);
+    assert_eq!(format_chain(&app.roots[0].chain), "f/app -> f/x");
+    assert_eq!(app.roots[0].cycle.as_ref().unwrap(), &[key("f/x"), key("f/y"), key("f/x")]);
+    // A member of the cycle is held up by its own cycle.
+    assert_eq!(roots(&r, "x"), [("x".into(), Cause::Cycle, "f/x".into())]);
+    assert!(r.get(&key("f/x")).unwrap().in_cycle);
+}
+
+#[test]
+fn a_diamond_reports_both_roots_and_a_shared_root_once() {
+    let r = report(&[
+        ("top", &["left", "right"], waiting("f/left")),
+        ("left", &["r1"], waiting("f/r1")),
+        ("right", &["r2", "r1"], waiting("f/r2")),
+        ("r1", &[], failed("kustomize build failed")),
+        ("r2", &[], failed("install retries exhausted")),
+    ]);
+    assert_eq!(
+        roots(&r, "top"),
+        [
+            ("r1".into(), Cause::Failed, "f/top -> f/left -> f/r1".into()),
+            ("r2".into(), Cause::Failed, "f/top -> f/right -> f/r2".into()),
+        ]
+    );
+}
+
+#[test]
+fn ready_dependencies_hold_nothing_up() {
+    let r = report(&[("a", &["b", "c"], waiting("f/b")), ("b", &[], ready()), ("c", &[], failed("boom"))]);
+    assert_eq!(roots(&r, "a"), [("c".into(), Cause::Failed, "f/a -> f/c".into())]);
+}
+
+#[test]
+fn implicit_waits_are_followed() {
+    let mut parent = (*ks("f", "parent", &[])).clone();
+    parent.health_check_kustomizations = vec![key("f/child")];
+    let statuses = HashMap::from([
+        (key("f/app"), waiting("f/parent")),
+        (key("f/parent"), waiting("f/child")),
+        (key("f/child"), failed("boom")),
+    ]);
+    let r = analyze(
+        FluxKind::Kustomization,
+        [ks("f", "app", &["parent"]), Arc::new(parent), ks("f", "child", &[])],
+        &statuses,
+    );
+    let app = r.get(&key("f/app")).unwrap();
+    assert_eq!(format_chain(&app.roots[0].chain), "f/app -> f/parent -(wait)-> f/child");
+}
+
+#[test]
+fn store_keeps_kinds_apart_and_relists_replace() {
+    let store = StatusStore::default();
+    let obj = json!({"metadata": {"name": "a"}, "spec": {"suspend": true}});
+    store.record(FluxKind::Kustomization, key("f/a"), &obj);
+    store.record(FluxKind::HelmRelease, key("f/a"), &json!({}));
+    assert_eq!(store.snapshot(FluxKind::Kustomization)[&key("f/a")].state(), State::Suspended);
+    store.replace_all(FluxKind::Kustomization, [(key("f/b"), ready())]);
+    let ks = store.snapshot(FluxKind::Kustomization);
+    assert_eq!(ks.keys().collect::<Vec<_>>(), [&key("f/b")]);
+    assert_eq!(store.snapshot(FluxKind::HelmRelease).len(), 1);
+    store.forget(FluxKind::HelmRelease, &key("f/a"));
+    assert!(store.snapshot(FluxKind::HelmRelease).is_empty());
+}
+
+fn arb_state() -> impl Strategy<Value = State> {
+    prop::sample::select(State::ALL.to_vec())
+}
+
+fn status_in(state: State) -> ObjectStatus {
+    match state {
+        State::Failed => failed("boom"),
+        State::Waiting => waiting("x"),
+        State::Suspended => ObjectStatus { suspended: true, ..ready() },
+        State::Stale => ObjectStatus { observed_generation: Some(1), ..ready() },
+        State::Progressing => status("Unknown", "Progressing", ""),
+        State::Unknown => ObjectStatus::default(),
+        State::Ready => ready(),
+    }
+}
+
+proptest! {
+    /// Oracle: every root of a waiting object is reached by a real path of the graph whose inner
+    /// hops are all waiting, and ends at an object that is missing, on a cycle, or neither ready
+    /// nor waiting; and every such object reachable that way is reported (unless behind a cycle).
+    #[test]
+    fn roots_are_exactly_the_first_blockers(
+        states in prop::collection::vec(arb_state(), 1..12),
+        edges in prop::collection::vec((0usize..14, 0usize..14), 0..30),
+    ) {
+        let n = states.len();
+        let name = |i: usize| format!("n{i}");
+        let mut deps: Vec<Vec<String>> = vec![Vec::new(); n];
+        for (a, b) in &edges {
+            if *a < n {
+                deps[*a].push(name(*b));
+            }
+        }
+        let objects: Vec<Arc<FluxObject>> = (0..n)
+            .map(|i| ks("f", &name(i), &deps[i].iter().map(String::as_str).collect::<Vec<_>>()))
+            .collect();
+        let statuses: HashMap<ObjectKey, ObjectStatus> =
+            (0..n).map(|i| (key(&format!("f/{}", name(i))), status_in(states[i]))).collect();
+        let r = analyze(FluxKind::Kustomization, objects, &statuses);
+        let state_of = |k: &ObjectKey| r.get(k).map(|o| o.state);
+        let in_cycle = |k: &ObjectKey| r.get(k).is_some_and(|o| o.in_cycle);
+        for o in &r.objects {
+            if o.state != State::Waiting {
+                prop_assert!(o.roots.is_empty());
+                continue;
+            }
+            for root in &o.roots {
+                prop_assert_eq!(&root.chain[0].id, &o.id);
+                prop_assert_eq!(&root.chain.last().unwrap().id, &root.id);
+                for w in root.chain.windows(2) {
+                    let from = r.get(&w[0].id).unwrap();
+                    prop_assert!(from.depends_on.contains(&w[1].id));
+                }
+                for hop in root.chain.iter().skip(1).take(root.chain.len().saturating_sub(2)) {
+                    prop_assert_eq!(state_of(&hop.id), Some(State::Waiting));
+                    prop_assert!(!in_cycle(&hop.id));
+                }
+                let ok = match root.cause {
+                    Cause::Missing => state_of(&root.id).is_none(),
+                    Cause::Cycle => in_cycle(&root.id),
+                    _ => state_of(&root.id).is_some_and(|s| s != State::Ready && s != State::Waiting),
+                };
+                prop_assert!(ok, "bad root {:?} of {}", root, o.id);
+            }
+            // Completeness: every direct dependency that blocks is a root.
+            for d in &o.depends_on {
+                let blocker = match state_of(d) {
+                    None => true,
+                    Some(s) => s != State::Ready && s != State::Waiting && !in_cycle(d),
+                };
+                if blocker {
+                    prop_assert!(o.roots.iter().any(|r| &r.id == d), "{} misses root {}", o.id, d);
+                }
+            }
+        }
+    }
+}
