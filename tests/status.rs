@@ -3,7 +3,7 @@
 //! server through a kubeconfig; and `GET /status` of a running `serve` following status-only
 //! watch events.
 //!
-//! One scenario, `tests/fixtures/status/dump.yaml`, serves all three: a chain whose root failed
+//! One scenario, `examples/status-dump.yaml`, serves all three: a chain whose root failed
 //! its health check, a suspended dependency, a missing one, a stale one, a cycle, a diamond with
 //! two roots, and a HelmRelease waiting for a failed one.
 
@@ -18,7 +18,7 @@ use common::process::{ServeProcess, admin_get};
 use serde_json::{Value, json};
 
 fn dump() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/status/dump.yaml")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/status-dump.yaml")
 }
 
 fn dump_items() -> Vec<Value> {

@@ -11,13 +11,16 @@ use serde::Serialize;
 use super::{GraphArgs, KindArg};
 use crate::graph::{EdgeKind, Graph, NodeId};
 use crate::manifests;
-use crate::object::FluxKind;
+use crate::object::{FluxKind, ObjectKey};
+use crate::status::{KindReport, ObjectReport, State, StatusReport, page};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum GraphFormat {
     Dot,
     Mermaid,
     Json,
+    /// The status page's renderer, without live status: one self-contained HTML file.
+    Html,
 }
 
 /// The graph as `fluxgate graph --format json` prints it.
@@ -103,38 +106,9 @@ pub fn view(graph: &Graph) -> GraphView {
         nodes,
         edges,
         waves: wave_lists,
-        critical_path: critical_path(graph, &waves).into_iter().map(name).collect(),
+        critical_path: graph.critical_path(&waves).into_iter().map(name).collect(),
         cycles: sccs.iter().map(|s| s.cycle.iter().map(|&id| name(id)).collect()).collect(),
     }
-}
-
-/// The longest chain, dependencies first, found by walking down from the deepest wave.
-fn critical_path(graph: &Graph, waves: &[Option<u32>]) -> Vec<NodeId> {
-    let Some(mut cur) = graph
-        .present_ids()
-        .filter(|&id| waves[id as usize].is_some())
-        .max_by(|a, b| waves[*a as usize].cmp(&waves[*b as usize]).then_with(|| graph.key(*b).cmp(graph.key(*a))))
-    else {
-        return Vec::new();
-    };
-    let mut path = vec![cur];
-    while let Some(w) = waves[cur as usize].filter(|w| *w > 0) {
-        let next = graph
-            .deps(cur)
-            .iter()
-            .copied()
-            .filter(|&d| graph.is_present(d) && waves[d as usize] == Some(w - 1))
-            .min_by(|a, b| graph.key(*a).cmp(graph.key(*b)));
-        match next {
-            Some(n) => {
-                path.push(n);
-                cur = n;
-            }
-            None => break,
-        }
-    }
-    path.reverse();
-    path
 }
 
 fn escape(s: &str) -> String {
@@ -157,6 +131,51 @@ pub fn render_graph(view: &GraphView, format: GraphFormat) -> String {
         GraphFormat::Json => serde_json::to_string_pretty(view).expect("view serialises") + "\n",
         GraphFormat::Dot => dot(view),
         GraphFormat::Mermaid => mermaid(view),
+        GraphFormat::Html => html(std::slice::from_ref(view)),
+    }
+}
+
+/// The views as the status page draws them: objects without status, by wave.
+fn html(views: &[GraphView]) -> String {
+    let kinds = views.iter().map(kind_report).collect();
+    let title = format!("fluxgate graph: {}", views.first().map_or("", |v| v.kind.as_str()));
+    page::render(&StatusReport { kinds }, &title, false)
+}
+
+fn kind_report(view: &GraphView) -> KindReport {
+    let key = |id: &str| {
+        let (ns, name) = id.split_once('/').unwrap_or(("", id));
+        ObjectKey::new(ns, name)
+    };
+    let objects = view
+        .nodes
+        .iter()
+        .filter(|n| !n.missing)
+        .map(|n| ObjectReport {
+            kind: view.kind,
+            id: key(&n.id),
+            state: State::Unknown,
+            wave: n.wave,
+            reason: None,
+            message: None,
+            since: None,
+            in_cycle: n.in_cycle,
+            roots: Vec::new(),
+            depends_on: view
+                .edges
+                .iter()
+                .filter(|e| e.from == n.id && e.kind == "dependsOn")
+                .map(|e| key(&e.to))
+                .collect(),
+        })
+        .collect();
+    KindReport {
+        cluster: view.cluster.clone(),
+        kind: view.kind,
+        objects,
+        cycles: view.cycles.iter().map(|c| c.iter().map(|id| key(id)).collect()).collect(),
+        missing: view.nodes.iter().filter(|n| n.missing).map(|n| key(&n.id)).collect(),
+        critical_path: view.critical_path.iter().map(|id| key(id)).collect(),
     }
 }
 
@@ -265,6 +284,7 @@ pub fn run(args: GraphArgs) -> ExitCode {
                 let all = serde_json::json!({ "clusters": views });
                 println!("{}", serde_json::to_string_pretty(&all).expect("views serialise"));
             }
+            GraphFormat::Html => print!("{}", html(&views)),
             format => {
                 let rendered: Vec<String> = views.iter().map(|v| render_graph(v, format)).collect();
                 print!("{}", rendered.join("\n"));

@@ -290,6 +290,36 @@ impl Graph {
         }
         wave
     }
+
+    /// The longest chain, dependencies first (its length is the number of sequential steps of a
+    /// full rollout), found by walking down from the deepest of `waves` ([`Graph::waves`]).
+    pub fn critical_path(&self, waves: &[Option<u32>]) -> Vec<NodeId> {
+        let Some(mut cur) = self
+            .present_ids()
+            .filter(|&id| waves[id as usize].is_some())
+            .max_by(|a, b| waves[*a as usize].cmp(&waves[*b as usize]).then_with(|| self.key(*b).cmp(self.key(*a))))
+        else {
+            return Vec::new();
+        };
+        let mut path = vec![cur];
+        while let Some(w) = waves[cur as usize].filter(|w| *w > 0) {
+            let next = self
+                .deps(cur)
+                .iter()
+                .copied()
+                .filter(|&d| self.is_present(d) && waves[d as usize] == Some(w - 1))
+                .min_by(|a, b| self.key(*a).cmp(self.key(*b)));
+            match next {
+                Some(n) => {
+                    path.push(n);
+                    cur = n;
+                }
+                None => break,
+            }
+        }
+        path.reverse();
+        path
+    }
 }
 
 #[cfg(test)]

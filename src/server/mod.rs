@@ -1,5 +1,5 @@
 //! The network edge: the HTTPS webhook (`/validate`, `/mutate`) and the plain-HTTP admin port
-//! (`/healthz`, `/readyz`, `/metrics`, `/report`, `/status`).
+//! (`/healthz`, `/readyz`, `/metrics`, `/report`, `/status`, and the status page at `/`).
 //!
 //! The routers are plain axum routers over [`App`], so tests drive them in-process; [`serve_tls`]
 //! puts the webhook router behind rustls with HTTP/1.1 and HTTP/2, header and body timeouts, a
@@ -76,7 +76,7 @@ pub fn webhook_router(app: Arc<App>) -> Router {
     Router::new().route("/validate", post(validate)).route("/mutate", post(mutate)).with_state(app)
 }
 
-/// `/healthz`, `/readyz`, `/metrics`, `/report`, `/status`.
+/// `/healthz`, `/readyz`, `/metrics`, `/report`, `/status` and the status page at `/`.
 pub fn admin_router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -84,6 +84,7 @@ pub fn admin_router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/report", get(report))
         .route("/status", get(status_json))
+        .route("/", get(status_page))
         .with_state(app)
 }
 
@@ -245,6 +246,19 @@ async fn status_json(State(app): State<Arc<App>>) -> Response {
     let cache = app.webhook.cache.clone();
     match tokio::task::spawn_blocking(move || cache.status_report()).await {
         Ok(report) => axum::Json(report).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("status could not be computed: {e}")),
+    }
+}
+
+/// The status page, live: it refreshes itself from `/status`.
+async fn status_page(State(app): State<Arc<App>>) -> Response {
+    let cache = app.webhook.cache.clone();
+    match tokio::task::spawn_blocking(move || cache.status_report()).await {
+        Ok(report) => (
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")],
+            crate::status::page::render(&report, "fluxgate: Flux dependency status", true),
+        )
+            .into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("status could not be computed: {e}")),
     }
 }

@@ -310,6 +310,9 @@ impl ObjectReport {
 /// The status of every object of one kind.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct KindReport {
+    /// The cluster (its roots' folder) when files hold several that reuse names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
     pub kind: FluxKind,
     /// Objects sorted by key.
     pub objects: Vec<ObjectReport>,
@@ -317,6 +320,9 @@ pub struct KindReport {
     pub cycles: Vec<Vec<ObjectKey>>,
     /// Targets named by a `dependsOn` or health check that do not exist.
     pub missing: Vec<ObjectKey>,
+    /// The longest `dependsOn` chain, dependencies first: it bounds a full rollout.
+    #[serde(rename = "criticalPath")]
+    pub critical_path: Vec<ObjectKey>,
 }
 
 impl KindReport {
@@ -402,7 +408,8 @@ pub fn analyze(
         .map(|id| graph.key(id).clone())
         .collect();
     missing.sort();
-    KindReport { kind, objects, cycles, missing }
+    let critical_path = graph.critical_path(&waves).into_iter().map(|id| graph.key(id).clone()).collect();
+    KindReport { cluster: None, kind, objects, cycles, missing, critical_path }
 }
 
 /// The roots holding up the waiting object `start`: a breadth-first walk along its out-edges
@@ -516,6 +523,8 @@ pub fn format_chain(chain: &[Hop]) -> String {
     }
     s
 }
+
+pub mod page;
 
 #[cfg(test)]
 mod tests;
