@@ -240,4 +240,19 @@ async fn serve_follows_status_only_watch_events() {
     }
     let (_, metrics) = admin_get(server.admin, "/metrics").await;
     assert!(metrics.contains("fluxgate_graph_objects{kind=\"Kustomization\"} 13"), "{metrics}");
+    // After crds recovered: 2 ready, 9 waiting; roots left: monitoring, certs, db, the cycle's two
+    // members.
+    for line in [
+        "fluxgate_objects{kind=\"Kustomization\",state=\"ready\"} 2",
+        "fluxgate_objects{kind=\"Kustomization\",state=\"waiting\"} 9",
+        "fluxgate_objects{kind=\"HelmRelease\",state=\"failed\"} 1",
+        "fluxgate_blocked_objects{kind=\"Kustomization\"} 9",
+        "fluxgate_root_causes{kind=\"Kustomization\",cause=\"failed\"} 0",
+        "fluxgate_root_causes{kind=\"Kustomization\",cause=\"suspended\"} 1",
+        "fluxgate_root_causes{kind=\"Kustomization\",cause=\"cycle\"} 2",
+        "fluxgate_root_causes{kind=\"HelmRelease\",cause=\"failed\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    assert!(!metrics.contains("flux-system/"), "no object names in labels");
 }

@@ -27,6 +27,18 @@ pub struct ViolationLabels {
     pub rule: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub kind: &'static str,
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabels {
+    pub kind: &'static str,
+    pub cause: &'static str,
+}
+
 /// Every metric fluxgate exports.
 pub struct Metrics {
     registry: Registry,
@@ -35,6 +47,9 @@ pub struct Metrics {
     pub graph_objects: Family<KindLabels, Gauge>,
     pub violations: Family<ViolationLabels, Gauge>,
     pub cache_ready: Gauge,
+    pub objects: Family<StateLabels, Gauge>,
+    pub blocked: Family<KindLabels, Gauge>,
+    pub root_causes: Family<CauseLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -57,7 +72,36 @@ impl Metrics {
         registry.register("violations", "Findings of the last audit", violations.clone());
         let cache_ready = Gauge::default();
         registry.register("cache_ready", "1 once every initial list has completed", cache_ready.clone());
-        Metrics { registry, requests, duration, graph_objects, violations, cache_ready }
+        // Counts only: object names would make one series per object.
+        let objects = Family::<StateLabels, Gauge>::default();
+        registry.register("objects", "Objects by live state", objects.clone());
+        let blocked = Family::<KindLabels, Gauge>::default();
+        registry.register("blocked_objects", "Objects waiting for a dependency (DependencyNotReady)", blocked.clone());
+        let root_causes = Family::<CauseLabels, Gauge>::default();
+        registry.register("root_causes", "Distinct objects holding up waiting objects, by cause", root_causes.clone());
+        Metrics { registry, requests, duration, graph_objects, violations, cache_ready, objects, blocked, root_causes }
+    }
+
+    /// Publishes a status report into the state, blocked and root-cause gauges.
+    pub fn publish_status(&self, report: &crate::status::StatusReport) {
+        use crate::status::{Cause, State};
+        for k in &report.kinds {
+            let kind = k.kind.as_str();
+            let counts = k.counts();
+            for state in State::ALL {
+                let n = counts.get(&state).copied().unwrap_or(0);
+                self.objects.get_or_create(&StateLabels { kind, state: state.as_str() }).set(n as i64);
+            }
+            self.blocked
+                .get_or_create(&KindLabels { kind })
+                .set(counts.get(&State::Waiting).copied().unwrap_or(0) as i64);
+            let roots: std::collections::HashSet<(&crate::object::ObjectKey, Cause)> =
+                k.objects.iter().flat_map(|o| &o.roots).map(|r| (&r.id, r.cause)).collect();
+            for cause in Cause::ALL {
+                let n = roots.iter().filter(|(_, c)| *c == cause).count();
+                self.root_causes.get_or_create(&CauseLabels { kind, cause: cause.as_str() }).set(n as i64);
+            }
+        }
     }
 
     /// The exposition text.

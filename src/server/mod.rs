@@ -231,6 +231,10 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
         }
         app.metrics.cache_ready.set(i64::from(state.is_synced()));
     }
+    let cache = app.webhook.cache.clone();
+    if let Ok(report) = tokio::task::spawn_blocking(move || cache.status_report()).await {
+        app.metrics.publish_status(&report);
+    }
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], app.metrics.encode())
         .into_response()
 }
