@@ -8,6 +8,7 @@ use fluxgate::policy::Policy;
 use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyIngressRule};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use serde_json::Value;
@@ -112,6 +113,31 @@ fn check_base(objects: &[Value]) {
         assert!(!r.verbs.iter().any(|v| v == "*" || v == "delete" || v == "deletecollection"), "{r:?}");
         assert!(!r.resources.as_deref().unwrap_or_default().iter().any(|x| x == "*" || x == "secrets"), "{r:?}");
         assert!(!r.api_groups.as_deref().unwrap_or_default().iter().any(|g| g == "*"), "{r:?}");
+    }
+
+    // The admin port (object names, status messages) only from the Prometheus namespace; the
+    // webhook port from anywhere (the API server).
+    let np: NetworkPolicy = one(objects, "NetworkPolicy");
+    let np = np.spec.unwrap();
+    assert_eq!(np.pod_selector.unwrap().match_labels.unwrap()["app.kubernetes.io/name"], "fluxgate");
+    assert_eq!(np.policy_types.as_deref(), Some(&["Ingress".to_string()][..]));
+    let rules = np.ingress.unwrap();
+    let port_of = |r: &NetworkPolicyIngressRule| -> Vec<Value> {
+        r.ports.as_deref().unwrap_or_default().iter().map(|p| serde_json::to_value(&p.port).unwrap()).collect()
+    };
+    assert_eq!(rules.len(), 2);
+    for r in &rules {
+        match port_of(r).as_slice() {
+            [p] if p == "webhook" => assert!(r.from.is_none(), "the API server's address is not known"),
+            [p] if p == "admin" => {
+                let from = r.from.as_deref().unwrap();
+                assert_eq!(from.len(), 1);
+                let ns = from[0].namespace_selector.as_ref().unwrap().match_labels.as_ref().unwrap();
+                assert_eq!(ns["kubernetes.io/metadata.name"], "monitoring");
+                assert!(from[0].pod_selector.is_none() && from[0].ip_block.is_none());
+            }
+            other => panic!("unexpected ports {other:?}"),
+        }
     }
     let _: ClusterRoleBinding = one(objects, "ClusterRoleBinding");
     let _: RoleBinding = one(objects, "RoleBinding");
