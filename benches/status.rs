@@ -124,7 +124,7 @@ fn main() {
                 for _ in 0..10 {
                     n += 1;
                     let object = &objects[(n as usize * 7919) % objects.len()];
-                    let event = watched(object, n % 3 != 0, n);
+                    let event = watched(object, !n.is_multiple_of(3), n);
                     // What watch.rs does for a MODIFIED event.
                     cache.status().record_watched(FluxKind::Kustomization, &event);
                     let (parsed, version) =

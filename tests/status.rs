@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 use common::fake_api::FakeApi;
 use common::process::{ServeProcess, admin_get};
+use fluxgate::audit::events::Publisher;
+use fluxgate::cache::Cache;
+use fluxgate::object::{FluxObject, kind_of};
 use serde_json::{Value, json};
 
 fn dump() -> PathBuf {
@@ -255,4 +258,47 @@ async fn serve_follows_status_only_watch_events() {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }
     assert!(!metrics.contains("flux-system/"), "no object names in labels");
+}
+
+#[tokio::test]
+async fn dependency_blocked_events_name_each_root_once_after_the_blocked_time() {
+    let fake = FakeApi::start(true).await;
+    let cache = Cache::new();
+    for item in dump_items() {
+        let kind = kind_of(&item).unwrap();
+        let ns = item["metadata"]["namespace"].as_str().unwrap();
+        let object = FluxObject::from_value(kind, &item, ns, "").unwrap();
+        cache.status().record(kind, object.key.clone(), &item);
+        cache.lock().apply(std::sync::Arc::new(object), None);
+    }
+    let publisher = Publisher::new(fake.client(), "fluxgate-system", "replica-a", Duration::from_secs(30))
+        .with_blocked_after(Duration::from_secs(600));
+    let report = cache.status_report();
+    let at = |t: &str| t.parse::<k8s_openapi::jiff::Timestamp>().unwrap();
+    // Not the Lease holder: nothing.
+    assert_eq!(publisher.publish_blocked(&report, at("2026-11-26T10:00:00Z")).await, 0);
+    assert!(publisher.acquire_or_renew().await.unwrap());
+    // The objects have waited since 09:12: 3 minutes is not long enough.
+    assert_eq!(publisher.publish_blocked(&report, at("2026-11-26T09:15:00Z")).await, 0);
+    assert_eq!(publisher.publish_blocked(&report, at("2026-11-26T09:30:00Z")).await, 11);
+    let events = fake.events();
+    let on = |name: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e["regarding"]["name"] == name)
+            .map(|e| {
+                assert_eq!((e["reason"].as_str(), e["type"].as_str()), (Some("DependencyBlocked"), Some("Warning")));
+                e["note"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    let frontend = on("frontend");
+    assert_eq!(frontend.len(), 2, "one per root cause: {frontend:?}");
+    assert!(frontend.iter().any(|n| n.starts_with("waiting for flux-system/crds (failed) since 2026-11-26T09:12:00Z: flux-system/frontend -> flux-system/apps -> flux-system/infra -> flux-system/crds; flux-system/crds: health check failed")), "{frontend:?}");
+    assert!(on("tenant")[0].contains("cycle: flux-system/loop-a -> flux-system/loop-b -> flux-system/loop-a"));
+    assert_eq!(on("podinfo").len(), 1);
+    assert_eq!(events[0]["metadata"]["namespace"], events[0]["regarding"]["namespace"]);
+    // Once per root while it lasts.
+    assert_eq!(publisher.publish_blocked(&report, at("2026-11-26T09:40:00Z")).await, 0);
+    assert_eq!(fake.events().len(), 11);
 }

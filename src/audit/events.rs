@@ -6,6 +6,9 @@
 //! `coordination.k8s.io` Lease; the holder renews it, and another replica takes over once it has
 //! not been renewed for its duration. A finding is posted once while it lasts: an unchanged
 //! finding is not posted again, one that went away and came back is.
+//!
+//! The same replica posts `DependencyBlocked` on objects that have waited for a dependency longer
+//! than `--blocked-after`, once per distinct root cause.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -23,6 +26,7 @@ use super::Report;
 use crate::object::{FluxKind, ObjectKey};
 use crate::policy::Rule;
 use crate::rules::Finding;
+use crate::status::{Cause, ObjectReport, Root, State, StatusReport};
 
 /// Name of the Lease the replicas compete for.
 pub const LEASE_NAME: &str = "fluxgate-audit";
@@ -30,6 +34,13 @@ pub const LEASE_NAME: &str = "fluxgate-audit";
 pub const REPORTING_CONTROLLER: &str = "fluxgate.dev/audit";
 
 type Posted = (Rule, FluxKind, ObjectKey, String);
+
+/// A blocked object and one of its root causes: posted once while it lasts.
+type Blocked = (FluxKind, ObjectKey, ObjectKey, Cause);
+
+/// How long an object waits for a dependency before a `DependencyBlocked` Event names its root
+/// causes, unless `--blocked-after` says otherwise.
+pub const DEFAULT_BLOCKED_AFTER: Duration = Duration::from_secs(600);
 
 /// Posts audit findings as Events while this replica holds the Lease.
 pub struct Publisher {
@@ -39,6 +50,8 @@ pub struct Publisher {
     lease_duration: Duration,
     leader: AtomicBool,
     posted: Mutex<HashSet<Posted>>,
+    blocked_after: Duration,
+    blocked: Mutex<HashSet<Blocked>>,
 }
 
 /// The Event reason for a rule, for the rules that post Events.
@@ -71,7 +84,14 @@ impl Publisher {
             lease_duration,
             leader: AtomicBool::new(false),
             posted: Mutex::default(),
+            blocked_after: DEFAULT_BLOCKED_AFTER,
+            blocked: Mutex::default(),
         }
+    }
+
+    /// Sets how long an object waits before `DependencyBlocked` Events name its root causes.
+    pub fn with_blocked_after(self, blocked_after: Duration) -> Publisher {
+        Publisher { blocked_after, ..self }
     }
 
     pub fn is_leader(&self) -> bool {
@@ -132,6 +152,7 @@ impl Publisher {
             tracing::info!(identity = %self.identity, leader = held, "audit Event poster changed");
             if !held {
                 self.posted.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                self.blocked.lock().unwrap_or_else(|p| p.into_inner()).clear();
             }
         }
         Ok(held)
@@ -189,6 +210,64 @@ impl Publisher {
         count
     }
 
+    /// Posts a `DependencyBlocked` Warning Event on each object that has been waiting (its
+    /// `Ready` condition at `DependencyNotReady` since its `lastTransitionTime`) longer than the
+    /// blocked-after time, once per distinct root cause while it lasts, naming the root, its cause,
+    /// the chain and the root's message. Only while this replica holds the Lease. An object
+    /// without a transition time is left out: how long it has waited is not known. Returns how
+    /// many were posted.
+    pub async fn publish_blocked(&self, report: &StatusReport, now: Timestamp) -> usize {
+        if !self.is_leader() {
+            return 0;
+        }
+        let blocked_after = SignedDuration::try_from(self.blocked_after).unwrap_or(SignedDuration::MAX);
+        let mut wanted: Vec<(Blocked, &ObjectReport, &Root)> = Vec::new();
+        for k in &report.kinds {
+            for o in k.objects.iter().filter(|o| o.state == State::Waiting) {
+                let since = o.since.as_deref().and_then(|t| t.parse::<Timestamp>().ok());
+                if since.is_none_or(|t| now.duration_since(t) < blocked_after) {
+                    continue;
+                }
+                for r in &o.roots {
+                    wanted.push(((k.kind, o.id.clone(), r.id.clone(), r.cause), o, r));
+                }
+            }
+        }
+        let new: Vec<(Blocked, &ObjectReport, &Root)> = {
+            let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
+            let current: HashSet<&Blocked> = wanted.iter().map(|(id, _, _)| id).collect();
+            blocked.retain(|id| current.contains(id));
+            wanted.into_iter().filter(|(id, _, _)| !blocked.contains(id)).collect()
+        };
+        let mut count = 0;
+        for (id, object, root) in new {
+            let mut note = format!(
+                "waiting for {} ({}) since {}: {}",
+                root.id,
+                root.cause.as_str(),
+                object.since.as_deref().unwrap_or_default(),
+                crate::status::format_chain(&root.chain)
+            );
+            if let Some(cycle) = &root.cycle {
+                let cycle: Vec<String> = cycle.iter().map(ObjectKey::to_string).collect();
+                note.push_str(&format!("; cycle: {}", cycle.join(" -> ")));
+            }
+            if let Some(message) = &root.message {
+                note.push_str(&format!("; {}: {message}", root.id));
+            }
+            match self.post_event(id.0, &object.id, "DependencyBlocked", "Blocked", &note).await {
+                Ok(()) => {
+                    count += 1;
+                    self.blocked.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+                }
+                Err(e) => {
+                    tracing::warn!(object = %object.id, error = %e, "cannot post a DependencyBlocked Event; will retry")
+                }
+            }
+        }
+        count
+    }
+
     async fn post(&self, object: &ObjectKey, finding: &Finding) -> Result<(), kube::Error> {
         let now = Timestamp::now();
         let api: Api<Event> = Api::namespaced(self.client.clone(), &object.namespace);
@@ -210,6 +289,41 @@ impl Publisher {
             regarding: Some(ObjectReference {
                 api_version: Some(api_version(finding.kind).into()),
                 kind: Some(finding.kind.as_str().into()),
+                name: Some(object.name.clone()),
+                namespace: Some(object.namespace.clone()),
+                ..ObjectReference::default()
+            }),
+            ..Event::default()
+        };
+        api.create(&PostParams::default(), &event).await.map(|_| ())
+    }
+
+    async fn post_event(
+        &self,
+        kind: FluxKind,
+        object: &ObjectKey,
+        reason: &str,
+        action: &str,
+        note: &str,
+    ) -> Result<(), kube::Error> {
+        let now = Timestamp::now();
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &object.namespace);
+        let event = Event {
+            metadata: ObjectMeta {
+                name: Some(format!("{}.{:x}", object.name, now.as_nanosecond())),
+                namespace: Some(object.namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            event_time: Some(MicroTime(now)),
+            reporting_controller: Some(REPORTING_CONTROLLER.into()),
+            reporting_instance: Some(self.identity.clone()),
+            action: Some(action.into()),
+            reason: Some(reason.into()),
+            type_: Some("Warning".into()),
+            note: Some(note.chars().take(1024).collect()),
+            regarding: Some(ObjectReference {
+                api_version: Some(api_version(kind).into()),
+                kind: Some(kind.as_str().into()),
                 name: Some(object.name.clone()),
                 namespace: Some(object.namespace.clone()),
                 ..ObjectReference::default()

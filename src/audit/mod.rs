@@ -94,6 +94,12 @@ pub async fn run(
         publish(&next);
         if let Some(events) = &events {
             events.publish(&next).await;
+            if events.is_leader() {
+                let c = cache.clone();
+                if let Ok(status) = tokio::task::spawn_blocking(move || c.status_report()).await {
+                    events.publish_blocked(&status, k8s_openapi::jiff::Timestamp::now()).await;
+                }
+            }
         }
         *report.write().unwrap_or_else(|p| p.into_inner()) = next;
     }

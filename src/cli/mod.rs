@@ -73,6 +73,10 @@ pub struct ServeArgs {
     /// How often the whole graph is audited (e.g. 60s, 5m).
     #[arg(long, default_value = "60s", value_name = "DUR", value_parser = parse_duration_arg)]
     pub audit_interval: std::time::Duration,
+    /// How long an object waits for a dependency before a DependencyBlocked Event names its
+    /// root causes (cluster mode).
+    #[arg(long, default_value = "10m", value_name = "DUR", value_parser = parse_duration_arg)]
+    pub blocked_after: std::time::Duration,
     /// Log line format.
     #[arg(long, value_enum, default_value = "json")]
     pub log_format: LogFormat,

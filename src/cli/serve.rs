@@ -76,7 +76,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         )));
         lookup = Some(cluster::Lookup::new(client.clone(), served));
         let (identity, namespace) = events::pod_identity();
-        let publisher = Arc::new(events::Publisher::new(client, &namespace, &identity, LEASE_DURATION));
+        let publisher = Arc::new(
+            events::Publisher::new(client, &namespace, &identity, LEASE_DURATION)
+                .with_blocked_after(args.blocked_after),
+        );
         let lease = publisher.clone();
         background.push(tokio::spawn(async move { lease.run_lease().await }));
         events = Some(publisher);
