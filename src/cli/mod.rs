@@ -1,6 +1,7 @@
 //! The command line: `serve`, `check`, `graph`, `certs`.
 
 mod check;
+mod ci;
 mod graph;
 mod serve;
 
@@ -11,6 +12,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 pub use check::{CheckOutput, check_paths};
+pub use ci::{github, sarif};
 pub use graph::{GraphFormat, render_graph};
 
 /// Guards the dependsOn graphs of Flux Kustomizations and HelmReleases.
@@ -75,6 +77,10 @@ pub struct ServeArgs {
 pub enum CheckFormat {
     Text,
     Json,
+    /// SARIF 2.1.0, for code scanning.
+    Sarif,
+    /// GitHub Actions workflow commands (`::error file=F,line=N::...`), annotating the diff.
+    Github,
 }
 
 #[derive(Debug, clap::Args)]
