@@ -4,7 +4,7 @@
 //! - [`object`]: what a Flux object is to fluxgate (the fields the rules need);
 //! - [`graph`]: the per-kind dependency graph, cycle search, chains and waves;
 //! - [`rules`]: the rules and their findings, for one request or a whole graph;
-//! - [`policy`]: the policy file;
+//! - [`policy`]: the policy file; [`live_policy`]: the policy in force, reloaded when it changes;
 //! - [`admission`]: AdmissionReview in, response out (validation and mutation);
 //! - [`cache`]: the objects the webhook knows, with read-your-writes;
 //! - [`manifests`]: Flux objects read from YAML files and folders;
@@ -19,6 +19,7 @@ pub mod cache;
 pub mod certs;
 pub mod cli;
 pub mod graph;
+pub mod live_policy;
 pub mod manifests;
 pub mod object;
 pub mod policy;

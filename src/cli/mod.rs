@@ -44,7 +44,7 @@ pub enum LogFormat {
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Policy file (YAML). Without it the built-in defaults apply.
+    /// Policy file (YAML), re-read when it changes. Without it the built-in defaults apply.
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
     /// Address of the HTTPS webhook.
