@@ -29,7 +29,7 @@ fn render_dir(dir: &Path) -> Vec<Value> {
     let folder = dir.display();
     let out = Command::new("kubectl")
         .arg("kustomize")
-        .arg(&dir)
+        .arg(dir)
         .output()
         .expect("kubectl is installed (.ci/run installs it: Debian's kubernetes-client or kubectl)");
     assert!(out.status.success(), "kubectl kustomize {folder} failed: {}", String::from_utf8_lossy(&out.stderr));
