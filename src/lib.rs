@@ -5,6 +5,7 @@
 //! - [`graph`]: the per-kind dependency graph, cycle search, chains and waves;
 //! - [`rules`]: the rules and their findings, for one request or a whole graph;
 //! - [`policy`]: the policy file; [`live_policy`]: the policy in force, reloaded when it changes;
+//! - [`defaults`]: the defaults the policy sets, checked against the CRDs and completed into objects;
 //! - [`admission`]: AdmissionReview in, response out (validation and mutation);
 //! - [`cache`]: the objects the webhook knows, with read-your-writes;
 //! - [`manifests`]: Flux objects read from YAML files and folders;
@@ -18,6 +19,7 @@ pub mod audit;
 pub mod cache;
 pub mod certs;
 pub mod cli;
+pub mod defaults;
 pub mod graph;
 pub mod live_policy;
 pub mod manifests;
