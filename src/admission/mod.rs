@@ -218,7 +218,9 @@ impl Webhook {
     /// other Kustomizations) under its lock, for the time of one lookup.
     pub fn mutate(&self, req: &AdmissionRequest) -> Result<Response, BadRequest> {
         let policy = self.policy.get();
-        let state = self.cache.lock();
-        mutate(&policy, state.graphs().get(FluxKind::Kustomization), req)
+        mutate(&policy, req, |object| {
+            let state = self.cache.lock();
+            wait_default(state.graphs().get(FluxKind::Kustomization), object, &req.namespace, &req.name)
+        })
     }
 }

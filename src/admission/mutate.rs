@@ -25,9 +25,14 @@ use crate::graph::Graph;
 use crate::object::{FluxKind, OWNER_NAME_LABEL, OWNER_NAMESPACE_LABEL, ObjectKey, field_is_unowned};
 use crate::policy::Policy;
 
-/// The mutating webhook's response to `req`. `kustomizations` is the cached Kustomization graph,
-/// which tells whether the object applies other Kustomizations.
-pub fn mutate(policy: &Policy, kustomizations: &Graph, req: &AdmissionRequest) -> Result<Response, BadRequest> {
+/// The mutating webhook's response to `req`. `wait_of` decides [`WaitDefault`] for a
+/// Kustomization (with [`wait_default`] on the cached graph), so that the caller holds the cache
+/// only for that lookup, not while the patch is computed.
+pub fn mutate(
+    policy: &Policy,
+    req: &AdmissionRequest,
+    wait_of: impl FnOnce(&Value) -> WaitDefault,
+) -> Result<Response, BadRequest> {
     let Some(kind) = FluxKind::from_group_kind(&req.kind.group, &req.kind.kind) else {
         return Ok(Response::allow());
     };
@@ -39,7 +44,7 @@ pub fn mutate(policy: &Policy, kustomizations: &Graph, req: &AdmissionRequest) -
         .as_ref()
         .ok_or_else(|| BadRequest(format!("{} request without an object", req.operation.as_str())))?;
     let wait = match kind {
-        FluxKind::Kustomization => wait_default(kustomizations, object, &req.namespace, &req.name),
+        FluxKind::Kustomization => wait_of(object),
         FluxKind::HelmRelease => WaitDefault::Wanted,
     };
     let ops = default_patch(policy, kind, &req.namespace, object, wait);
