@@ -207,6 +207,11 @@ mod tests {
         assert_eq!(live.get().action(Rule::Cycle), Action::Warn, "the old policy stays in force");
         assert!(matches!(live.reload(), Ok(Reload::Unchanged)), "a broken file is reported once");
 
+        std::fs::write(&path, "defaults: { helmRelease: { install: { crds: Always } } }\n").unwrap();
+        let err = live.reload().unwrap_err().to_string();
+        assert!(err.contains("defaults.helmRelease.install.crds"), "a default the CRD rejects is refused: {err}");
+        assert_eq!(live.get().action(Rule::Cycle), Action::Warn);
+
         std::fs::remove_file(&path).unwrap();
         assert!(live.reload().is_err());
         assert!(matches!(live.reload(), Ok(Reload::Unchanged)), "a missing file is reported once");

@@ -90,13 +90,17 @@ fn percent_encode(segment: &str) -> String {
     out
 }
 
-/// A SARIF location for a file and a 1-based line; line 0 (unknown) leaves the region out.
-fn location(file: &Path, line: usize) -> Value {
+/// The SARIF locations of a file and a 1-based line: none for an unknown file, no region for
+/// line 0 (unknown).
+fn locations(file: &Path, line: usize) -> Value {
+    if file.as_os_str().is_empty() {
+        return json!([]);
+    }
     let mut physical = json!({ "artifactLocation": { "uri": artifact_uri(file) } });
     if line > 0 {
         physical["region"] = json!({ "startLine": line });
     }
-    json!({ "physicalLocation": physical })
+    json!([{ "physicalLocation": physical }])
 }
 
 /// The SARIF 2.1.0 log of one `check` run: every rule with its help and the level the policy
@@ -128,7 +132,7 @@ pub fn sarif(out: &CheckOutput, policy: &Policy) -> Value {
                 "ruleIndex": rule_index,
                 "level": level(f.finding.action),
                 "message": { "text": f.finding.message },
-                "locations": [location(&f.file, f.line)],
+                "locations": locations(&f.file, f.line),
                 "properties": { "kind": f.finding.kind.to_string(), "object": f.finding.object.to_string() },
             })
         })
@@ -136,9 +140,7 @@ pub fn sarif(out: &CheckOutput, policy: &Policy) -> Value {
     let notifications: Vec<Value> = out
         .errors
         .iter()
-        .map(
-            |e| json!({ "level": "error", "message": { "text": e.message }, "locations": [location(&e.file, e.line)] }),
-        )
+        .map(|e| json!({ "level": "error", "message": { "text": e.message }, "locations": locations(&e.file, e.line) }))
         .collect();
     json!({
         "$schema": SARIF_SCHEMA,
@@ -176,11 +178,15 @@ pub fn github(out: &CheckOutput, summary: &str) -> String {
 fn annotation(command: &str, file: &Path, line: usize, title: &str, message: &str) -> String {
     // The runner matches `file` against the repository's paths: `./apps.yaml` is `apps.yaml`.
     let file: std::path::PathBuf = file.components().filter(|c| *c != Component::CurDir).collect();
-    let mut props = format!("file={}", escape_property(&file.to_string_lossy()));
-    if line > 0 {
-        props.push_str(&format!(",line={line}"));
+    let mut props = Vec::new();
+    if !file.as_os_str().is_empty() {
+        props.push(format!("file={}", escape_property(&file.to_string_lossy())));
+        if line > 0 {
+            props.push(format!("line={line}"));
+        }
     }
-    props.push_str(&format!(",title={}", escape_property(title)));
+    props.push(format!("title={}", escape_property(title)));
+    let props = props.join(",");
     format!("::{command} {props}::{}\n", escape_data(message))
 }
 
@@ -215,5 +221,7 @@ mod tests {
             "::error file=d/x%2Cy.yaml,line=3,title=fluxgate cycle::a -> b%0Ac\n"
         );
         assert_eq!(annotation("warning", Path::new("./d/f"), 0, "t", "m"), "::warning file=d/f,title=t::m\n");
+        assert_eq!(annotation("error", Path::new(""), 3, "t", "m"), "::error title=t::m\n", "no place, no file");
+        assert_eq!(locations(Path::new(""), 3), json!([]));
     }
 }
