@@ -75,7 +75,9 @@ pub struct ServeArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CheckFormat {
+    /// Findings grouped by object, then read errors and a summary line.
     Text,
+    /// One JSON object: `objects`, `findings`, `errors`.
     Json,
     /// SARIF 2.1.0, for code scanning.
     Sarif,
