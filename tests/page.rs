@@ -198,11 +198,9 @@ fn graphviz_sizes(source: &str) -> Vec<(f64, f64)> {
 
 #[test]
 fn every_fleet_renders_readably_in_graphviz_and_in_the_browser() {
-    // `../shared/fleets` beside the project (as CI has it), or where FLUXGATE_FLEETS says (a
-    // worktree elsewhere).
-    let fleets = std::env::var_os("FLUXGATE_FLEETS").map_or_else(|| root("../shared/fleets"), PathBuf::from);
+    let fleets = common::crd::shared().join("fleets");
     let mut repos: Vec<PathBuf> = std::fs::read_dir(&fleets)
-        .unwrap_or_else(|e| panic!("{}: {e} (set FLUXGATE_FLEETS to the fleets folder)", fleets.display()))
+        .unwrap_or_else(|e| panic!("{}: {e} (set FLUXGATE_SHARED to the shared folder)", fleets.display()))
         .map(|e| e.unwrap().path())
         .filter(|p| p.is_dir())
         .collect();

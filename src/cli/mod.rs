@@ -1,6 +1,7 @@
 //! The command line: `serve`, `check`, `graph`, `status`, `why`, `certs`.
 
 mod check;
+mod ci;
 mod graph;
 mod serve;
 mod status;
@@ -12,6 +13,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 pub use check::{CheckOutput, check_paths};
+pub use ci::{github, sarif};
 pub use graph::{GraphFormat, render_graph};
 pub use status::{Color, StatusFormat, render_status, render_why};
 
@@ -52,7 +54,7 @@ pub enum LogFormat {
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Policy file (YAML). Without it the built-in defaults apply.
+    /// Policy file (YAML), re-read when it changes. Without it the built-in defaults apply.
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
     /// Address of the HTTPS webhook.
@@ -87,8 +89,14 @@ pub struct ServeArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CheckFormat {
+    /// Findings grouped by object, then read errors and a summary line.
     Text,
+    /// One JSON object: `objects`, `findings`, `errors`.
     Json,
+    /// SARIF 2.1.0, for code scanning.
+    Sarif,
+    /// GitHub Actions workflow commands (`::error file=F,line=N::...`), annotating the diff.
+    Github,
 }
 
 #[derive(Debug, clap::Args)]

@@ -28,6 +28,12 @@ pub struct ViolationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `success` or `failure`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     pub kind: &'static str,
     pub state: &'static str,
@@ -47,6 +53,7 @@ pub struct Metrics {
     pub graph_objects: Family<KindLabels, Gauge>,
     pub violations: Family<ViolationLabels, Gauge>,
     pub cache_ready: Gauge,
+    pub policy_reloads: Family<ReloadLabels, Counter>,
     pub objects: Family<StateLabels, Gauge>,
     pub blocked: Family<KindLabels, Gauge>,
     pub root_causes: Family<CauseLabels, Gauge>,
@@ -72,6 +79,15 @@ impl Metrics {
         registry.register("violations", "Findings of the last audit", violations.clone());
         let cache_ready = Gauge::default();
         registry.register("cache_ready", "1 once every initial list has completed", cache_ready.clone());
+        let policy_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "policy_reloads",
+            "Changes of the policy file, put in force or refused",
+            policy_reloads.clone(),
+        );
+        for result in ["success", "failure"] {
+            drop(policy_reloads.get_or_create(&ReloadLabels { result }));
+        }
         // Counts only: object names would make one series per object.
         let objects = Family::<StateLabels, Gauge>::default();
         registry.register("objects", "Objects by live state", objects.clone());
@@ -79,7 +95,18 @@ impl Metrics {
         registry.register("blocked_objects", "Objects waiting for a dependency (DependencyNotReady)", blocked.clone());
         let root_causes = Family::<CauseLabels, Gauge>::default();
         registry.register("root_causes", "Distinct objects holding up waiting objects, by cause", root_causes.clone());
-        Metrics { registry, requests, duration, graph_objects, violations, cache_ready, objects, blocked, root_causes }
+        Metrics {
+            registry,
+            requests,
+            duration,
+            graph_objects,
+            violations,
+            cache_ready,
+            policy_reloads,
+            objects,
+            blocked,
+            root_causes,
+        }
     }
 
     /// Publishes a status report into the state, blocked and root-cause gauges.
@@ -102,6 +129,12 @@ impl Metrics {
                 self.root_causes.get_or_create(&CauseLabels { kind, cause: cause.as_str() }).set(n as i64);
             }
         }
+    }
+
+    /// Counts a reload of the policy file: `loaded` true when the new policy is in force.
+    pub fn count_policy_reload(&self, loaded: bool) {
+        let result = if loaded { "success" } else { "failure" };
+        self.policy_reloads.get_or_create(&ReloadLabels { result }).inc();
     }
 
     /// The exposition text.
