@@ -42,6 +42,14 @@ fn example_fleet_has_known_waves_and_critical_path() {
         ]))
     );
     assert_eq!(g["cycles"], json!([]));
+    // Each object's budget: its timeout, else its interval minus 30 s. production-namespace
+    // (interval 60m: 59m30s) + production-infrastructure (timeout 15m) + production-config
+    // (interval 5m: 4m30s) + production-backend (timeout 10m) + production-frontend (4m30s).
+    assert_eq!(g["worstCase"]["seconds"], 3570 + 900 + 270 + 600 + 270);
+    assert_eq!(g["worstCase"]["path"], g["criticalPath"]);
+    let dot = graph(&root("examples/fleet"), "dot");
+    assert!(dot.contains("worst-case rollout 1h33m30s"), "{dot}");
+    assert!(dot.contains("label=\"flux-system/crds\\nwave 0\""), "one DOT line break, not a literal one: {dot}");
 }
 
 #[test]

@@ -97,6 +97,9 @@ fn assert_scenario(report: &Value) {
     let apps = k["objects"].as_array().unwrap().iter().find(|o| o["id"] == "flux-system/apps").unwrap();
     assert_eq!(apps["state"], "waiting");
     assert!(apps["roots"][0]["message"].as_str().unwrap().starts_with("health check failed after 5m0s"), "{apps}");
+    // Every Kustomization has `timeout: 5m0s`: five of them in a row.
+    assert_eq!(k["rollout"]["worstCaseSeconds"], 1500);
+    assert_eq!(k["rollout"]["worstCasePath"], json!(chain(&["namespaces", "crds", "infra", "apps", "frontend"])));
     let tenant = k["objects"].as_array().unwrap().iter().find(|o| o["id"] == "flux-system/tenant").unwrap();
     assert_eq!(tenant["roots"][0]["cycle"], json!(["flux-system/loop-a", "flux-system/loop-b", "flux-system/loop-a"]));
 }

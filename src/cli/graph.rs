@@ -1,9 +1,10 @@
 //! `fluxgate graph`: the dependsOn graph with its waves (what can reconcile in parallel), the
 //! critical path (the longest chain, which bounds a full rollout) and cycles marked.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::ValueEnum;
 use serde::Serialize;
@@ -12,7 +13,7 @@ use super::{GraphArgs, KindArg};
 use crate::graph::{EdgeKind, Graph, NodeId};
 use crate::manifests;
 use crate::object::{FluxKind, ObjectKey};
-use crate::status::{KindReport, ObjectReport, State, StatusReport, page};
+use crate::status::{self, KindReport, ObjectReport, Rollout, State, StatusReport, page};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum GraphFormat {
@@ -38,6 +39,18 @@ pub struct GraphView {
     #[serde(rename = "criticalPath")]
     pub critical_path: Vec<String>,
     pub cycles: Vec<Vec<String>>,
+    /// The worst-case time of a full rollout and its chain.
+    #[serde(rename = "worstCase")]
+    pub worst_case: WorstCase,
+}
+
+/// The slowest chain of a rollout, each object taking its whole time budget (`spec.timeout`, else
+/// Flux's default: the interval minus 30 s, at least 30 s).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct WorstCase {
+    pub seconds: u64,
+    /// Dependencies first.
+    pub path: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -60,8 +73,8 @@ pub struct EdgeView {
     pub in_cycle: bool,
 }
 
-/// Computes the view of one graph.
-pub fn view(graph: &Graph) -> GraphView {
+/// Computes the view of one graph; `budgets` holds each object's time budget (30 s when absent).
+pub fn view(graph: &Graph, budgets: &HashMap<ObjectKey, Duration>) -> GraphView {
     let waves = graph.waves();
     let sccs = graph.cycles();
     let in_cycle: HashSet<NodeId> = sccs.iter().flat_map(|s| s.members.iter().copied()).collect();
@@ -108,6 +121,11 @@ pub fn view(graph: &Graph) -> GraphView {
         waves: wave_lists,
         critical_path: graph.critical_path(&waves).into_iter().map(name).collect(),
         cycles: sccs.iter().map(|s| s.cycle.iter().map(|&id| name(id)).collect()).collect(),
+        worst_case: {
+            let (time, path) =
+                status::worst_case(graph, &waves, |k| budgets.get(k).copied().unwrap_or(Duration::from_secs(30)));
+            WorstCase { seconds: time.as_secs(), path: path.into_iter().map(name).collect() }
+        },
     }
 }
 
@@ -176,6 +194,11 @@ fn kind_report(view: &GraphView) -> KindReport {
         cycles: view.cycles.iter().map(|c| c.iter().map(|id| key(id)).collect()).collect(),
         missing: view.nodes.iter().filter(|n| n.missing).map(|n| key(&n.id)).collect(),
         critical_path: view.critical_path.iter().map(|id| key(id)).collect(),
+        rollout: Rollout {
+            worst_case_seconds: view.worst_case.seconds,
+            worst_case_path: view.worst_case.path.iter().map(|id| key(id)).collect(),
+            wave_seconds: Vec::new(),
+        },
     }
 }
 
@@ -189,10 +212,11 @@ fn dot(view: &GraphView) -> String {
         s,
         "  label={};",
         quote(&format!(
-            "{title}{} dependsOn graph: {} waves, critical path {} objects, {} cycles",
+            "{title}{} dependsOn graph: {} waves, critical path {} objects, worst-case rollout {}, {} cycles",
             view.kind,
             view.waves.len(),
             view.critical_path.len(),
+            status::format_seconds(view.worst_case.seconds),
             view.cycles.len()
         ))
     )
@@ -266,9 +290,13 @@ pub fn run(args: GraphArgs) -> ExitCode {
         KindArg::Kustomization => FluxKind::Kustomization,
         KindArg::HelmRelease => FluxKind::HelmRelease,
     };
+    let budgets = |members: &mut dyn Iterator<Item = &manifests::Loaded>| -> HashMap<ObjectKey, Duration> {
+        members.filter_map(|l| Some((l.object.key.clone(), l.status.timeout?))).collect()
+    };
     if loaded.clusters.is_empty() {
         let (graphs, _) = super::check::build_graphs(&loaded.objects);
-        print!("{}", render_graph(&view(graphs.get(kind)), args.format));
+        let budgets = budgets(&mut loaded.objects.iter().filter(|l| l.object.kind == kind));
+        print!("{}", render_graph(&view(graphs.get(kind), &budgets), args.format));
     } else {
         // Clusters that reuse names are drawn one by one, as `check` checks them.
         let views: Vec<GraphView> = loaded
@@ -276,7 +304,9 @@ pub fn run(args: GraphArgs) -> ExitCode {
             .iter()
             .map(|c| {
                 let (graphs, _) = super::check::build_graphs(c.members.iter().map(|&i| &loaded.objects[i]));
-                GraphView { cluster: Some(c.folder.display().to_string()), ..view(graphs.get(kind)) }
+                let budgets =
+                    budgets(&mut c.members.iter().map(|&i| &loaded.objects[i]).filter(|l| l.object.kind == kind));
+                GraphView { cluster: Some(c.folder.display().to_string()), ..view(graphs.get(kind), &budgets) }
             })
             .collect();
         match args.format {

@@ -158,6 +158,28 @@ pub fn render_status(report: &StatusReport, color: bool) -> String {
         }
         let counts: Vec<String> = k.counts().iter().map(|(state, n)| format!("{n} {}", state.as_str())).collect();
         writeln!(s, "{} ({} objects: {})", k.kind, k.objects.len(), counts.join(", ")).unwrap();
+        let r = &k.rollout;
+        if !r.worst_case_path.is_empty() {
+            let path: Vec<String> = r.worst_case_path.iter().map(ObjectKey::to_string).collect();
+            writeln!(
+                s,
+                "  worst-case rollout: {} ({})",
+                status::format_seconds(r.worst_case_seconds),
+                path.join(" -> ")
+            )
+            .unwrap();
+        }
+        if r.wave_seconds.iter().any(Option::is_some) {
+            let took: Vec<String> = r
+                .wave_seconds
+                .iter()
+                .enumerate()
+                .map(|(w, t)| {
+                    format!("{w}: {}", t.map_or("not ready".into(), |t| status::format_seconds(t.max(0) as u64)))
+                })
+                .collect();
+            writeln!(s, "  waves took: {}", took.join(", ")).unwrap();
+        }
         let width = k.objects.iter().map(|o| o.id.to_string().len()).max().unwrap_or(0).max(6);
         writeln!(s, "  WAVE  {:<11}  {:<width$}  MESSAGE", "STATE", "OBJECT").unwrap();
         let mut rows: Vec<&ObjectReport> = k.objects.iter().collect();

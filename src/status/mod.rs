@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -46,6 +47,17 @@ pub struct ObjectStatus {
     pub generation: Option<i64>,
     pub observed_generation: Option<i64>,
     pub suspended: bool,
+    /// The longest one reconciliation may take: `spec.timeout`, else Flux's default of the
+    /// interval minus 30 s, at least 30 s. `None` when neither field is readable.
+    pub timeout: Option<Duration>,
+}
+
+/// Flux's floor for a reconciliation's time budget.
+const MIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn timeout_of(value: &Value) -> Option<Duration> {
+    let field = |name: &str| value.pointer(name).and_then(Value::as_str).and_then(crate::policy::parse_duration);
+    field("/spec/timeout").or_else(|| field("/spec/interval").map(|i| i.saturating_sub(MIN_TIMEOUT).max(MIN_TIMEOUT)))
 }
 
 /// The state of one object.
@@ -122,6 +134,7 @@ impl ObjectStatus {
             generation: value.pointer("/metadata/generation").and_then(Value::as_i64),
             observed_generation: value.pointer("/status/observedGeneration").and_then(Value::as_i64),
             suspended: value.pointer("/spec/suspend").and_then(Value::as_bool).unwrap_or(false),
+            timeout: timeout_of(value),
         }
     }
 
@@ -323,6 +336,87 @@ pub struct KindReport {
     /// The longest `dependsOn` chain, dependencies first: it bounds a full rollout.
     #[serde(rename = "criticalPath")]
     pub critical_path: Vec<ObjectKey>,
+    pub rollout: Rollout,
+}
+
+/// How long a rollout takes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Rollout {
+    /// Worst case of a full rollout: the largest sum of timeouts along a `dependsOn` chain, each
+    /// object waiting for its slowest dependency ([`ObjectStatus::timeout`], 30 s when unknown).
+    #[serde(rename = "worstCaseSeconds")]
+    pub worst_case_seconds: u64,
+    /// That chain, dependencies first.
+    #[serde(rename = "worstCasePath")]
+    pub worst_case_path: Vec<ObjectKey>,
+    /// How long each wave actually took, from the `Ready` transition times: from the last
+    /// transition of the wave before (for wave 0, its own first) to its own last. `None` while an
+    /// object of the wave is not ready or has no transition time.
+    #[serde(rename = "waveSeconds")]
+    pub wave_seconds: Vec<Option<i64>>,
+}
+
+/// The worst-case rollout chain of `graph` over its `waves`, with each object's time budget.
+pub fn worst_case(
+    graph: &Graph,
+    waves: &[Option<u32>],
+    budget: impl Fn(&ObjectKey) -> Duration,
+) -> (Duration, Vec<NodeId>) {
+    let mut order: Vec<NodeId> = graph.present_ids().filter(|&id| waves[id as usize].is_some()).collect();
+    order.sort_by_key(|&id| (waves[id as usize], graph.key(id).clone()));
+    let mut best: HashMap<NodeId, (Duration, Option<NodeId>)> = HashMap::new();
+    for &id in &order {
+        let slowest = graph
+            .deps(id)
+            .iter()
+            .filter_map(|d| best.get(d).map(|(t, _)| (*t, *d)))
+            .max_by(|a, b| a.0.cmp(&b.0).then_with(|| graph.key(b.1).cmp(graph.key(a.1))));
+        let total = budget(graph.key(id)) + slowest.map_or(Duration::ZERO, |(t, _)| t);
+        best.insert(id, (total, slowest.map(|(_, d)| d)));
+    }
+    let Some((&end, &(total, _))) =
+        best.iter().max_by(|a, b| a.1.0.cmp(&b.1.0).then_with(|| graph.key(*b.0).cmp(graph.key(*a.0))))
+    else {
+        return (Duration::ZERO, Vec::new());
+    };
+    let mut path = vec![end];
+    while let Some(&(_, Some(prev))) = best.get(path.last().expect("path is not empty")) {
+        path.push(prev);
+    }
+    path.reverse();
+    (total, path)
+}
+
+/// How long each wave took, from the `Ready` transition times (see [`Rollout::wave_seconds`]).
+fn wave_seconds(graph: &Graph, waves: &[Option<u32>], statuses: &HashMap<ObjectKey, ObjectStatus>) -> Vec<Option<i64>> {
+    use k8s_openapi::jiff::Timestamp;
+    let depth = waves.iter().flatten().max().map_or(0, |m| m + 1) as usize;
+    // Per wave: (first, last) transition, or None when an object is not ready or has no time.
+    let mut spans: Vec<Option<(Timestamp, Timestamp)>> = vec![None; depth];
+    let mut complete = vec![true; depth];
+    for id in graph.present_ids() {
+        let Some(w) = waves[id as usize] else { continue };
+        let w = w as usize;
+        let ready_at = statuses
+            .get(graph.key(id))
+            .filter(|s| s.state() == State::Ready)
+            .and_then(|s| s.ready.as_ref()?.last_transition_time.as_deref()?.parse::<Timestamp>().ok());
+        match ready_at {
+            Some(t) => {
+                let span = spans[w].get_or_insert((t, t));
+                span.0 = span.0.min(t);
+                span.1 = span.1.max(t);
+            }
+            None => complete[w] = false,
+        }
+    }
+    (0..depth)
+        .map(|w| {
+            let (first, last) = spans[w].filter(|_| complete[w])?;
+            let start = if w == 0 { first } else { spans[w - 1].filter(|_| complete[w - 1])?.1 };
+            Some(last.duration_since(start).as_secs())
+        })
+        .collect()
 }
 
 impl KindReport {
@@ -409,7 +503,14 @@ pub fn analyze(
         .collect();
     missing.sort();
     let critical_path = graph.critical_path(&waves).into_iter().map(|id| graph.key(id).clone()).collect();
-    KindReport { cluster: None, kind, objects, cycles, missing, critical_path }
+    let (worst, path) =
+        worst_case(&graph, &waves, |key| statuses.get(key).and_then(|s| s.timeout).unwrap_or(MIN_TIMEOUT));
+    let rollout = Rollout {
+        worst_case_seconds: worst.as_secs(),
+        worst_case_path: path.into_iter().map(|id| graph.key(id).clone()).collect(),
+        wave_seconds: wave_seconds(&graph, &waves, statuses),
+    };
+    KindReport { cluster: None, kind, objects, cycles, missing, critical_path, rollout }
 }
 
 /// The roots holding up the waiting object `start`: a breadth-first walk along its out-edges
@@ -504,6 +605,22 @@ fn edge_name(kind: EdgeKind) -> &'static str {
         EdgeKind::DependsOn => "dependsOn",
         EdgeKind::Wait => "wait",
     }
+}
+
+/// Seconds as people read them: `45s`, `5m`, `1h2m30s`.
+pub fn format_seconds(secs: u64) -> String {
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
 }
 
 /// A chain as people read it: `a -> b -(wait)-> c`.

@@ -252,3 +252,42 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn time_budget_is_the_timeout_else_interval_minus_30s_at_least_30s() {
+    let budget = |spec: Value| ObjectStatus::from_value(&json!({ "spec": spec })).timeout;
+    assert_eq!(budget(json!({"interval": "10m", "timeout": "3m"})), Some(std::time::Duration::from_secs(180)));
+    assert_eq!(budget(json!({"interval": "10m0s"})), Some(std::time::Duration::from_secs(570)));
+    assert_eq!(budget(json!({"interval": "45s"})), Some(std::time::Duration::from_secs(30)));
+    assert_eq!(budget(json!({})), None);
+}
+
+fn timed(ready_at: &str, timeout_secs: u64) -> ObjectStatus {
+    let mut s = ready();
+    s.ready.as_mut().unwrap().last_transition_time = Some(ready_at.into());
+    s.timeout = Some(std::time::Duration::from_secs(timeout_secs));
+    s
+}
+
+#[test]
+fn worst_case_follows_the_slowest_chain_and_waves_time_from_ready_transitions() {
+    // crds (1m) <- slow (10m) <- app (2m); crds <- fast (1m) <- app: the slow side decides.
+    let r = report(&[
+        ("crds", &[], timed("2026-11-26T10:01:00Z", 60)),
+        ("slow", &["crds"], timed("2026-11-26T10:09:00Z", 600)),
+        ("fast", &["crds"], timed("2026-11-26T10:02:00Z", 60)),
+        ("app", &["slow", "fast"], timed("2026-11-26T10:10:30Z", 120)),
+    ]);
+    assert_eq!(r.rollout.worst_case_seconds, 60 + 600 + 120);
+    assert_eq!(r.rollout.worst_case_path, [key("f/crds"), key("f/slow"), key("f/app")]);
+    // Wave 0: one object (0 s); wave 1 ends 8 min after wave 0; wave 2 90 s after wave 1.
+    assert_eq!(r.rollout.wave_seconds, [Some(0), Some(480), Some(90)]);
+
+    // A wave with an object not ready has no time, nor has the wave after it.
+    let r = report(&[
+        ("crds", &[], timed("2026-11-26T10:01:00Z", 60)),
+        ("slow", &["crds"], failed("boom")),
+        ("app", &["slow"], timed("2026-11-26T10:10:30Z", 120)),
+    ]);
+    assert_eq!(r.rollout.wave_seconds, [Some(0), None, None]);
+}
