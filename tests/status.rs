@@ -271,8 +271,9 @@ async fn dependency_blocked_events_name_each_root_once_after_the_blocked_time() 
         let kind = kind_of(&item).unwrap();
         let ns = item["metadata"]["namespace"].as_str().unwrap();
         let object = FluxObject::from_value(kind, &item, ns, "").unwrap();
-        cache.status().record(kind, object.key.clone(), &item);
-        cache.lock().apply(std::sync::Arc::new(object), None);
+        let object = std::sync::Arc::new(object);
+        cache.status().record(object.clone(), fluxgate::status::ObjectStatus::from_value(&item));
+        cache.lock().apply(object, None);
     }
     let publisher = Publisher::new(fake.client(), "fluxgate-system", "replica-a", Duration::from_secs(30))
         .with_blocked_after(Duration::from_secs(600));

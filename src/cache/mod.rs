@@ -12,6 +12,9 @@
 //! The graph always holds the effective view (overlay over base). Everything sits behind one
 //! mutex: a decision and its recording happen under the same lock, so no interleaving of
 //! concurrent requests on one replica can admit both halves of a cycle.
+//!
+//! Object statuses are kept apart, in a [`StatusStore`] with a lock of its own: status events and
+//! status reports never wait for, or hold up, that mutex.
 
 pub mod watch;
 
@@ -205,23 +208,9 @@ impl Cache {
         &self.status
     }
 
-    /// The present objects of `kind`. The cache lock is held only to copy their `Arc`s.
-    pub fn objects(&self, kind: FluxKind) -> Vec<Arc<FluxObject>> {
-        let state = self.lock();
-        let graph = state.graphs().get(kind);
-        graph.present_ids().filter_map(|id| graph.object(id).cloned()).collect()
-    }
-
-    /// The status of every object, computed outside the cache lock.
+    /// The status of every object the source delivered, computed without the cache lock.
     pub fn status_report(&self) -> StatusReport {
-        let kinds = FluxKind::ALL
-            .iter()
-            .map(|&kind| {
-                let objects = self.objects(kind);
-                crate::status::analyze(kind, objects, &self.status.snapshot(kind))
-            })
-            .collect();
-        StatusReport { kinds }
+        self.status.report()
     }
 }
 

@@ -144,8 +144,9 @@ async fn watch_kind(
             Ok(Event::Init) => listing.clear(),
             Ok(Event::InitApply(o)) => match read_object(kind, &o) {
                 Ok((object, version)) => {
-                    cache.status().record_watched(kind, &o);
-                    listing.push((Arc::new(object), version))
+                    let object = Arc::new(object);
+                    cache.status().record_watched(&o, object.clone());
+                    listing.push((object, version))
                 }
                 Err(e) => tracing::warn!(kind = kind.as_str(), "skipped an object the rules cannot read: {e}"),
             },
@@ -157,8 +158,9 @@ async fn watch_kind(
             }
             Ok(Event::Apply(o)) => match read_object(kind, &o) {
                 Ok((object, version)) => {
-                    cache.status().record_watched(kind, &o);
-                    cache.lock().apply(Arc::new(object), version.as_deref())
+                    let object = Arc::new(object);
+                    cache.status().record_watched(&o, object.clone());
+                    cache.lock().apply(object, version.as_deref())
                 }
                 Err(e) => tracing::warn!(kind = kind.as_str(), "skipped an object the rules cannot read: {e}"),
             },

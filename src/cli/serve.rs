@@ -172,8 +172,8 @@ fn load_manifests(cache: &Cache, paths: &[std::path::PathBuf]) {
         );
     }
     for kind in FluxKind::ALL {
-        let statuses = loaded.objects.iter().filter(|o| o.object.kind == kind);
-        cache.status().replace_all(kind, statuses.map(|o| (o.object.key.clone(), o.status.clone())));
+        let objects = loaded.objects.iter().filter(|o| o.object.kind == kind);
+        cache.status().replace_all(kind, objects.map(|o| (Arc::new(o.object.clone()), o.status.clone())));
     }
     let mut state = cache.lock();
     for kind in FluxKind::ALL {

@@ -2,11 +2,11 @@
 //! for its dependencies, the objects really holding it up.
 //!
 //! Kept apart from the graphs on purpose. Per object the [`StatusStore`] keeps only the `Ready`
-//! condition, `generation` against `status.observedGeneration`, and `spec.suspend`, behind its
-//! own lock: a status-only watch event updates this map and never touches the graph or the
-//! admission lock. The analysis ([`analyze`]) runs on a snapshot: the present objects' `Arc`s are
-//! copied out of the cache (the only moment the admission lock is held), a private graph is built
-//! from them, and everything else happens outside the lock.
+//! condition, `generation` against `status.observedGeneration`, `spec.suspend` and the time
+//! budget, with the object as the source delivered it (an `Arc` shared with the cache), behind
+//! its own lock: a status-only watch event updates this map and does no graph work, and a status
+//! report never takes the admission lock. The analysis ([`analyze`]) builds a private graph from
+//! a snapshot of the store.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, RwLock};
@@ -174,28 +174,28 @@ impl ObjectStatus {
 
 type Key = (FluxKind, ObjectKey);
 
-/// The statuses of every watched object, behind a lock of their own.
+/// What the source (the watch, or files) delivered for every object: its status, and the object
+/// as the rules read it. Behind a lock of its own, so that a status event and a status report
+/// never take the cache lock that admission decisions hold. Objects admitted but not yet
+/// delivered by the source are not here: they have no status yet.
 #[derive(Debug, Default)]
 pub struct StatusStore {
-    map: RwLock<HashMap<Key, ObjectStatus>>,
+    map: RwLock<HashMap<Key, (Arc<FluxObject>, ObjectStatus)>>,
 }
 
 impl StatusStore {
-    /// Records the status of a whole object as the source delivered it.
-    pub fn record(&self, kind: FluxKind, key: ObjectKey, value: &Value) {
-        let status = ObjectStatus::from_value(value);
-        self.map.write().unwrap_or_else(|p| p.into_inner()).insert((kind, key), status);
+    /// Records an object and its status as the source delivered them.
+    pub fn record(&self, object: Arc<FluxObject>, status: ObjectStatus) {
+        let key = (object.kind, object.key.clone());
+        self.map.write().unwrap_or_else(|p| p.into_inner()).insert(key, (object, status));
     }
 
-    /// Records the status of a watched object.
-    pub fn record_watched(&self, kind: FluxKind, object: &kube::api::DynamicObject) {
-        let meta = &object.metadata;
-        let key = ObjectKey::new(meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default());
-        let status = ObjectStatus::from_dynamic(object);
-        self.map.write().unwrap_or_else(|p| p.into_inner()).insert((kind, key), status);
+    /// Records a watched object: `object` is what the rules read of `watched`.
+    pub fn record_watched(&self, watched: &kube::api::DynamicObject, object: Arc<FluxObject>) {
+        self.record(object, ObjectStatus::from_dynamic(watched));
     }
 
-    /// After a relist: forgets the statuses of `kind` whose objects were not listed.
+    /// After a relist: forgets the objects of `kind` that were not listed.
     pub fn keep_only<'a>(&self, kind: FluxKind, listed: impl IntoIterator<Item = &'a ObjectKey>) {
         let listed: HashSet<&ObjectKey> = listed.into_iter().collect();
         self.map.write().unwrap_or_else(|p| p.into_inner()).retain(|(k, key), _| *k != kind || listed.contains(key));
@@ -206,17 +206,33 @@ impl StatusStore {
         self.map.write().unwrap_or_else(|p| p.into_inner()).remove(&(kind, key.clone()));
     }
 
-    /// Replaces every status of `kind` (an initial list or relist).
-    pub fn replace_all(&self, kind: FluxKind, statuses: impl IntoIterator<Item = (ObjectKey, ObjectStatus)>) {
+    /// Replaces every object of `kind` (files loaded afresh).
+    pub fn replace_all(&self, kind: FluxKind, objects: impl IntoIterator<Item = (Arc<FluxObject>, ObjectStatus)>) {
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         map.retain(|(k, _), _| *k != kind);
-        map.extend(statuses.into_iter().map(|(key, s)| ((kind, key), s)));
+        map.extend(objects.into_iter().map(|(o, s)| ((kind, o.key.clone()), (o, s))));
     }
 
-    /// A copy of every status of `kind`.
-    pub fn snapshot(&self, kind: FluxKind) -> HashMap<ObjectKey, ObjectStatus> {
+    /// The objects of `kind` and their statuses: `Arc` and status copies, under the store's own
+    /// lock.
+    pub fn snapshot(&self, kind: FluxKind) -> (Vec<Arc<FluxObject>>, HashMap<ObjectKey, ObjectStatus>) {
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
-        map.iter().filter(|((k, _), _)| *k == kind).map(|((_, key), s)| (key.clone(), s.clone())).collect()
+        let mine = map.iter().filter(|((k, _), _)| *k == kind);
+        let objects = mine.clone().map(|(_, (o, _))| o.clone()).collect();
+        let statuses = mine.map(|((_, key), (_, s))| (key.clone(), s.clone())).collect();
+        (objects, statuses)
+    }
+
+    /// The status report of both kinds, computed from a snapshot.
+    pub fn report(&self) -> StatusReport {
+        let kinds = FluxKind::ALL
+            .iter()
+            .map(|&kind| {
+                let (objects, statuses) = self.snapshot(kind);
+                analyze(kind, objects, &statuses)
+            })
+            .collect();
+        StatusReport { kinds }
     }
 }
 

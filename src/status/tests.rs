@@ -163,16 +163,22 @@ fn implicit_waits_are_followed() {
 #[test]
 fn store_keeps_kinds_apart_and_relists_replace() {
     let store = StatusStore::default();
-    let obj = json!({"metadata": {"name": "a"}, "spec": {"suspend": true}});
-    store.record(FluxKind::Kustomization, key("f/a"), &obj);
-    store.record(FluxKind::HelmRelease, key("f/a"), &json!({}));
-    assert_eq!(store.snapshot(FluxKind::Kustomization)[&key("f/a")].state(), State::Suspended);
-    store.replace_all(FluxKind::Kustomization, [(key("f/b"), ready())]);
-    let ks = store.snapshot(FluxKind::Kustomization);
-    assert_eq!(ks.keys().collect::<Vec<_>>(), [&key("f/b")]);
-    assert_eq!(store.snapshot(FluxKind::HelmRelease).len(), 1);
+    let suspended = ObjectStatus::from_value(&json!({"metadata": {"name": "a"}, "spec": {"suspend": true}}));
+    store.record(ks("f", "a", &[]), suspended);
+    let mut hr = (*ks("f", "a", &[])).clone();
+    hr.kind = FluxKind::HelmRelease;
+    store.record(Arc::new(hr), ObjectStatus::default());
+    assert_eq!(store.snapshot(FluxKind::Kustomization).1[&key("f/a")].state(), State::Suspended);
+    store.keep_only(FluxKind::Kustomization, [&key("f/b")]);
+    assert!(store.snapshot(FluxKind::Kustomization).0.is_empty());
+    store.replace_all(FluxKind::Kustomization, [(ks("f", "b", &[]), ready())]);
+    let (objects, statuses) = store.snapshot(FluxKind::Kustomization);
+    assert_eq!(objects[0].key, key("f/b"));
+    assert_eq!(statuses.keys().collect::<Vec<_>>(), [&key("f/b")]);
+    assert_eq!(store.snapshot(FluxKind::HelmRelease).0.len(), 1);
     store.forget(FluxKind::HelmRelease, &key("f/a"));
-    assert!(store.snapshot(FluxKind::HelmRelease).is_empty());
+    assert!(store.snapshot(FluxKind::HelmRelease).0.is_empty());
+    assert_eq!(store.report().kind(FluxKind::Kustomization).unwrap().objects[0].state, State::Ready);
 }
 
 fn arb_state() -> impl Strategy<Value = State> {
