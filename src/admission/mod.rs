@@ -134,6 +134,37 @@ pub struct Webhook {
     pub policy: Arc<Policy>,
     /// In cluster mode, where a dangling target is confirmed before a denial.
     pub lookup: Option<Lookup>,
+    /// How long a request waits for a lagging kind to be current again; see [`Webhook::review`].
+    pub catch_up_wait: Duration,
+}
+
+/// Default of [`Webhook::catch_up_wait`]: with the lookups after it, well inside the API
+/// server's 5 s webhook timeout.
+pub const CATCH_UP_WAIT: Duration = Duration::from_secs(3);
+
+/// Whether the request gives the graph of `kind` an edge it did not have: the only kind of
+/// change that can close a cycle. Pure, like [`validate`]: the graphs are the same afterwards.
+pub fn adds_edges(graphs: &mut Graphs, kind: FluxKind, req: &AdmissionRequest) -> bool {
+    if !matches!(req.operation, Operation::Create | Operation::Update) {
+        return false;
+    }
+    let Some(new) = req.object.as_ref().and_then(|v| read_object(kind, v, req).ok()) else { return false };
+    let old = match (req.operation, &req.old_object) {
+        (Operation::Update, Some(v)) => read_object(kind, v, req).ok(),
+        _ => None,
+    };
+    rules::adds_edges(graphs.get_mut(kind), &Arc::new(new), old.as_ref())
+}
+
+/// The denial given while a kind's source is not current and the request cannot be decided
+/// safely on the cache alone.
+fn catching_up(kind: FluxKind, reason: &str, for_secs: u64) -> Verdict {
+    let message = format!(
+        "fluxgate's view of {kind} objects is catching up with the API server ({reason}, {for_secs} s ago); \
+         this change could depend on what it has not seen yet, so it is not decided now: retry in a few seconds"
+    );
+    let response = Response { allowed: false, message: Some(message), warnings: Vec::new(), patch: None };
+    Verdict { response, findings: Vec::new(), kind: Some(kind), record: None }
 }
 
 /// At most this many dangling targets of one request are looked up before denying it.
@@ -143,7 +174,7 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Webhook {
     pub fn new(cache: Arc<Cache>, policy: Arc<Policy>) -> Webhook {
-        Webhook { cache, policy, lookup: None }
+        Webhook { cache, policy, lookup: None, catch_up_wait: CATCH_UP_WAIT }
     }
 
     /// The same webhook, confirming dangling targets with `lookup` before denying.
@@ -171,7 +202,16 @@ impl Webhook {
     /// it. Targets the API server has join the cache (as admitted objects, until the watch
     /// confirms them) and the request is judged again. Only the deny path pays for the lookups,
     /// and they run outside the cache lock.
+    ///
+    /// While the request's kind is lagging (an outage, a relist, a silent watch), a request that
+    /// adds an edge or that would be denied is not decided on the cache alone: it waits up to
+    /// [`Webhook::catch_up_wait`] for the kind to be current (asking the watch to retry at
+    /// once), and is denied as "catching up" if it is not. Edges that add nothing, deletes that
+    /// are allowed, and untouched objects (Flux's dry-runs of unchanged objects) go through.
     pub async fn review(&self, req: &AdmissionRequest, now: Instant) -> Result<Verdict, BadRequest> {
+        if let Some(verdict) = self.wait_if_lagging(req).await? {
+            return Ok(verdict);
+        }
         let verdict = self.validate(req, now)?;
         let (Some(lookup), Some(kind)) = (&self.lookup, verdict.kind) else { return Ok(verdict) };
         if verdict.response.allowed {
@@ -203,6 +243,28 @@ impl Webhook {
             }
         }
         self.validate(req, now)
+    }
+
+    /// `Some(denial)` when the request's kind is lagging, the request needs a current view,
+    /// and the view did not become current in time.
+    async fn wait_if_lagging(&self, req: &AdmissionRequest) -> Result<Option<Verdict>, BadRequest> {
+        let Some(kind) = FluxKind::from_group_kind(&req.kind.group, &req.kind.kind) else { return Ok(None) };
+        {
+            let mut state = self.cache.lock();
+            if state.health(kind).is_current() {
+                return Ok(None);
+            }
+            let verdict = validate(state.graphs_mut(), &self.policy, req)?;
+            if verdict.response.allowed && !adds_edges(state.graphs_mut(), kind, req) {
+                return Ok(None);
+            }
+        }
+        if self.cache.wait_current(kind, self.catch_up_wait).await {
+            return Ok(None);
+        }
+        let state = self.cache.lock();
+        let Some((since, reason)) = &state.health(kind).lagging else { return Ok(None) };
+        Ok(Some(catching_up(kind, reason, since.elapsed().as_secs())))
     }
 
     /// Computes the mutating webhook's response.

@@ -61,6 +61,16 @@ pub fn evaluate_upsert(
     findings
 }
 
+/// Whether putting `new` in place of `old` gives the graph an edge it did not have (see
+/// [`new_edges`]). The graph is unchanged afterwards.
+pub fn adds_edges(graph: &mut Graph, new: &Arc<FluxObject>, old: Option<&FluxObject>) -> bool {
+    let previous = graph.upsert(new.clone());
+    let x = graph.id(&new.key).expect("the candidate was just inserted");
+    let (out, incoming) = new_edges(graph, x, old);
+    graph.restore(&new.key, previous);
+    !out.is_empty() || !incoming.is_empty()
+}
+
 /// Findings for a DELETE of `key`: the objects that depend on it would wait forever.
 pub fn evaluate_delete(graph: &Graph, policy: &Policy, key: &ObjectKey) -> Vec<Finding> {
     let action = policy.action(Rule::DeleteWithDependents);

@@ -5,7 +5,7 @@
 mod admission;
 mod audit;
 
-pub use admission::{evaluate_delete, evaluate_upsert};
+pub use admission::{adds_edges, evaluate_delete, evaluate_upsert};
 pub use audit::audit;
 
 use std::collections::HashMap;
