@@ -403,10 +403,12 @@ async fn list_or_watch(
                     None => std::future::pending().await,
                 }
             };
+            // A stall wins over data that is ready at the same time.
             tokio::select! {
+                biased;
+                _ = stall.changed() => {}
                 item = rx.recv() => return item.map(|item| (item, (rx, stall))),
                 () = end => return None,
-                _ = stall.changed() => {}
             }
         }
     });
