@@ -221,7 +221,7 @@ async fn malformed_object_is_skipped_and_the_watch_goes_on() {
     assert!(c.has(FluxKind::Kustomization, F, "infra"));
     assert!(!c.has(FluxKind::Kustomization, F, "broken-at-list"));
 
-    fake.apply(with(ks(F, "broken-in-watch", &[]), "dependsOn", json!([{ "namespace": "x" }])));
+    fake.apply(with(ks(F, "broken-in-watch", &[]), "dependsOn", json!({ "name": "x" })));
     fake.apply(ks(F, "after", &[]));
     eventually("the object after the malformed one", || c.has(FluxKind::Kustomization, F, "after")).await;
     assert!(!c.has(FluxKind::Kustomization, F, "broken-in-watch"));
@@ -384,4 +384,34 @@ async fn a_version_that_stops_being_served_is_replaced_by_the_served_one() {
     // The confirming lookup asks for the served version too.
     fake.store_unwatched(hr(F, "postgres", &[]));
     assert!(c.reviews(&create(&hr(F, "app", &["postgres"]))).await);
+}
+
+#[tokio::test]
+async fn an_empty_dependency_name_is_a_finding_and_the_object_is_still_recorded() {
+    let fake = FakeApi::start(true).await;
+    // The CRD accepts `name: ""`; the object's other edges are real.
+    let a = with(ks(F, "a", &[]), "dependsOn", json!([{ "name": "" }, { "name": "b" }]));
+    fake.apply(a.clone());
+    fake.apply(ks(F, "b", &[]));
+    let c = Cluster::watch(&fake);
+    eventually("ready", || c.cache.is_ready()).await;
+    assert_eq!(c.deps_of(F, "a"), Some(1), "a is recorded with its readable edge");
+
+    // So b -> a is the cycle it is, not a dependency on a missing object.
+    let verdict = c.reviews_at(&update(&ks(F, "b", &["a"]), &ks(F, "b", &[])), Instant::now()).await;
+    let message = verdict.response.message.unwrap_or_default();
+    assert!(message.contains("dependsOn cycle: flux-system/b -> flux-system/a -> flux-system/b"), "{message}");
+    assert!(!message.contains("does not exist"), "{message}");
+
+    // The entry itself is the finding, on admission and in the audit.
+    let verdict = c
+        .reviews_at(&dry_run_create(&with(ks(F, "d", &[]), "dependsOn", json!([{ "name": "" }]))), Instant::now())
+        .await;
+    assert!(!verdict.response.allowed);
+    assert!(verdict.response.message.unwrap().contains("spec.dependsOn[0].name must be a non-empty string"));
+    let report = fluxgate::audit::scan(&c.cache, &Policy::default());
+    let about_a: Vec<&str> =
+        report.findings.iter().filter(|f| f.object.name == "a").map(|f| f.message.as_str()).collect();
+    assert_eq!(about_a.len(), 1, "{about_a:?}");
+    assert!(about_a[0].contains("spec.dependsOn[0].name"), "{about_a:?}");
 }

@@ -45,6 +45,8 @@ fn object(key_id: u8, deps: &[u8], wait: bool, owner: Option<u8>, health: &[u8])
         wait,
         health_check_kustomizations: health.iter().map(|&h| key(h)).collect(),
         owner: owner.map(key),
+        unreadable_depends_on: Vec::new(),
+        uid: None,
     }
 }
 

@@ -243,6 +243,15 @@ impl State {
         }
     }
 
+    /// Every object of each kind (in [`FluxKind::ALL`] order), as decisions see them now: a
+    /// copy of pointers, cheap enough to take under the lock, for work done outside it.
+    pub fn snapshot(&self) -> [Vec<Arc<FluxObject>>; 2] {
+        FluxKind::ALL.map(|kind| {
+            let graph = self.graphs.get(kind);
+            graph.present_ids().filter_map(|id| graph.object(id).cloned()).collect()
+        })
+    }
+
     /// How many admitted objects wait for the source to confirm them.
     pub fn pending_admissions(&self) -> usize {
         self.overlay.len()

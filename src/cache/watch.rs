@@ -103,7 +103,7 @@ pub fn read_object(kind: FluxKind, object: &DynamicObject) -> Result<(FluxObject
     let name = meta.name.as_deref().unwrap_or_default();
     let namespace = meta.namespace.as_deref().unwrap_or_default();
     let slim = json!({
-        "metadata": { "name": name, "labels": meta.labels },
+        "metadata": { "name": name, "labels": meta.labels, "uid": meta.uid },
         "spec": object.data.get("spec").cloned().unwrap_or(Value::Null),
     });
     let parsed =
@@ -267,7 +267,13 @@ impl Source {
         let mut probed = Instant::now();
         let silence = self.options.watch_timeout + self.options.silence_grace;
         let timeout_secs = u32::try_from(self.options.watch_timeout.as_secs().max(1)).unwrap_or(u32::MAX);
+        // 410s since a watch last delivered something: the first relists at once, a second in
+        // a row backs off instead of relisting in a loop.
+        let mut gone_in_a_row = 0u32;
         'list: loop {
+            if gone_in_a_row > 1 {
+                backoff.wait(&self.cache, kind).await;
+            }
             self.cache.update_health(|s| s.set_relisting(kind, true));
             let listed = self.list(&api).await;
             let (objects, mut version) = match listed {
@@ -307,6 +313,7 @@ impl Source {
                     Err(e) if is_status(&e, 404) => return Stop::Gone(format!("watch answered 404: {e}")),
                     Err(e) if is_status(&e, 410) => {
                         self.lag("the watched resourceVersion is too old (410 Gone); relisting".into());
+                        gone_in_a_row += 1;
                         continue 'list;
                     }
                     Err(e) => {
@@ -343,6 +350,9 @@ impl Source {
                         }
                     };
                     let now = Instant::now();
+                    if !matches!(event, WatchEvent::Error(_)) {
+                        gone_in_a_row = 0;
+                    }
                     match event {
                         WatchEvent::Added(o) | WatchEvent::Modified(o) => {
                             if let Some(v) = &o.metadata.resource_version {
@@ -381,6 +391,7 @@ impl Source {
                         }
                         WatchEvent::Error(status) if status.code == 410 => {
                             self.lag("the watch expired (410 Gone); relisting".into());
+                            gone_in_a_row += 1;
                             continue 'list;
                         }
                         WatchEvent::Error(status) if status.code == 404 => {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::{
     Finding, HintReach, chain_message, count_targets, cross_namespace_message, cycle_message, dangling_message,
-    duplicate_message,
+    duplicate_message, unreadable_message,
 };
 use crate::graph::{Graph, NodeId};
 use crate::object::{FluxObject, ObjectKey};
@@ -238,6 +238,15 @@ impl Ctx<'_> {
                 let msg = cross_namespace_message(&object.key, target);
                 self.push(Rule::CrossNamespaceDependsOn, action, Some(target.clone()), None, msg);
             }
+        }
+        for problem in &object.unreadable_depends_on {
+            let introduced = old.is_none_or(|o| !o.unreadable_depends_on.contains(problem));
+            let mut action = self.action(Rule::DanglingDependsOn, introduced);
+            if object.has_owner_labels() && action == Action::Deny {
+                action = Action::Warn;
+            }
+            let msg = unreadable_message(&object.key, problem);
+            self.push(Rule::DanglingDependsOn, action, None, None, msg);
         }
     }
 

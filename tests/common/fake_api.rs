@@ -38,7 +38,7 @@ struct Resource {
 #[derive(Default)]
 struct Inner {
     rv: u64,
-    /// Watches from a resourceVersion at or below this get 410 Gone.
+    /// Watches from a resourceVersion below this get 410 Gone.
     compacted: u64,
     resources: HashMap<String, Resource>,
     lists_served: usize,
@@ -377,7 +377,7 @@ async fn list_or_watch(
     {
         let mut inner = fake.inner.lock().unwrap();
         inner.watch_versions.push(query.get("resourceVersion").cloned().unwrap_or_default());
-        if from <= inner.compacted {
+        if from < inner.compacted {
             let line = json!({ "type": "ERROR", "object": gone() });
             let _ = tx.send(Ok(Bytes::from(format!("{line}\n"))));
             drop(tx);
@@ -471,6 +471,17 @@ async fn create_event(
     Path(ns): Path<String>,
     axum::Json(mut event): axum::Json<Value>,
 ) -> Response {
+    // As the API server validates it: the name is a DNS subdomain of at most 253 characters.
+    let name = event["metadata"]["name"].as_str().unwrap_or_default();
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && name.split('.').all(|part| {
+            part.starts_with(|c: char| c.is_ascii_alphanumeric()) && part.ends_with(|c: char| c.is_ascii_alphanumeric())
+        });
+    if !valid {
+        return status(422, "Invalid", &format!("Event.events.k8s.io \"{name}\" is invalid: metadata.name"));
+    }
     let mut inner = fake.inner.lock().unwrap();
     event["metadata"]["namespace"] = json!(ns);
     event["metadata"]["resourceVersion"] = json!(next_version(&mut inner));
