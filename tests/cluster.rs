@@ -415,3 +415,23 @@ async fn an_empty_dependency_name_is_a_finding_and_the_object_is_still_recorded(
     assert_eq!(about_a.len(), 1, "{about_a:?}");
     assert!(about_a[0].contains("spec.dependsOn[0].name"), "{about_a:?}");
 }
+
+#[tokio::test]
+async fn an_admitted_object_the_api_server_never_stored_stops_counting_on_a_deny() {
+    let fake = FakeApi::start(true).await;
+    fake.apply(ks(F, "b", &[]));
+    fake.apply(ks(F, "c", &["a"]));
+    let c = Cluster::watch(&fake);
+    eventually("ready", || c.cache.is_ready()).await;
+    // a -> b is admitted here, then rejected by a later admission step: never stored.
+    let t0 = Instant::now();
+    assert!(c.reviews_at(&create(&ks(F, "a", &["b"])), t0).await.response.allowed);
+    // Moments later the phantom still counts: the write may be on its way to etcd.
+    let soon = c.reviews_at(&update(&ks(F, "b", &["c"]), &ks(F, "b", &[])), t0 + Duration::from_secs(1)).await;
+    assert!(!soon.response.allowed, "b -> c -> a -> b while a may still be stored");
+    // Once every admission step must have answered, the API server's word settles it.
+    let later = t0 + fluxgate::admission::UNSTORED_AFTER + Duration::from_secs(1);
+    let verdict = c.reviews_at(&update(&ks(F, "b", &["c"]), &ks(F, "b", &[])), later).await;
+    assert!(verdict.response.allowed, "{:?}", verdict.response.message);
+    assert!(!c.has(FluxKind::Kustomization, F, "a"));
+}

@@ -140,7 +140,7 @@ pub struct Webhook {
 
 /// Default of [`Webhook::catch_up_wait`]: with the lookups after it, well inside the API
 /// server's 5 s webhook timeout.
-pub const CATCH_UP_WAIT: Duration = Duration::from_secs(3);
+pub const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 
 /// Whether the request gives the graph of `kind` an edge it did not have: the only kind of
 /// change that can close a cycle. Pure, like [`validate`]: the graphs are the same afterwards.
@@ -167,10 +167,33 @@ fn catching_up(kind: FluxKind, reason: &str, for_secs: u64) -> Verdict {
     Verdict { response, findings: Vec::new(), kind: Some(kind), record: None }
 }
 
-/// At most this many dangling targets of one request are looked up before denying it.
+/// At most this many objects of one request are looked up before denying it.
 const MAX_LOOKUPS: usize = 10;
-/// How long a confirming lookup may take; past it the cache's answer stands.
+/// How long the confirming lookups of one request may take (they run side by side); past it
+/// the cache's answer stands. With [`CATCH_UP_WAIT`] and the two rounds of lookups a request
+/// is answered within 4 s, inside the API server's 5 s webhook timeout.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long after its admission an object must be in the API server, or it never will be:
+/// the longest timeout an admission webhook can have, since validating webhooks run side by
+/// side and storage follows them.
+pub const UNSTORED_AFTER: Duration = Duration::from_secs(30);
+
+/// Looks `keys` up side by side, each bounded by [`LOOKUP_TIMEOUT`].
+async fn lookup_all(
+    lookup: &Lookup,
+    kind: FluxKind,
+    keys: &[ObjectKey],
+) -> Vec<(ObjectKey, Result<Option<FluxObject>, String>)> {
+    let answers = futures::future::join_all(keys.iter().map(|key| async move {
+        match tokio::time::timeout(LOOKUP_TIMEOUT, lookup.get(kind, key)).await {
+            Ok(Ok(found)) => Ok(found.map(|(object, _)| object)),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {LOOKUP_TIMEOUT:?}")),
+        }
+    }))
+    .await;
+    keys.iter().cloned().zip(answers).collect()
+}
 
 impl Webhook {
     pub fn new(cache: Arc<Cache>, policy: Arc<Policy>) -> Webhook {
@@ -217,6 +240,10 @@ impl Webhook {
         if verdict.response.allowed {
             return Ok(verdict);
         }
+        let verdict = self.forget_unstored(req, verdict, now, lookup, kind).await?;
+        if verdict.response.allowed {
+            return Ok(verdict);
+        }
         let missing: Vec<ObjectKey> = verdict
             .findings
             .iter()
@@ -225,12 +252,11 @@ impl Webhook {
             .take(MAX_LOOKUPS)
             .collect();
         let mut found = Vec::new();
-        for key in &missing {
-            match tokio::time::timeout(LOOKUP_TIMEOUT, lookup.get(kind, key)).await {
-                Ok(Ok(Some((object, _)))) => found.push(Arc::new(object)),
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => tracing::warn!(target = %key, error = %e, "cannot confirm a dangling target"),
-                Err(_) => tracing::warn!(target = %key, "confirming a dangling target timed out"),
+        for (key, answer) in lookup_all(lookup, kind, &missing).await {
+            match answer {
+                Ok(Some(object)) => found.push(Arc::new(object)),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(target = %key, error = %e, "cannot confirm a dangling target"),
             }
         }
         if found.is_empty() {
@@ -240,6 +266,58 @@ impl Webhook {
             let mut state = self.cache.lock();
             for object in found {
                 state.admit(object, None, now);
+            }
+        }
+        self.validate(req, now)
+    }
+
+    /// A denial for a cycle through objects this replica admitted but the source never
+    /// delivered (a later admission step or the storage may have rejected them) is confirmed
+    /// first: admitted objects the API server does not have, [`UNSTORED_AFTER`] after their
+    /// admission, leave the cache, and the request is judged again.
+    async fn forget_unstored(
+        &self,
+        req: &AdmissionRequest,
+        verdict: Verdict,
+        now: Instant,
+        lookup: &Lookup,
+        kind: FluxKind,
+    ) -> Result<Verdict, BadRequest> {
+        if !lookup.serves(kind) {
+            return Ok(verdict);
+        }
+        let admitted_before = now.checked_sub(UNSTORED_AFTER).unwrap_or(now);
+        let suspects: Vec<ObjectKey> = {
+            let state = self.cache.lock();
+            let mut suspects: Vec<ObjectKey> = Vec::new();
+            for f in verdict.findings.iter().filter(|f| f.rule == Rule::Cycle && f.is_deny()) {
+                for key in f.cycle.iter().flatten() {
+                    if key.name != req.name || key.namespace != req.namespace {
+                        if !suspects.contains(key) && state.is_unconfirmed(kind, key, admitted_before) {
+                            suspects.push(key.clone());
+                        }
+                    }
+                }
+            }
+            suspects.truncate(MAX_LOOKUPS);
+            suspects
+        };
+        let mut gone = Vec::new();
+        for (key, answer) in lookup_all(lookup, kind, &suspects).await {
+            match answer {
+                Ok(None) => gone.push(key),
+                Ok(Some(_)) => {}
+                Err(e) => tracing::warn!(object = %key, error = %e, "cannot confirm an admitted object"),
+            }
+        }
+        if gone.is_empty() {
+            return Ok(verdict);
+        }
+        {
+            let mut state = self.cache.lock();
+            for key in &gone {
+                tracing::info!(kind = kind.as_str(), object = %key, "an admitted object was never stored; it no longer counts");
+                state.forget_unstored(kind, key);
             }
         }
         self.validate(req, now)

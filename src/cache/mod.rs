@@ -210,6 +210,22 @@ impl State {
         self.graphs.get_mut(object.kind).upsert(object);
     }
 
+    /// Whether `key` is known only because this replica admitted it, at or before `before`:
+    /// the source has not delivered it.
+    pub fn is_unconfirmed(&self, kind: FluxKind, key: &ObjectKey, before: Instant) -> bool {
+        let k = (kind, key.clone());
+        !self.base.contains_key(&k) && self.overlay.get(&k).is_some_and(|e| e.admitted_at <= before)
+    }
+
+    /// The API server does not have an object this replica admitted (a later step rejected
+    /// it): it stops counting now rather than at its expiry.
+    pub fn forget_unstored(&mut self, kind: FluxKind, key: &ObjectKey) {
+        let k = (kind, key.clone());
+        if self.overlay.remove(&k).is_some() && !self.base.contains_key(&k) {
+            self.graphs.get_mut(kind).remove(key);
+        }
+    }
+
     /// Ends overlay entries older than [`OVERLAY_TTL`], putting the source's view back. Age
     /// counts only while the kind's source is current: during an outage or a relist the
     /// source cannot have confirmed anything, and forgetting an admitted object then is how

@@ -449,6 +449,12 @@ impl Lookup {
         Lookup { client, served }
     }
 
+    /// Whether the version of `kind` to ask for is known (it is not while the CRD is missing
+    /// or a new served version is being looked for).
+    pub fn serves(&self, kind: FluxKind) -> bool {
+        self.served.get(kind).is_some()
+    }
+
     /// The object, if the API server has it. `Ok(None)` when it does not, or when the kind is
     /// not watched (its CRD is missing).
     pub async fn get(
