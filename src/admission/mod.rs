@@ -292,10 +292,9 @@ impl Webhook {
             let mut suspects: Vec<ObjectKey> = Vec::new();
             for f in verdict.findings.iter().filter(|f| f.rule == Rule::Cycle && f.is_deny()) {
                 for key in f.cycle.iter().flatten() {
-                    if key.name != req.name || key.namespace != req.namespace {
-                        if !suspects.contains(key) && state.is_unconfirmed(kind, key, admitted_before) {
-                            suspects.push(key.clone());
-                        }
+                    let own = key.name == req.name && key.namespace == req.namespace;
+                    if !own && !suspects.contains(key) && state.is_unconfirmed(kind, key, admitted_before) {
+                        suspects.push(key.clone());
                     }
                 }
             }
