@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::cache::Cache;
 use crate::graph::Graph;
+use crate::live_policy::LivePolicy;
 use crate::object::{FluxKind, ObjectKey};
 use crate::policy::{Policy, Rule};
 use crate::rules::{self, Finding};
@@ -83,12 +84,13 @@ fn id(f: &Finding) -> FindingId {
     (f.rule, f.kind, f.object.to_string(), f.message.clone())
 }
 
-/// Runs the audit every `every`, publishing into `report`, calling `publish` with each new
+/// Runs the audit every `every` with the policy in force at each scan, publishing into
+/// `report`, calling `publish` with each new
 /// report (for metrics), and handing it to `events` (cluster mode) to post as Events. Logs a
 /// line per finding not seen in the previous scan.
 pub async fn run(
     cache: Arc<Cache>,
-    policy: Arc<Policy>,
+    policy: Arc<LivePolicy>,
     report: Arc<RwLock<Report>>,
     every: Duration,
     publish: impl Fn(&Report) + Send + 'static,
@@ -102,7 +104,7 @@ pub async fn run(
         if !cache.is_ready() {
             continue;
         }
-        let (c, p) = (cache.clone(), policy.clone());
+        let (c, p) = (cache.clone(), policy.get());
         let Ok(next) = tokio::task::spawn_blocking(move || scan(&c, &p)).await else {
             tracing::error!("the audit panicked; trying again at the next interval");
             continue;

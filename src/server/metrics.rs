@@ -28,6 +28,12 @@ pub struct ViolationLabels {
     pub rule: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `success` or `failure`.
+    pub result: &'static str,
+}
+
 /// Every metric fluxgate exports.
 pub struct Metrics {
     registry: Registry,
@@ -39,6 +45,7 @@ pub struct Metrics {
     pub watch_current: Family<KindLabels, Gauge>,
     pub relists_in_progress: Family<KindLabels, Gauge>,
     pub last_seen_age: Family<KindLabels, Gauge<f64, AtomicU64>>,
+    pub policy_reloads: Family<ReloadLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -79,6 +86,15 @@ impl Metrics {
             "Seconds since the kind's source last delivered a list, an event or a bookmark",
             last_seen_age.clone(),
         );
+        let policy_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "policy_reloads",
+            "Changes of the policy file, put in force or refused",
+            policy_reloads.clone(),
+        );
+        for result in ["success", "failure"] {
+            drop(policy_reloads.get_or_create(&ReloadLabels { result }));
+        }
         Metrics {
             registry,
             requests,
@@ -89,7 +105,14 @@ impl Metrics {
             watch_current,
             relists_in_progress,
             last_seen_age,
+            policy_reloads,
         }
+    }
+
+    /// Counts a reload of the policy file: `loaded` true when the new policy is in force.
+    pub fn count_policy_reload(&self, loaded: bool) {
+        let result = if loaded { "success" } else { "failure" };
+        self.policy_reloads.get_or_create(&ReloadLabels { result }).inc();
     }
 
     /// The exposition text.
