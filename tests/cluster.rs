@@ -435,3 +435,20 @@ async fn an_admitted_object_the_api_server_never_stored_stops_counting_on_a_deny
     assert!(verdict.response.allowed, "{:?}", verdict.response.message);
     assert!(!c.has(FluxKind::Kustomization, F, "a"));
 }
+
+#[tokio::test]
+async fn an_object_being_deleted_does_not_count_as_present() {
+    let fake = FakeApi::start(true).await;
+    fake.apply(ks(F, "infra", &[]));
+    let c = Cluster::watch(&fake);
+    eventually("ready", || c.cache.is_ready()).await;
+    assert!(c.has(FluxKind::Kustomization, F, "infra"));
+    // Deleted, its finalizer still running: the object is there with a deletionTimestamp.
+    let mut terminating = ks(F, "infra", &[]);
+    terminating["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    terminating["metadata"]["finalizers"] = json!(["finalizers.fluxcd.io"]);
+    fake.apply(terminating);
+    eventually("infra counted as gone", || !c.has(FluxKind::Kustomization, F, "infra")).await;
+    // Neither the cache nor the confirming lookup lets a new dependent wait for it.
+    assert!(!c.reviews(&create(&ks(F, "apps", &["infra"]))).await);
+}

@@ -112,6 +112,13 @@ pub fn read_object(kind: FluxKind, object: &DynamicObject) -> Result<(FluxObject
     Ok((parsed, meta.resource_version.clone()))
 }
 
+/// Whether the object is being deleted (`deletionTimestamp` set, finalizers still running).
+/// Such an object counts as gone: it will not be there for a dependent to wait for, and its
+/// own edges go with it.
+fn is_terminating(object: &DynamicObject) -> bool {
+    object.metadata.deletion_timestamp.is_some()
+}
+
 /// The API resource watched for each kind, once known (the version the cluster serves). It
 /// changes when a Flux upgrade stops serving the watched version.
 #[derive(Debug, Default)]
@@ -355,6 +362,18 @@ impl Source {
                         gone_in_a_row = 0;
                     }
                     match event {
+                        WatchEvent::Added(o) | WatchEvent::Modified(o) if is_terminating(&o) => {
+                            if let Some(v) = &o.metadata.resource_version {
+                                version.clone_from(v);
+                            }
+                            let key = ObjectKey::new(
+                                o.metadata.namespace.clone().unwrap_or_default(),
+                                o.metadata.name.clone().unwrap_or_default(),
+                            );
+                            let mut state = self.cache.lock();
+                            state.delete(kind, &key);
+                            state.saw(kind, now);
+                        }
                         WatchEvent::Added(o) | WatchEvent::Modified(o) => {
                             if let Some(v) = &o.metadata.resource_version {
                                 version.clone_from(v);
@@ -420,7 +439,7 @@ impl Source {
         let mut objects = Vec::new();
         loop {
             let page = api.list(&params).await?;
-            for o in &page.items {
+            for o in page.items.iter().filter(|o| !is_terminating(o)) {
                 match read_object(kind, o) {
                     Ok((object, version)) => objects.push((Arc::new(object), version)),
                     Err(e) => tracing::warn!(kind = kind.as_str(), "skipped an object the rules cannot read: {e}"),
@@ -466,6 +485,7 @@ impl Lookup {
         let Some(ar) = self.served.get(kind) else { return Ok(None) };
         let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &key.namespace, &ar);
         match api.get_opt(&key.name).await? {
+            Some(o) if is_terminating(&o) => Ok(None),
             Some(o) => Ok(read_object(kind, &o).ok()),
             None => Ok(None),
         }
