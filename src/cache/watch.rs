@@ -219,6 +219,9 @@ impl Source {
                 Stop::Gone(why) => {
                     tracing::warn!(kind = kind.as_str(), api_version = %ar.api_version, "{why}; looking for the served version");
                     self.lag(format!("{} is no longer served", ar.api_version));
+                    // Lookups must not ask a version that answers 404 for everything.
+                    self.served.set(kind, None);
+                    self.cache.update_health(|s| s.set_api_version(kind, None));
                 }
                 Stop::Newer(newer) => {
                     tracing::info!(kind = kind.as_str(), from = %ar.api_version, to = %newer.api_version, "a newer version is served; switching");
