@@ -212,25 +212,26 @@ async fn handle(app: &App, request: Request, hook: Hook) -> Response {
     axum::Json(response.to_review(&review.api_version, &req.uid)).into_response()
 }
 
-/// One line per kind: the version watched and whether the source is current. 200 only when
-/// every kind is listed and current: a replica whose watch is down, relisting or silent is
-/// taken out of the Service once the probe's failure threshold is reached.
+/// `ready` or `not ready`, then one line per kind: the version watched and whether the source
+/// is current. 200 only when every kind is listed and current: a replica whose watch is down,
+/// relisting or silent is taken out of the Service once the probe's failure threshold is reached.
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     let state = app.webhook.cache.lock();
-    let mut body = String::new();
+    let ready = state.is_ready();
+    let mut body = String::from(if ready { "ready\n" } else { "not ready\n" });
     for kind in FluxKind::ALL {
         let health = state.health(kind);
-        let version = health.api_version.as_deref().unwrap_or("no version watched");
+        let version = health.api_version.as_ref().map(|v| format!(" ({v})")).unwrap_or_default();
         let line = match &health.lagging {
-            None if state.is_synced() => format!("{kind}: current ({version})\n"),
-            None => format!("{kind}: waiting for the initial lists ({version})\n"),
+            None if state.is_synced() => format!("{kind}: current{version}\n"),
+            None => format!("{kind}: waiting for the initial lists{version}\n"),
             Some((since, reason)) => {
-                format!("{kind}: catching up ({version}): {reason}, {} s ago\n", since.elapsed().as_secs())
+                format!("{kind}: catching up{version}: {reason}, {} s ago\n", since.elapsed().as_secs())
             }
         };
         body.push_str(&line);
     }
-    let status = if state.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, body).into_response()
 }
 
