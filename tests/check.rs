@@ -174,11 +174,37 @@ fn names_built_by_the_parents_post_build_substitution_resolve() {
     assert_eq!(code, 0, "0-${{CLUSTER_NAME}}-config is 0-prod-config, ${{CACHE_NAME:=redis}} is redis: {json}");
 }
 
-/// The SARIF 2.1.0 schema as OASIS publishes it (`sarif-schema-2.1.0.json`, errata 01).
+/// The SARIF 2.1.0 JSON schema (`sarif-2.1.0-rtm.5.json`, the schema of the 2.1.0 standard), as
+/// the npm registry's `@microsoft/jest-sarif` package ships it (MIT). It is fetched from the
+/// registry with `npm pack` into `target/sarif-schema/` on first use rather than kept in the
+/// repository; `SARIF_SCHEMA` names a local copy instead.
 fn sarif_validator() -> jsonschema::Validator {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sarif/sarif-schema-2.1.0.json");
-    let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    jsonschema::validator_for(&schema).expect("the SARIF schema compiles")
+    static SCHEMA: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    let schema = SCHEMA.get_or_init(|| {
+        let path = match std::env::var_os("SARIF_SCHEMA") {
+            Some(p) => PathBuf::from(p),
+            None => {
+                let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/sarif-schema");
+                let path = dir.join("package/lib/schemas/sarif-2.1.0-rtm.5.json");
+                if !path.exists() {
+                    std::fs::create_dir_all(&dir).unwrap();
+                    let pack = Command::new("npm")
+                        .args(["pack", "--silent", "@microsoft/jest-sarif@1.0.0-beta.0"])
+                        .current_dir(&dir)
+                        .output()
+                        .expect("npm (from the machine's Node.js) fetches the SARIF schema package");
+                    assert!(pack.status.success(), "npm pack failed: {}", String::from_utf8_lossy(&pack.stderr));
+                    let tarball = String::from_utf8_lossy(&pack.stdout).trim().to_string();
+                    let untar = Command::new("tar").args(["xzf", &tarball]).current_dir(&dir).status().unwrap();
+                    assert!(untar.success(), "cannot unpack {tarball}");
+                }
+                path
+            }
+        };
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+            .unwrap()
+    });
+    jsonschema::validator_for(schema).expect("the SARIF schema compiles")
 }
 
 fn assert_valid_sarif(validator: &jsonschema::Validator, log: &Value, what: &str) {
