@@ -290,6 +290,18 @@ async fn serve_binary_watches_the_cluster_named_by_kubeconfig() {
     let (_, metrics) = admin_get(server.admin, "/metrics").await;
     assert!(metrics.contains("fluxgate_graph_objects{kind=\"Kustomization\"} 1"), "{metrics}");
     assert!(metrics.contains("fluxgate_cache_ready 1"), "{metrics}");
+    assert!(metrics.contains("fluxgate_watch_current{kind=\"Kustomization\"} 1"), "{metrics}");
+    assert!(metrics.contains("fluxgate_relists_in_progress{kind=\"HelmRelease\"} 0"), "{metrics}");
+    assert!(metrics.contains("fluxgate_watch_last_event_age_seconds{kind=\"Kustomization\"}"), "{metrics}");
+    let (_, readyz) = admin_get(server.admin, "/readyz").await;
+    assert!(readyz.contains("Kustomization: current (kustomize.toolkit.fluxcd.io/v1)"), "{readyz}");
+    assert!(
+        server
+            .log_lines()
+            .iter()
+            .any(|l| l.contains("watching HelmRelease") && l.contains("helm.toolkit.fluxcd.io/v2")),
+        "a log line names the watched version"
+    );
 }
 
 #[tokio::test]
