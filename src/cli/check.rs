@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::{CheckArgs, CheckFormat};
 use crate::cache::Graphs;
-use crate::manifests::{self, LoadError, Loaded};
+use crate::manifests::{self, LoadError, LoadOptions, Loaded, NotApplied};
 use crate::object::{FluxKind, ObjectKey};
 use crate::policy::Policy;
 use crate::rules::{self, Finding};
@@ -29,6 +29,11 @@ pub struct CheckOutput {
     pub objects: usize,
     pub findings: Vec<Located>,
     pub errors: Vec<LoadError>,
+    /// Objects no cluster of the checkout applies: notes, not findings.
+    #[serde(rename = "notApplied")]
+    pub not_applied: Vec<NotApplied>,
+    /// YAML files Flux would not apply as manifests (Helm charts, helmfiles, templates).
+    pub skipped: usize,
 }
 
 impl CheckOutput {
@@ -62,7 +67,12 @@ pub fn build_graphs<'a>(objects: impl IntoIterator<Item = &'a Loaded>) -> (Graph
 /// Loads `paths` and runs the audit rules: on one graph, or on each cluster's graph when the
 /// paths hold several clusters that give one name to different objects.
 pub fn check_paths(paths: &[PathBuf], policy: &Policy) -> CheckOutput {
-    let loaded = manifests::load(paths);
+    check_paths_with(paths, policy, LoadOptions::default())
+}
+
+/// [`check_paths`] with loader options (`--include-unapplied`).
+pub fn check_paths_with(paths: &[PathBuf], policy: &Policy, options: LoadOptions) -> CheckOutput {
+    let loaded = manifests::load_with(paths, options);
     let groups: Vec<Vec<&Loaded>> = if loaded.clusters.is_empty() {
         vec![loaded.objects.iter().collect()]
     } else {
@@ -88,7 +98,7 @@ pub fn check_paths(paths: &[PathBuf], policy: &Policy) -> CheckOutput {
         .map(|l| (l.object.kind, &l.object.key, &l.file))
         .collect::<std::collections::HashSet<_>>()
         .len();
-    CheckOutput { objects, findings, errors: loaded.errors }
+    CheckOutput { objects, findings, errors: loaded.errors, not_applied: loaded.not_applied, skipped: loaded.skipped }
 }
 
 pub fn run(args: CheckArgs) -> ExitCode {
@@ -102,7 +112,8 @@ pub fn run(args: CheckArgs) -> ExitCode {
         },
         None => Policy::default(),
     };
-    let out = check_paths(&args.paths, &policy);
+    let options = LoadOptions { include_unapplied: args.include_unapplied };
+    let out = check_paths_with(&args.paths, &policy, options);
     match args.format {
         CheckFormat::Json => println!("{}", serde_json::to_string_pretty(&out).expect("output serialises")),
         CheckFormat::Text => print!("{}", text(&out)),
@@ -122,6 +133,12 @@ pub fn text(out: &CheckOutput) -> String {
         }
         s.push_str(&format!("  {:<4} {}: {}\n", f.finding.action.as_str(), f.finding.rule, f.finding.message));
     }
+    if !out.not_applied.is_empty() {
+        s.push_str("not applied by any cluster (not checked; --include-unapplied checks them):\n");
+        for n in &out.not_applied {
+            s.push_str(&format!("  {} {} ({}:{}): {}\n", n.kind, n.object, n.file.display(), n.line, n.reason));
+        }
+    }
     if !out.errors.is_empty() {
         s.push_str("could not read:\n");
         for e in &out.errors {
@@ -130,12 +147,14 @@ pub fn text(out: &CheckOutput) -> String {
     }
     let denies = out.findings.iter().filter(|f| f.finding.is_deny()).count();
     s.push_str(&format!(
-        "{} objects checked: {} findings ({} deny, {} warn), {} read errors\n",
+        "{} objects checked: {} findings ({} deny, {} warn), {} read errors, {} not applied, {} files skipped\n",
         out.objects,
         out.findings.len(),
         denies,
         out.findings.len() - denies,
-        out.errors.len()
+        out.errors.len(),
+        out.not_applied.len(),
+        out.skipped
     ));
     s
 }

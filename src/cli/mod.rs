@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-pub use check::{CheckOutput, check_paths};
+pub use check::{CheckOutput, check_paths, check_paths_with};
 pub use graph::{GraphFormat, render_graph};
 
 /// Guards the dependsOn graphs of Flux Kustomizations and HelmReleases.
@@ -88,6 +88,10 @@ pub struct CheckArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: CheckFormat,
+    /// Also check the objects no cluster applies (disabled or archived apps), each against the
+    /// cluster it would join.
+    #[arg(long)]
+    pub include_unapplied: bool,
 }
 
 #[derive(Debug, clap::Args)]
