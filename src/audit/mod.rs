@@ -36,8 +36,9 @@ pub struct Objects {
 pub fn scan(cache: &Cache, policy: &Policy) -> Report {
     let state = cache.lock();
     let mut findings = Vec::new();
-    for graph in state.graphs().iter() {
-        findings.extend(rules::audit(graph, policy));
+    for kind in FluxKind::ALL {
+        let other = state.graphs().get(kind.other());
+        findings.extend(rules::audit_with(state.graphs().get(kind), Some(other), policy));
     }
     let objects = Objects {
         kustomizations: state.graphs().get(FluxKind::Kustomization).len(),

@@ -82,8 +82,8 @@ pub fn check_paths_with(paths: &[PathBuf], policy: &Policy, options: LoadOptions
     let mut seen = std::collections::HashSet::new();
     for group in groups {
         let (graphs, places) = build_graphs(group);
-        for graph in graphs.iter() {
-            for finding in rules::audit(graph, policy) {
+        for kind in FluxKind::ALL {
+            for finding in rules::audit_with(graphs.get(kind), Some(graphs.get(kind.other())), policy) {
                 let (file, line) = places.get(&(finding.kind, finding.object.clone())).cloned().unwrap_or_default();
                 // A base shared by several clusters is reported once.
                 if seen.insert((finding.clone(), file.clone(), line)) {

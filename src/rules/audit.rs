@@ -10,6 +10,12 @@ use crate::policy::{Action, Policy, Rule};
 
 /// Every finding in `graph`, sorted by object then rule.
 pub fn audit(graph: &Graph, policy: &Policy) -> Vec<Finding> {
+    audit_with(graph, None, policy)
+}
+
+/// [`audit`] knowing the graph of the other kind, `other`: a dangling target that exists as
+/// the other kind gets the hint that says so.
+pub fn audit_with(graph: &Graph, other: Option<&Graph>, policy: &Policy) -> Vec<Finding> {
     let kind = graph.kind();
     let mut findings = Vec::new();
     let mut push = |rule: Rule, object: &crate::object::ObjectKey, target, cycle, message: String| {
@@ -42,7 +48,7 @@ pub fn audit(graph: &Graph, policy: &Policy) -> Vec<Finding> {
                 push(Rule::DuplicateDependsOn, &object.key, Some(target.clone()), None, msg);
             }
             if !graph.is_present(dep) {
-                let msg = dangling_message(graph, &object.key, target, Some(HintReach::Everywhere));
+                let msg = dangling_message(graph, other, &object.key, target, Some(HintReach::Everywhere));
                 push(Rule::DanglingDependsOn, &object.key, Some(target.clone()), None, msg);
             }
             if target.namespace != object.key.namespace {
