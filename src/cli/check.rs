@@ -147,14 +147,19 @@ pub fn text(out: &CheckOutput) -> String {
     }
     let denies = out.findings.iter().filter(|f| f.finding.is_deny()).count();
     s.push_str(&format!(
-        "{} objects checked: {} findings ({} deny, {} warn), {} read errors, {} not applied, {} files skipped\n",
+        "{} objects checked: {} findings ({} deny, {} warn), {} read errors",
         out.objects,
         out.findings.len(),
         denies,
         out.findings.len() - denies,
         out.errors.len(),
-        out.not_applied.len(),
-        out.skipped
     ));
+    if !out.not_applied.is_empty() {
+        s.push_str(&format!(", {} not applied", out.not_applied.len()));
+    }
+    if out.skipped > 0 {
+        s.push_str(&format!(", {} files skipped (not manifests)", out.skipped));
+    }
+    s.push('\n');
     s
 }
