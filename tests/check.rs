@@ -340,3 +340,20 @@ fn a_hint_never_names_the_dependent_nor_a_target_that_would_close_a_cycle() {
          not exist"
     );
 }
+
+#[test]
+fn objects_generated_by_a_resource_set_are_checked() {
+    let (code, json) = check_json("resource-set");
+    assert_eq!(code, 1, "{json}");
+    let f = findings(&json);
+    assert_eq!(f.len(), 1, "web -> api resolves; api -> postgress does not: {json}");
+    assert_eq!(f[0]["object"], "apps/api");
+    assert_eq!(f[0]["target"], "apps/postgress");
+    assert!(f[0]["message"].as_str().unwrap().ends_with("did you mean apps/postgres?"));
+    assert!(f[0]["file"].as_str().unwrap().ends_with("resource-set/apps.yaml"));
+    // The ResourceSet fed by a provider is noted, not guessed at, and not an error.
+    let notes = json["notes"].as_array().unwrap();
+    assert_eq!(notes.len(), 1, "{json}");
+    assert!(notes[0]["message"].as_str().unwrap().contains("ResourceSet previews: inputs from spec.inputsFrom"));
+    assert!(json["errors"].as_array().unwrap().is_empty());
+}

@@ -34,6 +34,8 @@ pub struct CheckOutput {
     pub not_applied: Vec<NotApplied>,
     /// YAML files Flux would not apply as manifests (Helm charts, helmfiles, templates).
     pub skipped: usize,
+    /// What could not be modelled offline (a ResourceSet's `inputsFrom`): notes, not errors.
+    pub notes: Vec<LoadError>,
 }
 
 impl CheckOutput {
@@ -98,7 +100,14 @@ pub fn check_paths_with(paths: &[PathBuf], policy: &Policy, options: LoadOptions
         .map(|l| (l.object.kind, &l.object.key, &l.file))
         .collect::<std::collections::HashSet<_>>()
         .len();
-    CheckOutput { objects, findings, errors: loaded.errors, not_applied: loaded.not_applied, skipped: loaded.skipped }
+    CheckOutput {
+        objects,
+        findings,
+        errors: loaded.errors,
+        not_applied: loaded.not_applied,
+        skipped: loaded.skipped,
+        notes: loaded.notes,
+    }
 }
 
 pub fn run(args: CheckArgs) -> ExitCode {
@@ -137,6 +146,12 @@ pub fn text(out: &CheckOutput) -> String {
         s.push_str("not applied by any cluster (not checked; --include-unapplied checks them):\n");
         for n in &out.not_applied {
             s.push_str(&format!("  {} {} ({}:{}): {}\n", n.kind, n.object, n.file.display(), n.line, n.reason));
+        }
+    }
+    if !out.notes.is_empty() {
+        s.push_str("notes:\n");
+        for n in &out.notes {
+            s.push_str(&format!("  {n}\n"));
         }
     }
     if !out.errors.is_empty() {

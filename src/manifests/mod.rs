@@ -8,6 +8,7 @@
 //! from every kustomization that no other kustomization includes (a build root) and gives each
 //! file the namespace kustomize would: the outermost `namespace:` on the way down wins.
 
+mod resource_set;
 mod tree;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -57,6 +58,9 @@ pub struct Manifests {
     /// folders (a `Chart.yaml` beside them or above), helmfiles, and templated or otherwise
     /// unparseable files outside every applied tree that hold no Flux object.
     pub skipped: usize,
+    /// What could not be modelled offline, without being an error: a `ResourceSet`'s
+    /// `inputsFrom`, a template expression that is not a plain input.
+    pub notes: Vec<LoadError>,
     /// Flux objects that no cluster of the checkout applies (a disabled or archived app), each
     /// once, with the reason. They are not checked unless asked ([`LoadOptions`]).
     pub not_applied: Vec<NotApplied>,
@@ -181,6 +185,18 @@ pub fn load_with(paths: &[PathBuf], options: LoadOptions) -> Manifests {
             for item in list_items(value) {
                 if let Some(kind) = kind_of(&item) {
                     raws.push(RawObject { kind, value: item, file: file.clone(), line: doc.line });
+                } else if resource_set::is_resource_set(&item) {
+                    let (generated, notes) = resource_set::expand(&item);
+                    for value in generated {
+                        if let Some(kind) = kind_of(&value) {
+                            raws.push(RawObject { kind, value, file: file.clone(), line: doc.line });
+                        }
+                    }
+                    out.notes.extend(notes.into_iter().map(|message| LoadError {
+                        file: file.clone(),
+                        line: doc.line,
+                        message,
+                    }));
                 }
             }
         }

@@ -158,8 +158,9 @@ pub(super) fn build(
     let folders = Folders::new(files);
     let mut parents: Vec<Vec<usize>> = vec![Vec::new(); count];
     let mut applied_files = None;
-    // Folders some Kustomization builds: a kustomization.yaml there decides what is applied.
-    let mut applied_dirs: HashSet<PathBuf> = HashSet::new();
+    // Folders some Kustomization builds, with the files of those Kustomizations: a
+    // kustomization.yaml there decides what is applied.
+    let mut applied_dirs: HashMap<PathBuf, Vec<PathBuf>> = HashMap::new();
     if let Some((root, source)) = source_root(inputs, appliers, &folders) {
         let all_applied = applied_files.insert(HashSet::new());
         let mut by_file: HashMap<PathBuf, Vec<usize>> = HashMap::new();
@@ -175,7 +176,9 @@ pub(super) fn build(
             let mut applied = HashSet::new();
             let mut seen = HashSet::new();
             build_files(&dir, &folders, kustomizations, &mut applied, &mut seen);
-            applied_dirs.extend(seen);
+            for d in seen {
+                applied_dirs.entry(d).or_default().push(file_of(a.index));
+            }
             all_applied.extend(applied.iter().map(|f| f.to_path_buf()));
             for file in applied {
                 for &o in by_file.get(file).into_iter().flatten() {
@@ -205,11 +208,17 @@ pub(super) fn build(
             not_applied.insert(o, "in an archive folder".into());
             continue;
         }
-        // The nearest kustomization.yaml above the file, if some Kustomization builds it.
-        let Some(dir) = file.ancestors().skip(1).find(|d| kustomizations.contains_key(*d)) else { continue };
-        if !applied_dirs.contains(dir) {
-            continue;
-        }
+        // The nearest kustomization.yaml above the file that some Kustomization builds. The
+        // reason names one that a Kustomization written outside its folder builds, when there
+        // is one: a Kustomization applying its own folder through a kustomization.yaml that
+        // leaves it out is disabled one level up.
+        let applied: Vec<&Path> = file
+            .ancestors()
+            .skip(1)
+            .filter(|d| kustomizations.contains_key(*d) && applied_dirs.contains_key(*d))
+            .collect();
+        let Some(&dir) = applied.first() else { continue };
+        let named = applied.iter().copied().find(|d| applied_dirs[*d].iter().any(|f| !f.starts_with(d))).unwrap_or(dir);
         let build = builds.entry(dir.to_path_buf()).or_insert_with(|| {
             let mut out = HashSet::new();
             build_files(dir, &folders, kustomizations, &mut out, &mut HashSet::new());
@@ -219,9 +228,9 @@ pub(super) fn build(
         if !build.is_empty() && !build.contains(file.as_path()) {
             let k = KUSTOMIZATION_FILES
                 .iter()
-                .map(|n| dir.join(n))
-                .find(|p| folders.files.get(dir).is_some_and(|fs| fs.contains(&p.as_path())))
-                .unwrap_or_else(|| dir.join("kustomization.yaml"));
+                .map(|n| named.join(n))
+                .find(|p| folders.files.get(named).is_some_and(|fs| fs.contains(&p.as_path())))
+                .unwrap_or_else(|| named.join("kustomization.yaml"));
             not_applied.insert(o, format!("left out of {}", k.display()));
         }
     }
