@@ -357,3 +357,39 @@ fn objects_generated_by_a_resource_set_are_checked() {
     assert!(notes[0]["message"].as_str().unwrap().contains("ResourceSet previews: inputs from spec.inputsFrom"));
     assert!(json["errors"].as_array().unwrap().is_empty());
 }
+
+#[test]
+fn a_self_including_path_with_target_namespace_applies_a_copy_that_the_original_waits_for() {
+    let (code, json) = check_json("self-target-namespace");
+    assert_eq!(code, 1, "{json}");
+    let f = findings(&json);
+    assert_eq!(f.len(), 1, "{json}");
+    // The copy in podinfo resolves `infra` in its own namespace: it never becomes ready.
+    assert_eq!(f[0]["object"], "podinfo/podinfo");
+    assert_eq!(f[0]["target"], "podinfo/infra");
+    assert!(f[0]["message"].as_str().unwrap().ends_with("a Kustomization named infra exists in namespace flux-system"));
+    assert!(f[0]["file"].as_str().unwrap().ends_with("apps/podinfo/ks.yaml"));
+    // ... and the original, with wait: true, waits for the copy it applied.
+    let graph = fluxgate(&["graph", &fixture("self-target-namespace"), "--format", "json"]);
+    let g: Value = serde_json::from_slice(&graph.stdout).unwrap();
+    let waits: Vec<(&str, &str)> = g["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "wait")
+        .map(|e| (e["from"].as_str().unwrap(), e["to"].as_str().unwrap()))
+        .collect();
+    assert_eq!(waits, [("flux-system/podinfo", "podinfo/podinfo")]);
+
+    // Without targetNamespace the folder applies the Kustomization itself: no copy, and a
+    // Kustomization never waits for itself.
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(std::path::Path::new(&fixture("self-target-namespace")), dir.path());
+    let ks = dir.path().join("apps/podinfo/ks.yaml");
+    let text = std::fs::read_to_string(&ks).unwrap().replace("  targetNamespace: podinfo\n", "");
+    std::fs::write(&ks, text).unwrap();
+    let out = fluxgate(&["check", dir.path().to_str().unwrap(), "--format", "json"]);
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{json}");
+    assert_eq!(json["objects"], 4);
+}

@@ -69,6 +69,9 @@ pub struct Manifests {
     /// objects of each cluster (indices into `objects`), to be checked one cluster at a time.
     /// Empty when everything forms one graph.
     pub clusters: Vec<Cluster>,
+    /// Every cluster of the checkout (roots of one folder and what they apply), whether or not
+    /// they must be checked one by one: indices into `objects`.
+    pub groups: Vec<Cluster>,
 }
 
 impl Manifests {
@@ -219,7 +222,8 @@ pub fn load_with(paths: &[PathBuf], options: LoadOptions) -> Manifests {
             }
         })
         .collect();
-    let tree = tree::build(paths, &files, raws.len(), &|i| raws[i].file.clone(), &appliers, &kustomizations);
+    let mut tree = tree::build(paths, &files, raws.len(), &|i| raws[i].file.clone(), &appliers, &kustomizations);
+    add_target_namespace_copies(&mut raws, &mut tree);
     let explicit: HashSet<PathBuf> = paths.iter().map(|p| normalize(p)).collect();
     let mut skipped_files = HashSet::new();
     for (error, flux) in unparsed {
@@ -312,9 +316,67 @@ pub fn load_with(paths: &[PathBuf], options: LoadOptions) -> Manifests {
             .filter_map(|inst| resolved.get(inst).copied())
             .collect();
         let all = std::mem::take(&mut out.objects);
-        out.objects = all.into_iter().enumerate().filter(|(n, _)| first.contains(n)).map(|(_, l)| l).collect();
+        let mut renumber: HashMap<usize, usize> = HashMap::new();
+        for (n, l) in all.into_iter().enumerate() {
+            if first.contains(&n) {
+                renumber.insert(n, out.objects.len());
+                out.objects.push(l);
+            }
+        }
+        // Each document's kept object stands for it in every cluster.
+        let kept: HashMap<usize, usize> = instances
+            .iter()
+            .filter_map(|inst| resolved.get(inst).and_then(|n| renumber.get(n)).map(|&k| (inst.0, k)))
+            .collect();
+        out.groups = per_cluster
+            .iter()
+            .map(|(folder, list)| Cluster {
+                folder: folder.clone(),
+                members: list.iter().filter_map(|inst| kept.get(&inst.0).copied()).collect(),
+            })
+            .collect();
+        return out;
     }
+    out.groups = out.clusters.clone();
     out
+}
+
+/// A Kustomization whose `spec.path` holds its own manifest and that sets `targetNamespace`
+/// applies a copy of itself into the target namespace: kustomize's namespace override moves
+/// every object of the folder there, its own manifest included. The copy is another
+/// Kustomization (same spec, `dependsOn` entries without a namespace now meaning the target
+/// namespace), applied and owned by the original, which waits for it when it has
+/// `spec.wait: true`.
+fn add_target_namespace_copies(raws: &mut Vec<RawObject>, tree: &mut tree::Tree) {
+    for &k in &tree.self_applied {
+        let value = &raws[k].value;
+        let own = value.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default();
+        let Some(target) = value
+            .pointer("/spec/targetNamespace")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty() && *t != own && !t.contains("${"))
+        else {
+            continue;
+        };
+        let mut copy = value.clone();
+        copy["metadata"]["namespace"] = Value::String(target.to_string());
+        let index = raws.len();
+        raws.push(RawObject {
+            kind: FluxKind::Kustomization,
+            value: copy,
+            file: raws[k].file.clone(),
+            line: raws[k].line,
+        });
+        tree.parents.push(vec![k]);
+        for members in tree.clusters.values_mut() {
+            if members.contains(&k) {
+                members.insert(index);
+            }
+        }
+        if let Some(reason) = tree.not_applied.get(&k).cloned() {
+            tree.not_applied.insert(index, reason);
+        }
+    }
 }
 
 /// Puts each not-applied object into the clusters it would join: those holding an object

@@ -35,6 +35,9 @@ pub(super) struct Tree {
     pub clusters: BTreeMap<PathBuf, BTreeSet<usize>>,
     /// Objects that no cluster applies, with the reason.
     pub not_applied: BTreeMap<usize, String>,
+    /// Kustomizations whose `spec.path` applies their own manifest (the bootstrap
+    /// `flux-system`, or an app folder holding its own Kustomization).
+    pub self_applied: Vec<usize>,
     /// Every file some Kustomization's `spec.path` applies; `None` when no `spec.path` of the
     /// checkout resolves (then every file read counts as applied).
     pub applied_files: Option<HashSet<PathBuf>>,
@@ -158,6 +161,7 @@ pub(super) fn build(
     let folders = Folders::new(files);
     let mut parents: Vec<Vec<usize>> = vec![Vec::new(); count];
     let mut applied_files = None;
+    let mut self_applied = Vec::new();
     // Folders some Kustomization builds, with the files of those Kustomizations: a
     // kustomization.yaml there decides what is applied.
     let mut applied_dirs: HashMap<PathBuf, Vec<PathBuf>> = HashMap::new();
@@ -182,9 +186,12 @@ pub(super) fn build(
             all_applied.extend(applied.iter().map(|f| f.to_path_buf()));
             for file in applied {
                 for &o in by_file.get(file).into_iter().flatten() {
-                    // The bootstrap Kustomization applies the folder holding itself.
+                    // The bootstrap Kustomization applies the folder holding itself: no parent of
+                    // its own.
                     if o != a.index {
                         parents[o].push(a.index);
+                    } else {
+                        self_applied.push(o);
                     }
                 }
             }
@@ -272,7 +279,7 @@ pub(super) fn build(
     }
     // Objects reached from the roots after all (applied by a root too) are applied.
     not_applied.retain(|o, _| !clusters.values().any(|m| m.contains(o)));
-    Tree { parents, clusters, not_applied, applied_files }
+    Tree { parents, clusters, not_applied, self_applied, applied_files }
 }
 
 /// Replaces `${VAR}`, `${VAR:=default}`, `${VAR:-default}` and `${VAR=default}` the way Flux's
