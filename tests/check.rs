@@ -241,6 +241,28 @@ fn a_tree_shared_by_two_clusters_is_checked_in_each() {
     assert!(f[0]["message"].as_str().unwrap().ends_with("did you mean flux-system/flux-system?"));
 }
 
+#[test]
+fn a_root_depending_on_an_app_of_the_shared_tree_that_depends_on_it_is_a_cycle() {
+    // The missed cycle of the issue: in one cluster, the root flux-system depends on an app
+    // Kustomization that already depends on it, across two files.
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(std::path::Path::new(&fixture("shared-tree")), dir.path());
+    let root = dir.path().join("clusters/staging/flux-system/gotk-sync.yaml");
+    let text = std::fs::read_to_string(&root).unwrap() + "  dependsOn:\n    - name: web\n";
+    std::fs::write(&root, text).unwrap();
+    let out = fluxgate(&["check", dir.path().to_str().unwrap(), "--format", "json"]);
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{json}");
+    let f = findings(&json);
+    assert_eq!(f.len(), 1, "only staging's root has the edge: {json}");
+    assert_eq!(f[0]["rule"], "cycle");
+    assert_eq!(
+        f[0]["cycle"],
+        serde_json::json!(["flux-system/flux-system", "flux-system/web", "flux-system/flux-system"])
+    );
+    assert!(f[0]["file"].as_str().unwrap().ends_with("clusters/staging/flux-system/gotk-sync.yaml"));
+}
+
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     for entry in std::fs::read_dir(from).unwrap().flatten() {
         let dst = to.join(entry.file_name());

@@ -97,10 +97,19 @@ fn clusters(repo: &Path) -> Vec<Vec<Target>> {
         line: l.line,
         owner: l.object.owner.clone(),
     };
-    // Objects of one real cluster only: a cycle across two clusters that `check` happens to
-    // read as one graph is no fault Flux would ever meet.
-    let groups: Vec<Vec<&Loaded>> =
+    // Each cluster on its own; and when every cluster forms one graph (`check` then reads them
+    // as one), also all of them together, on keys written once (editing one of two identical
+    // definitions would make the clusters conflict, and a cycle across two clusters is no fault
+    // Flux would ever meet).
+    let mut groups: Vec<Vec<&Loaded>> =
         loaded.groups.iter().map(|c| c.members.iter().map(|&i| &loaded.objects[i]).collect()).collect();
+    if loaded.clusters.is_empty() {
+        let mut count: std::collections::HashMap<(FluxKind, &ObjectKey), usize> = Default::default();
+        for l in &loaded.objects {
+            *count.entry((l.object.kind, &l.object.key)).or_default() += 1;
+        }
+        groups.push(loaded.objects.iter().filter(|l| count[&(l.object.kind, &l.object.key)] == 1).collect());
+    }
     groups
         .into_iter()
         .map(|g| {
