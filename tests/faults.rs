@@ -97,10 +97,10 @@ fn clusters(repo: &Path) -> Vec<Vec<Target>> {
         line: l.line,
         owner: l.object.owner.clone(),
     };
-    // Each cluster on its own; and when every cluster forms one graph (`check` then reads them
-    // as one), also all of them together, on keys written once (editing one of two identical
-    // definitions would make the clusters conflict, and a cycle across two clusters is no fault
-    // Flux would ever meet).
+    // Each cluster on its own; and when `check` reads every cluster as one graph (a subset copy
+    // without its root has one "cluster" per app folder), also all of them together, on keys
+    // written once: editing one of two identical definitions would make the clusters conflict
+    // and be checked one by one.
     let mut groups: Vec<Vec<&Loaded>> =
         loaded.groups.iter().map(|c| c.members.iter().map(|&i| &loaded.objects[i]).collect()).collect();
     if loaded.clusters.is_empty() {
@@ -170,6 +170,7 @@ fn plan<'a>(
     rng: &mut Rng,
     cluster: &'a [Target],
     names: &HashSet<String>,
+    keys: &HashSet<(FluxKind, ObjectKey)>,
 ) -> Option<(Vec<Edit<'a>>, Expect)> {
     let edge = |t: &'a Target, to: &ObjectKey| Edit { target: t, depends_on: Some(to.clone()), wait: false };
     match fault {
@@ -193,13 +194,12 @@ fn plan<'a>(
             } else {
                 (FluxKind::HelmRelease, FluxKind::Kustomization)
             };
-            // The target's key must not also name an object of the dependent's own kind (apps
-            // often give their Kustomization and HelmRelease one name).
-            let own: HashSet<&ObjectKey> = cluster.iter().filter(|t| t.kind == from).map(|t| &t.key).collect();
+            // The target's key must not also name an object of the dependent's own kind anywhere
+            // in the repository (apps often give their Kustomization and HelmRelease one name).
             let mut pair = None;
             for _ in 0..30 {
                 if let (Some(a), Some(b)) = (pick(rng, cluster, from, 1), pick(rng, cluster, to, 1))
-                    && !own.contains(&b[0].key)
+                    && !keys.contains(&(from, b[0].key.clone()))
                     && a[0].file != b[0].file
                 {
                     pair = Some((a[0], b[0]));
@@ -322,6 +322,7 @@ fn run_repo(repo: &Path, seed: u64, rounds: usize, failures: &mut Vec<String>) -
     let baseline: HashSet<String> = baseline.findings.iter().map(|f| f.finding.message.clone()).collect();
     let clusters = clusters(&work);
     let names: HashSet<String> = clusters.iter().flatten().map(|t| t.key.name.clone()).collect();
+    let keys: HashSet<(FluxKind, ObjectKey)> = clusters.iter().flatten().map(|t| (t.kind, t.key.clone())).collect();
     let mut rng =
         Rng(seed ^ name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3)));
     let mut tally = Tally::new();
@@ -334,7 +335,7 @@ fn run_repo(repo: &Path, seed: u64, rounds: usize, failures: &mut Vec<String>) -
             let mut planned = None;
             for _ in 0..20 {
                 let cluster = &clusters[rng.below(clusters.len())];
-                if let Some(p) = plan(fault, &mut rng, cluster, &names) {
+                if let Some(p) = plan(fault, &mut rng, cluster, &names, &keys) {
                     planned = Some(p);
                     break;
                 }
