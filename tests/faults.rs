@@ -5,7 +5,7 @@
 //! Seeded and repeatable: `FLUXGATE_FAULT_SEED` (default 9) picks the objects, and
 //! `FLUXGATE_FAULT_ROUNDS` (default 1 in `cargo test`) sets the rounds of each fault per
 //! repository; `FLUXGATE_FAULT_ROUNDS=5 cargo test --release --test faults -- --nocapture` is
-//! the full-size run. Each round of each fault edits a fresh copy of the touched files and
+//! the full-size run. The corpus is `../shared/fleets`, or `$FLUXGATE_SHARED/fleets`. Each round of each fault edits a fresh copy of the touched files and
 //! prints one row per repository.
 //!
 //! The faults: a cycle of 2 and of 3 objects (each edge in a different file), a typo in a
@@ -23,14 +23,12 @@ use fluxgate::object::{FluxKind, ObjectKey};
 use fluxgate::policy::{Policy, Rule};
 use serde_json::{Value, json};
 
-/// The corpus: `../shared/fleets` beside the project (or beside the worktrees' folder), or
-/// `FLUXGATE_FLEETS`.
-fn corpus() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("FLUXGATE_FLEETS") {
-        return Some(PathBuf::from(p));
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    ["../shared/fleets", "../../shared/fleets"].iter().map(|p| root.join(p)).find(|p| p.is_dir())
+/// The corpus: `fleets/` of `../shared` beside the project, as CI lays it out, or of
+/// `FLUXGATE_SHARED` where it lies elsewhere.
+fn corpus() -> PathBuf {
+    std::env::var_os("FLUXGATE_SHARED")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"), PathBuf::from)
+        .join("fleets")
 }
 
 /// splitmix64: a small seeded generator, so a failing round can be replayed exactly.
@@ -374,14 +372,15 @@ fn run_repo(repo: &Path, seed: u64, rounds: usize, failures: &mut Vec<String>) -
 
 #[test]
 fn every_injected_fault_is_found_in_every_fleet_repository() {
-    let Some(corpus) = corpus() else {
-        eprintln!("no ../shared/fleets beside the project: fault injection skipped");
-        return;
-    };
+    let corpus = corpus();
     let seed: u64 = std::env::var("FLUXGATE_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(9);
     let rounds: usize = std::env::var("FLUXGATE_FAULT_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
-    let mut repos: Vec<PathBuf> =
-        std::fs::read_dir(&corpus).unwrap().flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    let mut repos: Vec<PathBuf> = std::fs::read_dir(&corpus)
+        .unwrap_or_else(|e| panic!("{}: {e}: the shared fleets are beside the project", corpus.display()))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
     repos.sort();
     assert!(repos.len() >= 20, "the corpus holds every fleet: {}", corpus.display());
 

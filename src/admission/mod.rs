@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use crate::cache::watch::Lookup;
 use crate::cache::{Cache, Graphs};
+use crate::live_policy::LivePolicy;
 use crate::object::{FluxKind, FluxObject, ObjectKey};
 use crate::policy::{Action, Enforcement, Policy, Rule};
 use crate::rules::{self, Finding};
@@ -127,11 +128,11 @@ fn denial_message(denials: &[String]) -> String {
     message
 }
 
-/// The webhook's state: the cache and the policy.
+/// The webhook's state: the cache and the policy in force.
 #[derive(Clone)]
 pub struct Webhook {
     pub cache: Arc<Cache>,
-    pub policy: Arc<Policy>,
+    pub policy: Arc<LivePolicy>,
     /// In cluster mode, where a dangling target is confirmed before a denial.
     pub lookup: Option<Lookup>,
 }
@@ -142,7 +143,13 @@ const MAX_LOOKUPS: usize = 10;
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Webhook {
+    /// A webhook whose policy never changes.
     pub fn new(cache: Arc<Cache>, policy: Arc<Policy>) -> Webhook {
+        Webhook::live(cache, LivePolicy::fixed(policy))
+    }
+
+    /// A webhook deciding with whatever policy `policy` has in force at each request.
+    pub fn live(cache: Arc<Cache>, policy: Arc<LivePolicy>) -> Webhook {
         Webhook { cache, policy, lookup: None }
     }
 
@@ -155,9 +162,11 @@ impl Webhook {
     /// Validates `req` and, when it is admitted for real, records the object so the next
     /// decision sees it. Check and record happen under one lock.
     pub fn validate(&self, req: &AdmissionRequest, now: Instant) -> Result<Verdict, BadRequest> {
+        // Taken before the cache lock: a reload never waits for a decision, nor a decision for it.
+        let policy = self.policy.get();
         let mut state = self.cache.lock();
         state.expire(now);
-        let verdict = validate(state.graphs_mut(), &self.policy, req)?;
+        let verdict = validate(state.graphs_mut(), &policy, req)?;
         if let Some(object) = &verdict.record {
             let replaced =
                 req.old_object.as_ref().and_then(|o| o["metadata"]["resourceVersion"].as_str()).map(str::to_string);
@@ -208,7 +217,10 @@ impl Webhook {
     /// Computes the mutating webhook's response. The cache is read (whether the object applies
     /// other Kustomizations) under its lock, for the time of one lookup.
     pub fn mutate(&self, req: &AdmissionRequest) -> Result<Response, BadRequest> {
-        let state = self.cache.lock();
-        mutate(&self.policy, state.graphs().get(FluxKind::Kustomization), req)
+        let policy = self.policy.get();
+        mutate(&policy, req, |object| {
+            let state = self.cache.lock();
+            wait_default(state.graphs().get(FluxKind::Kustomization), object, &req.namespace, &req.name)
+        })
     }
 }

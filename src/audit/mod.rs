@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::cache::Cache;
+use crate::live_policy::LivePolicy;
 use crate::object::FluxKind;
 use crate::policy::{Policy, Rule};
 use crate::rules::{self, Finding};
@@ -67,12 +68,13 @@ fn id(f: &Finding) -> FindingId {
     (f.rule, f.kind, f.object.to_string(), f.message.clone())
 }
 
-/// Runs the audit every `every`, publishing into `report`, calling `publish` with each new
+/// Runs the audit every `every` with the policy in force at each scan, publishing into
+/// `report`, calling `publish` with each new
 /// report (for metrics), and handing it to `events` (cluster mode) to post as Events. Logs a
 /// line per finding not seen in the previous scan.
 pub async fn run(
     cache: Arc<Cache>,
-    policy: Arc<Policy>,
+    policy: Arc<LivePolicy>,
     report: Arc<RwLock<Report>>,
     every: Duration,
     publish: impl Fn(&Report) + Send + 'static,
@@ -86,7 +88,7 @@ pub async fn run(
         if !cache.is_ready() {
             continue;
         }
-        let next = scan(&cache, &policy);
+        let next = scan(&cache, &policy.get());
         let ids: HashSet<FindingId> = next.findings.iter().map(id).collect();
         for f in next.findings.iter().filter(|f| !known.contains(&id(f))) {
             tracing::warn!(rule = %f.rule, kind = %f.kind, object = %f.object, action = f.action.as_str(), "audit finding: {}", f.message);

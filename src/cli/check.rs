@@ -126,6 +126,10 @@ pub fn run(args: CheckArgs) -> ExitCode {
     match args.format {
         CheckFormat::Json => println!("{}", serde_json::to_string_pretty(&out).expect("output serialises")),
         CheckFormat::Text => print!("{}", text(&out)),
+        CheckFormat::Sarif => {
+            println!("{}", serde_json::to_string_pretty(&super::ci::sarif(&out, &policy)).expect("output serialises"))
+        }
+        CheckFormat::Github => print!("{}", super::ci::github(&out, &summary(&out))),
     }
     ExitCode::from(out.exit_code())
 }
@@ -160,15 +164,22 @@ pub fn text(out: &CheckOutput) -> String {
             s.push_str(&format!("  {e}\n"));
         }
     }
+    s.push_str(&summary(out));
+    s
+}
+
+/// `N objects checked: F findings (D deny, W warn), E read errors`, then the objects not
+/// applied and the files skipped, when there are any.
+fn summary(out: &CheckOutput) -> String {
     let denies = out.findings.iter().filter(|f| f.finding.is_deny()).count();
-    s.push_str(&format!(
+    let mut s = format!(
         "{} objects checked: {} findings ({} deny, {} warn), {} read errors",
         out.objects,
         out.findings.len(),
         denies,
         out.findings.len() - denies,
-        out.errors.len(),
-    ));
+        out.errors.len()
+    );
     if !out.not_applied.is_empty() {
         s.push_str(&format!(", {} not applied", out.not_applied.len()));
     }

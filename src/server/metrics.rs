@@ -27,6 +27,12 @@ pub struct ViolationLabels {
     pub rule: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `success` or `failure`.
+    pub result: &'static str,
+}
+
 /// Every metric fluxgate exports.
 pub struct Metrics {
     registry: Registry,
@@ -35,6 +41,7 @@ pub struct Metrics {
     pub graph_objects: Family<KindLabels, Gauge>,
     pub violations: Family<ViolationLabels, Gauge>,
     pub cache_ready: Gauge,
+    pub policy_reloads: Family<ReloadLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -57,7 +64,22 @@ impl Metrics {
         registry.register("violations", "Findings of the last audit", violations.clone());
         let cache_ready = Gauge::default();
         registry.register("cache_ready", "1 once every initial list has completed", cache_ready.clone());
-        Metrics { registry, requests, duration, graph_objects, violations, cache_ready }
+        let policy_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "policy_reloads",
+            "Changes of the policy file, put in force or refused",
+            policy_reloads.clone(),
+        );
+        for result in ["success", "failure"] {
+            drop(policy_reloads.get_or_create(&ReloadLabels { result }));
+        }
+        Metrics { registry, requests, duration, graph_objects, violations, cache_ready, policy_reloads }
+    }
+
+    /// Counts a reload of the policy file: `loaded` true when the new policy is in force.
+    pub fn count_policy_reload(&self, loaded: bool) {
+        let result = if loaded { "success" } else { "failure" };
+        self.policy_reloads.get_or_create(&ReloadLabels { result }).inc();
     }
 
     /// The exposition text.

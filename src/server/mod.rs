@@ -233,9 +233,17 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
         .into_response()
 }
 
+/// `/report`: the last audit and the policy in force now.
+#[derive(serde::Serialize)]
+struct ReportWithPolicy {
+    policy: crate::live_policy::InForce,
+    #[serde(flatten)]
+    report: Report,
+}
+
 async fn report(State(app): State<Arc<App>>) -> Response {
     let report = app.report.read().unwrap_or_else(|p| p.into_inner()).clone();
-    axum::Json(report).into_response()
+    axum::Json(ReportWithPolicy { policy: app.webhook.policy.in_force().as_ref().clone(), report }).into_response()
 }
 
 /// Publishes an audit report into the violation gauges.
