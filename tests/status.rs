@@ -302,6 +302,8 @@ async fn dependency_blocked_events_name_each_root_once_after_the_blocked_time() 
     assert!(on("tenant")[0].contains("cycle: flux-system/loop-a -> flux-system/loop-b -> flux-system/loop-a"));
     assert_eq!(on("podinfo").len(), 1);
     assert_eq!(events[0]["metadata"]["namespace"], events[0]["regarding"]["namespace"]);
+    // With the object's uid, or `kubectl describe` does not show them.
+    assert!(events.iter().all(|e| e["regarding"]["uid"].as_str().is_some_and(|u| u.starts_with("7d1c0e3a-"))));
     // Once per root while it lasts.
     assert_eq!(publisher.publish_blocked(&report, at("2026-11-26T09:40:00Z")).await, 0);
     assert_eq!(fake.events().len(), 11);

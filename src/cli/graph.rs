@@ -185,6 +185,7 @@ fn kind_report(view: &GraphView) -> KindReport {
                 .filter(|e| e.from == n.id && e.kind == "dependsOn")
                 .map(|e| key(&e.to))
                 .collect(),
+            uid: None,
         })
         .collect();
     KindReport {

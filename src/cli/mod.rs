@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-pub use check::{CheckOutput, check_paths};
+pub use check::{CheckOutput, check_paths, check_paths_with};
 pub use ci::{github, sarif};
 pub use graph::{GraphFormat, render_graph};
 pub use status::{Color, StatusFormat, render_status, render_why};
@@ -110,6 +110,10 @@ pub struct CheckArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: CheckFormat,
+    /// Also check the objects no cluster applies (disabled or archived apps), each against the
+    /// cluster it would join.
+    #[arg(long)]
+    pub include_unapplied: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::{
     Finding, HintReach, chain_message, count_targets, cross_namespace_message, cycle_message, dangling_message,
-    duplicate_message,
+    duplicate_message, unreadable_message,
 };
 use crate::graph::{Graph, NodeId};
 use crate::object::{FluxObject, ObjectKey};
@@ -30,9 +30,21 @@ pub fn evaluate_upsert(
     new: &Arc<FluxObject>,
     old: Option<&FluxObject>,
 ) -> Vec<Finding> {
+    evaluate_upsert_with(graph, None, policy, new, old)
+}
+
+/// [`evaluate_upsert`] knowing the graph of the other kind, `other`: a dangling target that
+/// exists as the other kind gets the hint that says so.
+pub fn evaluate_upsert_with(
+    graph: &mut Graph,
+    other: Option<&Graph>,
+    policy: &Policy,
+    new: &Arc<FluxObject>,
+    old: Option<&FluxObject>,
+) -> Vec<Finding> {
     let previous = graph.upsert(new.clone());
     let x = graph.id(&new.key).expect("the candidate was just inserted");
-    let mut ctx = Ctx { graph, policy, object: new, findings: Vec::new() };
+    let mut ctx = Ctx { graph, other, policy, object: new, findings: Vec::new() };
 
     ctx.cycles(x, old);
     ctx.targets(x, old);
@@ -59,6 +71,16 @@ pub fn evaluate_upsert(
         });
     }
     findings
+}
+
+/// Whether putting `new` in place of `old` gives the graph an edge it did not have (see
+/// [`new_edges`]). The graph is unchanged afterwards.
+pub fn adds_edges(graph: &mut Graph, new: &Arc<FluxObject>, old: Option<&FluxObject>) -> bool {
+    let previous = graph.upsert(new.clone());
+    let x = graph.id(&new.key).expect("the candidate was just inserted");
+    let (out, incoming) = new_edges(graph, x, old);
+    graph.restore(&new.key, previous);
+    !out.is_empty() || !incoming.is_empty()
 }
 
 /// Findings for a DELETE of `key`: the objects that depend on it would wait forever.
@@ -93,6 +115,7 @@ pub fn evaluate_delete(graph: &Graph, policy: &Policy, key: &ObjectKey) -> Vec<F
 
 struct Ctx<'a> {
     graph: &'a Graph,
+    other: Option<&'a Graph>,
     policy: &'a Policy,
     object: &'a FluxObject,
     findings: Vec<Finding>,
@@ -219,7 +242,7 @@ impl Ctx<'_> {
                 // nobody will read to the end does not need them.
                 hinted += 1;
                 let reach = if hinted <= MAX_HINTS { Some(HintReach::Indexed) } else { None };
-                let msg = dangling_message(g, &object.key, target, reach);
+                let msg = dangling_message(g, self.other, &object.key, target, reach);
                 self.push(Rule::DanglingDependsOn, action, Some(target.clone()), None, msg);
             }
 
@@ -228,6 +251,15 @@ impl Ctx<'_> {
                 let msg = cross_namespace_message(&object.key, target);
                 self.push(Rule::CrossNamespaceDependsOn, action, Some(target.clone()), None, msg);
             }
+        }
+        for problem in &object.unreadable_depends_on {
+            let introduced = old.is_none_or(|o| !o.unreadable_depends_on.contains(problem));
+            let mut action = self.action(Rule::DanglingDependsOn, introduced);
+            if object.has_owner_labels() && action == Action::Deny {
+                action = Action::Warn;
+            }
+            let msg = unreadable_message(&object.key, problem);
+            self.push(Rule::DanglingDependsOn, action, None, None, msg);
         }
     }
 

@@ -325,6 +325,9 @@ pub struct ObjectReport {
     /// The object's explicit dependencies.
     #[serde(rename = "dependsOn", skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<ObjectKey>,
+    /// `metadata.uid`, for Events about the object (not shown).
+    #[serde(skip)]
+    pub uid: Option<String>,
 }
 
 impl ObjectReport {
@@ -508,6 +511,7 @@ pub fn analyze(
                 in_cycle: cycle_of.contains_key(&id),
                 roots,
                 depends_on: graph.deps(id).iter().map(|&d| graph.key(d).clone()).collect(),
+                uid: graph.object(id).and_then(|o| o.uid.clone()),
             }
         })
         .collect();
