@@ -7,6 +7,10 @@
 //! the kustomize `kustomization.yaml` that includes the file. The loader follows `resources:`
 //! from every kustomization that no other kustomization includes (a build root) and gives each
 //! file the namespace kustomize would: the outermost `namespace:` on the way down wins.
+//!
+//! Only what Flux would apply is checked: files of Helm chart folders and helmfiles are not
+//! manifests, and a file that does not parse is an error only inside an applied tree or when it
+//! names a Flux API group (elsewhere it is a template of some other tool, skipped and counted).
 
 mod resource_set;
 mod tree;
