@@ -3,15 +3,16 @@
 
 pub mod events;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
 use crate::cache::Cache;
+use crate::graph::Graph;
 use crate::live_policy::LivePolicy;
-use crate::object::FluxKind;
+use crate::object::{FluxKind, ObjectKey};
 use crate::policy::{Policy, Rule};
 use crate::rules::{self, Finding};
 
@@ -23,6 +24,9 @@ pub struct Report {
     pub generated_at: u64,
     pub objects: Objects,
     pub findings: Vec<Finding>,
+    /// The uid of each object a finding names, where the cache knows it (for Events).
+    #[serde(skip)]
+    pub uids: HashMap<(FluxKind, ObjectKey), String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -33,21 +37,41 @@ pub struct Objects {
     pub helm_releases: usize,
 }
 
-/// Scans the cache now.
+/// Scans the cache now. The cache lock is held only to copy out the objects (pointer copies,
+/// no graph work); the graphs are rebuilt and scanned afterwards, so admission never waits
+/// for an audit. Blocking work: call it off the async runtime.
 pub fn scan(cache: &Cache, policy: &Policy) -> Report {
-    let state = cache.lock();
+    let snapshot = cache.lock().snapshot();
     let mut findings = Vec::new();
+    let mut counts = [0; 2];
+    let mut uids = HashMap::new();
+    let graphs: Vec<Graph> = FluxKind::ALL
+        .into_iter()
+        .zip(snapshot)
+        .map(|(kind, objects)| {
+            let mut graph = Graph::new(kind);
+            for object in objects {
+                graph.upsert(object);
+            }
+            graph
+        })
+        .collect();
     for kind in FluxKind::ALL {
-        let other = state.graphs().get(kind.other());
-        findings.extend(rules::audit_with(state.graphs().get(kind), Some(other), policy));
+        let graph = &graphs[kind.index()];
+        counts[kind.index()] = graph.len();
+        let found = rules::audit_with(graph, Some(&graphs[kind.other().index()]), policy);
+        for f in &found {
+            for key in std::iter::once(&f.object).chain(f.cycle.iter().flatten()) {
+                if let Some(uid) = graph.get(key).and_then(|o| o.uid.clone()) {
+                    uids.insert((kind, key.clone()), uid);
+                }
+            }
+        }
+        findings.extend(found);
     }
-    let objects = Objects {
-        kustomizations: state.graphs().get(FluxKind::Kustomization).len(),
-        helm_releases: state.graphs().get(FluxKind::HelmRelease).len(),
-    };
-    drop(state);
+    let objects = Objects { kustomizations: counts[0], helm_releases: counts[1] };
     let generated_at = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    Report { generated_at, objects, findings }
+    Report { generated_at, objects, findings, uids }
 }
 
 /// Counts of findings by kind and rule.
@@ -88,7 +112,11 @@ pub async fn run(
         if !cache.is_ready() {
             continue;
         }
-        let next = scan(&cache, &policy.get());
+        let (c, p) = (cache.clone(), policy.get());
+        let Ok(next) = tokio::task::spawn_blocking(move || scan(&c, &p)).await else {
+            tracing::error!("the audit panicked; trying again at the next interval");
+            continue;
+        };
         let ids: HashSet<FindingId> = next.findings.iter().map(id).collect();
         for f in next.findings.iter().filter(|f| !known.contains(&id(f))) {
             tracing::warn!(rule = %f.rule, kind = %f.kind, object = %f.object, action = f.action.as_str(), "audit finding: {}", f.message);

@@ -6,6 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -41,6 +42,9 @@ pub struct Metrics {
     pub graph_objects: Family<KindLabels, Gauge>,
     pub violations: Family<ViolationLabels, Gauge>,
     pub cache_ready: Gauge,
+    pub watch_current: Family<KindLabels, Gauge>,
+    pub relists_in_progress: Family<KindLabels, Gauge>,
+    pub last_seen_age: Family<KindLabels, Gauge<f64, AtomicU64>>,
     pub policy_reloads: Family<ReloadLabels, Counter>,
 }
 
@@ -63,7 +67,25 @@ impl Metrics {
         let violations = Family::<ViolationLabels, Gauge>::default();
         registry.register("violations", "Findings of the last audit", violations.clone());
         let cache_ready = Gauge::default();
-        registry.register("cache_ready", "1 once every initial list has completed", cache_ready.clone());
+        registry.register(
+            "cache_ready",
+            "1 while every kind is listed and its watch is current (what /readyz reports)",
+            cache_ready.clone(),
+        );
+        let watch_current = Family::<KindLabels, Gauge>::default();
+        registry.register("watch_current", "1 while the kind's list/watch is current", watch_current.clone());
+        let relists_in_progress = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "relists_in_progress",
+            "1 while a list of the kind is under way",
+            relists_in_progress.clone(),
+        );
+        let last_seen_age = Family::<KindLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "watch_last_event_age_seconds",
+            "Seconds since the kind's source last delivered a list, an event or a bookmark",
+            last_seen_age.clone(),
+        );
         let policy_reloads = Family::<ReloadLabels, Counter>::default();
         registry.register(
             "policy_reloads",
@@ -73,7 +95,18 @@ impl Metrics {
         for result in ["success", "failure"] {
             drop(policy_reloads.get_or_create(&ReloadLabels { result }));
         }
-        Metrics { registry, requests, duration, graph_objects, violations, cache_ready, policy_reloads }
+        Metrics {
+            registry,
+            requests,
+            duration,
+            graph_objects,
+            violations,
+            cache_ready,
+            watch_current,
+            relists_in_progress,
+            last_seen_age,
+            policy_reloads,
+        }
     }
 
     /// Counts a reload of the policy file: `loaded` true when the new policy is in force.
