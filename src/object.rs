@@ -110,6 +110,13 @@ pub struct FluxObject {
     pub depends_on: Vec<ObjectKey>,
     /// `spec.wait` (Kustomizations only).
     pub wait: bool,
+    /// `spec.wait: true` is set but no field manager owns it: the object has
+    /// `metadata.managedFields` and none of them lists `spec.wait`. That is a value a mutating
+    /// webhook added (fluxgate's own `wait` default), not one the applier sent. Such a wait is
+    /// fluxgate's to withdraw (see the mutating webhook), so it is never held against another
+    /// object: it draws no wait edge. An object without managedFields (a manifest from Git, a
+    /// test) owns what it says.
+    pub wait_unowned: bool,
     /// `spec.healthChecks` entries that name a Kustomization: the object waits for each of them.
     pub health_check_kustomizations: Vec<ObjectKey>,
     /// The parent Kustomization named by Flux's owner labels, if both are present.
@@ -133,7 +140,15 @@ impl FluxObject {
     /// An object with these `dependsOn` targets and nothing else: no wait, no health checks,
     /// no owner.
     pub fn new(kind: FluxKind, key: ObjectKey, depends_on: Vec<ObjectKey>) -> FluxObject {
-        FluxObject { kind, key, depends_on, wait: false, health_check_kustomizations: Vec::new(), owner: None }
+        FluxObject {
+            kind,
+            key,
+            depends_on,
+            wait: false,
+            wait_unowned: false,
+            health_check_kustomizations: Vec::new(),
+            owner: None,
+        }
     }
 
     /// Reads an object of `kind` from its JSON form (an admission request's `object`, a watch
@@ -190,7 +205,7 @@ impl FluxObject {
             if let Some(list) = field("healthChecks") {
                 let list = list.as_array().ok_or_else(|| bad("spec.healthChecks", "a list"))?;
                 for entry in list {
-                    if let Some(target) = health_check_target(entry, namespace) {
+                    if let Some(target) = health_check_target(entry) {
                         health_check_kustomizations.push(target);
                     }
                 }
@@ -203,7 +218,9 @@ impl FluxObject {
             (!name.is_empty() && !ns.is_empty()).then(|| ObjectKey::new(ns, name))
         });
 
-        Ok(FluxObject { kind, key, depends_on, wait, health_check_kustomizations, owner })
+        let wait_unowned = wait && metadata.is_some_and(|m| field_is_unowned(m, &["spec", "wait"]));
+
+        Ok(FluxObject { kind, key, depends_on, wait, wait_unowned, health_check_kustomizations, owner })
     }
 
     /// Whether Flux's owner labels mark this object as applied by a parent Kustomization.
@@ -212,23 +229,38 @@ impl FluxObject {
     }
 }
 
-/// A `spec.healthChecks` entry that names a Flux Kustomization, resolved to its key. An entry
-/// without a namespace is read as the checking Kustomization's own namespace.
-fn health_check_target(entry: &Value, namespace: &str) -> Option<ObjectKey> {
+/// A `spec.healthChecks` entry that names a Flux Kustomization, resolved to its key, read the
+/// way kustomize-controller reads it (`inventory.ReferenceToObjMetadataSet`):
+/// - an entry without `apiVersion` is taken as `apps/v1`, so it never names a Flux
+///   Kustomization;
+/// - an entry without `namespace` is looked up with an empty namespace, which finds no
+///   namespaced object: the health check can never pass, but it waits for no Kustomization.
+fn health_check_target(entry: &Value) -> Option<ObjectKey> {
     let kind = entry.get("kind")?.as_str()?;
-    let group = entry
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .map(|v| v.split_once('/').map_or("", |(g, _)| g))
-        // Without an apiVersion the API server's preferred version of the kind is used, and the
-        // only kind named Kustomization served by a cluster is Flux's.
-        .unwrap_or(KUSTOMIZE_GROUP);
+    let api_version = entry.get("apiVersion").and_then(Value::as_str).filter(|v| !v.is_empty())?;
+    let group = api_version.split_once('/').map_or("", |(g, _)| g);
     if FluxKind::from_group_kind(group, kind) != Some(FluxKind::Kustomization) {
         return None;
     }
     let name = entry.get("name")?.as_str().filter(|n| !n.is_empty())?;
-    let ns = entry.get("namespace").and_then(Value::as_str).filter(|n| !n.is_empty()).unwrap_or(namespace);
+    let ns = entry.get("namespace")?.as_str().filter(|n| !n.is_empty())?;
     Some(ObjectKey::new(ns, name))
+}
+
+/// Whether `metadata.managedFields` is present and no entry owns the field at `path`
+/// (`["spec", "wait"]` is `f:spec` -> `f:wait` in `fieldsV1`). Without managedFields nothing is
+/// known about ownership, and the answer is `false`.
+pub fn field_is_unowned(metadata: &Value, path: &[&str]) -> bool {
+    let Some(entries) = metadata.get("managedFields").and_then(Value::as_array).filter(|e| !e.is_empty()) else {
+        return false;
+    };
+    !entries.iter().any(|entry| {
+        let mut node = entry.get("fieldsV1");
+        for segment in path {
+            node = node.and_then(|n| n.get(format!("f:{segment}")));
+        }
+        node.is_some()
+    })
 }
 
 /// The Flux kind of a manifest or request object, from its `apiVersion` and `kind` fields;
@@ -258,14 +290,44 @@ mod tests {
     }
 
     #[test]
-    fn health_checks_keep_only_kustomizations() {
+    fn health_checks_keep_only_flux_kustomizations_as_flux_resolves_them() {
         let v = json!({"metadata": {"name": "p"}, "spec": {"healthChecks": [
             {"apiVersion": "apps/v1", "kind": "Deployment", "name": "d", "namespace": "x"},
-            {"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization", "name": "c"},
-            {"kind": "Kustomization", "name": "e", "namespace": "other"}
+            {"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization", "name": "c", "namespace": "ns"},
+            {"apiVersion": "kustomize.toolkit.fluxcd.io/v1beta2", "kind": "Kustomization", "name": "e", "namespace": "other"},
+            // Flux reads a missing apiVersion as apps/v1: not a Flux Kustomization.
+            {"kind": "Kustomization", "name": "f", "namespace": "other"},
+            // Flux looks a missing namespace up as "", which finds nothing: no wait on ns/g.
+            {"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization", "name": "g"}
         ]}});
         let o = FluxObject::from_value(FluxKind::Kustomization, &v, "ns", "").unwrap();
         assert_eq!(o.health_check_kustomizations, vec![ObjectKey::new("ns", "c"), ObjectKey::new("other", "e")]);
+    }
+
+    fn managed(fields_v1: Value) -> Value {
+        json!([
+            {"manager": "kustomize-controller", "operation": "Apply", "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+             "fieldsType": "FieldsV1", "fieldsV1": fields_v1},
+            {"manager": "kustomize-controller", "operation": "Update", "subresource": "status",
+             "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {"f:conditions": {}}}}
+        ])
+    }
+
+    #[test]
+    fn a_wait_no_field_manager_owns_is_unowned() {
+        let spec = json!({"wait": true, "interval": "10m"});
+        let unowned = json!({"metadata": {"name": "a", "managedFields": managed(json!({"f:spec": {"f:interval": {}}}))}, "spec": spec});
+        let o = FluxObject::from_value(FluxKind::Kustomization, &unowned, "ns", "").unwrap();
+        assert!(o.wait && o.wait_unowned);
+
+        let owned = json!({"metadata": {"name": "a", "managedFields": managed(json!({"f:spec": {"f:interval": {}, "f:wait": {}}}))}, "spec": spec});
+        let o = FluxObject::from_value(FluxKind::Kustomization, &owned, "ns", "").unwrap();
+        assert!(o.wait && !o.wait_unowned);
+
+        // Nothing is known without managedFields: the object owns what it says.
+        let bare = json!({"metadata": {"name": "a"}, "spec": spec});
+        let o = FluxObject::from_value(FluxKind::Kustomization, &bare, "ns", "").unwrap();
+        assert!(o.wait && !o.wait_unowned);
     }
 
     #[test]

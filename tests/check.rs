@@ -173,3 +173,43 @@ fn names_built_by_the_parents_post_build_substitution_resolve() {
     let (code, json) = check_json("substitution");
     assert_eq!(code, 0, "0-${{CLUSTER_NAME}}-config is 0-prod-config, ${{CACHE_NAME:=redis}} is redis: {json}");
 }
+
+#[test]
+fn the_self_managed_root_with_children_depending_on_it_is_no_cycle() {
+    // The root applies itself (spec.path holds its own file) and the children that depend on it;
+    // a Kustomization never waits for itself, and nothing here has a wait on a dependent.
+    let (code, json) = check_json("bootstrap");
+    assert_eq!(code, 0, "{json}");
+    assert_eq!(json["objects"], 4);
+    assert!(findings(&json).is_empty(), "{json}");
+    let graph = fluxgate(&["graph", &fixture("bootstrap"), "--format", "json"]);
+    assert!(graph.status.success());
+    let g: Value = serde_json::from_slice(&graph.stdout).unwrap();
+    assert_eq!(g["cycles"], serde_json::json!([]), "{g}");
+    let edges = g["edges"].as_array().unwrap();
+    assert!(edges.iter().all(|e| e["from"] != e["to"]), "no edge from an object to itself: {g}");
+    // `infrastructure` waits for what it applies (a Namespace), not for any Kustomization.
+    assert!(edges.iter().all(|e| e["kind"] != "wait"), "{g}");
+}
+
+#[test]
+fn a_root_waiting_for_children_that_depend_on_it_is_a_deadlock() {
+    // The same tree with `wait: true` on the root in Git: kustomize-controller really deadlocks.
+    let (code, json) = check_json("bootstrap-root-wait");
+    assert_eq!(code, 1, "{json}");
+    let f = findings(&json);
+    assert!(!f.is_empty() && f.iter().all(|f| f["rule"] == "cycle"), "{json}");
+    let cycles: Vec<&Value> = f.iter().map(|f| &f["cycle"]).collect();
+    assert!(
+        cycles.iter().all(|c| c.as_array().unwrap().iter().any(|k| k == "flux-system/flux-system")),
+        "every cycle goes through the root: {json}"
+    );
+    assert!(
+        f.iter().all(|f| f["message"]
+            .as_str()
+            .unwrap()
+            .contains("flux-system/flux-system has spec.wait: true and applies it")),
+        "{json}"
+    );
+    assert!(!f.iter().any(|f| f["cycle"] == serde_json::json!(["flux-system/flux-system", "flux-system/flux-system"])));
+}

@@ -42,10 +42,15 @@ async fn mutate_to_fixpoint(h: &Harness, object: &Value) -> Value {
     mutated
 }
 
+/// A leaf: a Kustomization applied by the root that applies no Kustomization itself.
+fn leaf(name: &str, deps: &[&str]) -> Value {
+    owned_by(ks(F, name, deps), "flux-system/flux-system")
+}
+
 #[tokio::test]
 async fn kustomization_gets_wait_and_timeout_as_a_base64_json_patch() {
     let h = Harness::new(Policy::default(), &[]);
-    let ops = patch_of(&h.mutate(&create(&ks(F, "apps", &[]))).await).unwrap();
+    let ops = patch_of(&h.mutate(&create(&leaf("apps", &[]))).await).unwrap();
     assert_eq!(
         ops,
         vec![
@@ -56,9 +61,22 @@ async fn kustomization_gets_wait_and_timeout_as_a_base64_json_patch() {
 }
 
 #[tokio::test]
+async fn roots_and_parents_get_no_wait_default() {
+    // A root (nothing applies it) and a parent (it applies Kustomizations) would wait for every
+    // app they apply: one failing app would fail the root, and an app depending on it deadlocks.
+    let child = owned_by(ks("apps", "web", &[]), "flux-system/apps");
+    let h = Harness::new(Policy::default(), &[child]);
+    let timeout_only = vec![json!({"op": "add", "path": "/spec/timeout", "value": "5m"})];
+    assert_eq!(patch_of(&h.mutate(&create(&ks(F, "flux-system", &[]))).await).unwrap(), timeout_only);
+    let self_managed = owned_by(ks(F, "flux-system", &[]), "flux-system/flux-system");
+    assert_eq!(patch_of(&h.mutate(&create(&self_managed)).await).unwrap(), timeout_only);
+    assert_eq!(patch_of(&h.mutate(&create(&leaf("apps", &[]))).await).unwrap(), timeout_only);
+}
+
+#[tokio::test]
 async fn mutation_is_idempotent() {
     let h = Harness::new(Policy::default(), &[]);
-    let mutated = mutate_to_fixpoint(&h, &ks(F, "apps", &["infra"])).await;
+    let mutated = mutate_to_fixpoint(&h, &leaf("apps", &["infra"])).await;
     assert_eq!(mutated["spec"]["wait"], true);
     assert_eq!(mutated["spec"]["timeout"], "5m");
 }
@@ -67,11 +85,11 @@ async fn mutation_is_idempotent() {
 async fn wait_is_not_added_when_health_checks_are_set() {
     let h = Harness::new(Policy::default(), &[]);
     let checks = json!([{ "apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "namespace": "web" }]);
-    let ops = patch_of(&h.mutate(&create(&with(ks(F, "apps", &[]), "healthChecks", checks))).await).unwrap();
+    let ops = patch_of(&h.mutate(&create(&with(leaf("apps", &[]), "healthChecks", checks))).await).unwrap();
     assert_eq!(ops, vec![json!({"op": "add", "path": "/spec/timeout", "value": "5m"})]);
 
     let exprs = json!([{ "apiVersion": "example.com/v1", "kind": "Thing", "current": "status.ready == true" }]);
-    let ops = patch_of(&h.mutate(&create(&with(ks(F, "apps", &[]), "healthCheckExprs", exprs))).await).unwrap();
+    let ops = patch_of(&h.mutate(&create(&with(leaf("apps", &[]), "healthCheckExprs", exprs))).await).unwrap();
     assert_eq!(ops, vec![json!({"op": "add", "path": "/spec/timeout", "value": "5m"})]);
 }
 
@@ -199,11 +217,12 @@ async fn mutated_objects_validate_against_the_real_crd_schemas() {
         for doc in fluxgate::manifests::split_documents(&text) {
             let mut v: Value = serde_saphyr::from_str(doc.text).unwrap();
             v["metadata"]["namespace"] = json!(F);
-            objects.push(v);
+            // Applied by the root, so the `wait` default applies too.
+            objects.push(owned_by(v, "flux-system/flux-system"));
         }
     }
     assert_eq!(objects.len(), loaded.objects.len());
-    objects.push(with(ks(F, "checked", &[]), "healthChecks", json!([{ "kind": "Deployment", "name": "web" }])));
+    objects.push(with(leaf("checked", &[]), "healthChecks", json!([{ "kind": "Deployment", "name": "web" }])));
     objects.push(hr(F, "podinfo", &["cert-manager"]));
 
     for object in &objects {

@@ -25,24 +25,25 @@ fn key(i: u8) -> Key {
 
 #[derive(Debug, Clone)]
 enum Edit {
-    Upsert { key: u8, deps: Vec<u8>, wait: bool, owner: Option<u8>, health: Vec<u8> },
+    Upsert { key: u8, deps: Vec<u8>, wait: bool, wait_unowned: bool, owner: Option<u8>, health: Vec<u8> },
     Delete { key: u8 },
 }
 
 fn edit() -> impl Strategy<Value = Edit> {
     prop_oneof![
-        5 => (0u8..10, prop::collection::vec(0u8..10, 0..4), any::<bool>(), prop::option::weighted(0.4, 0u8..10), prop::collection::vec(0u8..10, 0..2))
-            .prop_map(|(key, deps, wait, owner, health)| Edit::Upsert { key, deps, wait, owner, health }),
+        5 => (0u8..10, prop::collection::vec(0u8..10, 0..4), any::<bool>(), prop::bool::weighted(0.2), prop::option::weighted(0.4, 0u8..10), prop::collection::vec(0u8..10, 0..2))
+            .prop_map(|(key, deps, wait, wait_unowned, owner, health)| Edit::Upsert { key, deps, wait, wait_unowned: wait && wait_unowned, owner, health }),
         1 => (0u8..10).prop_map(|key| Edit::Delete { key }),
     ]
 }
 
-fn object(key_id: u8, deps: &[u8], wait: bool, owner: Option<u8>, health: &[u8]) -> FluxObject {
+fn object(key_id: u8, deps: &[u8], wait: bool, wait_unowned: bool, owner: Option<u8>, health: &[u8]) -> FluxObject {
     FluxObject {
         kind: FluxKind::Kustomization,
         key: key(key_id),
         depends_on: deps.iter().map(|&d| key(d)).collect(),
         wait,
+        wait_unowned,
         health_check_kustomizations: health.iter().map(|&h| key(h)).collect(),
         owner: owner.map(key),
     }
@@ -55,12 +56,16 @@ fn oracle_edges(objects: &BTreeMap<Key, FluxObject>) -> Edges {
         for d in &o.depends_on {
             edges.insert((o.key.clone(), d.clone()));
         }
+        // A Kustomization never waits for itself, and a wait no field manager owns (fluxgate's
+        // own default) waits for nothing.
         if o.wait {
-            for c in objects.values().filter(|c| c.owner.as_ref() == Some(&o.key)) {
-                edges.insert((o.key.clone(), c.key.clone()));
+            if !o.wait_unowned {
+                for c in objects.values().filter(|c| c.owner.as_ref() == Some(&o.key) && c.key != o.key) {
+                    edges.insert((o.key.clone(), c.key.clone()));
+                }
             }
         } else {
-            for h in &o.health_check_kustomizations {
+            for h in o.health_check_kustomizations.iter().filter(|h| **h != o.key) {
                 edges.insert((o.key.clone(), h.clone()));
             }
         }
@@ -102,8 +107,8 @@ fn run(edits: Vec<Edit>) -> Result<(), TestCaseError> {
     let mut objects: BTreeMap<Key, FluxObject> = BTreeMap::new();
     for e in edits {
         match e {
-            Edit::Upsert { key: k, deps, wait, owner, health } => {
-                let new = object(k, &deps, wait, owner, &health);
+            Edit::Upsert { key: k, deps, wait, wait_unowned, owner, health } => {
+                let new = object(k, &deps, wait, wait_unowned, owner, &health);
                 let x = new.key.clone();
                 let old = objects.get(&x).cloned();
                 let before = oracle_edges(&objects);

@@ -7,7 +7,7 @@
 mod mutate;
 mod review;
 
-pub use mutate::mutate;
+pub use mutate::{WaitDefault, default_patch, mutate, wait_default};
 pub use review::{
     AdmissionRequest, AdmissionReview, BadRequest, GroupVersionKind, MAX_WARNING_CHARS, MAX_WARNINGS_TOTAL, Operation,
     Response, fit_warnings, shorten,
@@ -205,8 +205,10 @@ impl Webhook {
         self.validate(req, now)
     }
 
-    /// Computes the mutating webhook's response.
+    /// Computes the mutating webhook's response. The cache is read (whether the object applies
+    /// other Kustomizations) under its lock, for the time of one lookup.
     pub fn mutate(&self, req: &AdmissionRequest) -> Result<Response, BadRequest> {
-        mutate(&self.policy, req)
+        let state = self.cache.lock();
+        mutate(&self.policy, state.graphs().get(FluxKind::Kustomization), req)
     }
 }

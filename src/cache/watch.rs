@@ -67,13 +67,14 @@ async fn served_resource(client: &kube::Client, kind: FluxKind) -> Result<Option
 }
 
 /// Reads a watched object into what the cache keeps, with its resourceVersion. Only the
-/// fields the rules need are looked at; managedFields and status are never copied.
+/// fields the rules need are looked at (managedFields only to learn whether `spec.wait` is
+/// owned); status is never copied.
 pub fn read_object(kind: FluxKind, object: &DynamicObject) -> Result<(FluxObject, Option<String>), String> {
     let meta = &object.metadata;
     let name = meta.name.as_deref().unwrap_or_default();
     let namespace = meta.namespace.as_deref().unwrap_or_default();
     let slim = json!({
-        "metadata": { "name": name, "labels": meta.labels },
+        "metadata": { "name": name, "labels": meta.labels, "managedFields": meta.managed_fields },
         "spec": object.data.get("spec").cloned().unwrap_or(Value::Null),
     });
     let parsed =

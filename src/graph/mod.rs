@@ -8,7 +8,11 @@
 //! - `dependsOn`: written in the dependent's `spec.dependsOn`;
 //! - `wait`: a Kustomization with `spec.wait: true` waits for every Kustomization it applied
 //!   (its children, found by Flux's owner labels), and one without `wait` waits for the
-//!   Kustomizations named in its `spec.healthChecks`.
+//!   Kustomizations named in its `spec.healthChecks`. As in kustomize-controller's health check,
+//!   a Kustomization never waits for itself: the bootstrap `flux-system` Kustomization applies
+//!   itself (its owner labels name itself), and that is no edge. A `wait: true` that no field
+//!   manager owns is fluxgate's own default, which the mutating webhook withdraws where it is
+//!   not wanted; it draws no edge (a default never causes a denial).
 //!
 //! Every update costs the degree of the nodes it touches, never a rebuild, so the admission path
 //! can apply a candidate object, search from it, and put the old one back.
@@ -269,12 +273,14 @@ impl Graph {
         }
     }
 
+    /// The parent whose child `object` is. Owner labels name a Kustomization, so only the
+    /// Kustomization graph has children; an object whose labels name itself (the self-managed
+    /// bootstrap root) is nobody's child.
     fn owner_of(&self, object: Option<&FluxObject>) -> Option<ObjectKey> {
-        // Owner labels name a Kustomization; only the Kustomization graph has wait edges.
         if self.kind != FluxKind::Kustomization {
             return None;
         }
-        object.and_then(|o| o.owner.clone())
+        object.and_then(|o| o.owner.clone().filter(|owner| *owner != o.key))
     }
 
     fn relink(&mut self, id: NodeId, old: Option<&FluxObject>, new: Option<&FluxObject>) {
@@ -317,11 +323,16 @@ impl Graph {
     }
 
     fn recompute_waits(&mut self, id: NodeId) {
+        // With `wait: true` Flux ignores `spec.healthChecks`, so an unowned (defaulted) wait
+        // draws neither kind of edge.
         let mut new_waits = match self.nodes[id as usize].object.clone() {
+            Some(o) if o.wait && o.wait_unowned => Vec::new(),
             Some(o) if o.wait => self.nodes[id as usize].children.clone(),
             Some(o) => o.health_check_kustomizations.iter().map(|k| self.intern(k)).collect(),
             None => Vec::new(),
         };
+        // kustomize-controller leaves the Kustomization itself out of its health checks.
+        new_waits.retain(|&t| t != id);
         new_waits.sort_unstable();
         new_waits.dedup();
         let old_waits = std::mem::take(&mut self.nodes[id as usize].waits);
@@ -433,6 +444,42 @@ pub(crate) mod tests {
         assert_eq!(g.waits(p).len(), 1);
         g.remove(&key("f/child"));
         assert!(g.waits(p).is_empty());
+    }
+
+    #[test]
+    fn a_kustomization_never_waits_for_itself() {
+        let mut g = Graph::new(FluxKind::Kustomization);
+        let mut root = (*ks("flux-system", "flux-system", &[])).clone();
+        root.wait = true;
+        root.owner = Some(key("flux-system/flux-system"));
+        root.health_check_kustomizations = vec![key("flux-system/flux-system")];
+        g.upsert(Arc::new(root.clone()));
+        let r = g.id(&key("flux-system/flux-system")).unwrap();
+        assert!(g.waits(r).is_empty());
+        assert!(g.children(r).is_empty());
+        // Through spec.healthChecks too.
+        root.wait = false;
+        g.upsert(Arc::new(root));
+        assert!(g.waits(r).is_empty());
+    }
+
+    #[test]
+    fn an_unowned_wait_draws_no_edge() {
+        let mut g = Graph::new(FluxKind::Kustomization);
+        let mut parent = (*ks("f", "parent", &[])).clone();
+        parent.wait = true;
+        parent.wait_unowned = true;
+        g.upsert(Arc::new(parent.clone()));
+        let mut child = (*ks("f", "child", &["parent"])).clone();
+        child.owner = Some(key("f/parent"));
+        g.upsert(Arc::new(child));
+        let p = g.id(&key("f/parent")).unwrap();
+        assert_eq!(g.children(p).len(), 1);
+        assert!(g.waits(p).is_empty());
+        // The same wait, owned by a field manager, is a wait edge.
+        parent.wait_unowned = false;
+        g.upsert(Arc::new(parent));
+        assert_eq!(g.waits(p).len(), 1);
     }
 
     #[test]

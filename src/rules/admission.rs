@@ -254,16 +254,15 @@ fn new_edges(g: &Graph, x: NodeId, old: Option<&FluxObject>) -> (Vec<NodeId>, Ve
         return (out, incoming);
     };
     let old_explicit: HashSet<NodeId> = old.depends_on.iter().filter_map(|k| g.id(k)).collect();
-    let old_waits: HashSet<NodeId> = if old.wait {
-        // Children are found by their own labels, which this request does not change, except
-        // for `x` itself should it name itself as owner.
-        let mut children: HashSet<NodeId> = g.children(x).iter().copied().filter(|&c| c != x).collect();
-        if old.owner.as_ref() == Some(g.key(x)) {
-            children.insert(x);
-        }
-        children
+    // The old object's implicit out-edges, as the graph drew them: none for a wait no field
+    // manager owns, and never one to `x` itself. Children are found by their own labels, which
+    // this request does not change.
+    let old_waits: HashSet<NodeId> = if old.wait && old.wait_unowned {
+        HashSet::new()
+    } else if old.wait {
+        g.children(x).iter().copied().collect()
     } else {
-        old.health_check_kustomizations.iter().filter_map(|k| g.id(k)).collect()
+        old.health_check_kustomizations.iter().filter_map(|k| g.id(k)).filter(|&t| t != x).collect()
     };
     let out = g.out_edges(x).map(|(t, _)| t).filter(|t| !old_explicit.contains(t) && !old_waits.contains(t)).collect();
     // Explicit in-edges belong to other objects and are unchanged. A wait in-edge from the

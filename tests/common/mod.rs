@@ -73,6 +73,40 @@ pub fn owned_by(mut obj: Value, parent: &str) -> Value {
     obj
 }
 
+/// The `fieldsV1` of a server-side apply that sent `value`: every key of a mapping becomes
+/// `f:<key>`, and a list is owned whole (Flux's CRDs declare no list type, so lists are atomic).
+fn fields_v1(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (format!("f:{k}"), fields_v1(v))).collect()),
+        _ => json!({}),
+    }
+}
+
+/// `obj` as the API server stores it after a server-side apply of exactly `obj` by
+/// kustomize-controller: `metadata.managedFields` lists the fields it sent (labels and spec),
+/// plus the status entry the controller writes. A field added to the result later (by a mutating
+/// webhook) is owned by nobody.
+pub fn applied_by_flux(mut obj: Value) -> Value {
+    let mut sent = json!({ "f:spec": fields_v1(&obj["spec"]) });
+    if let Some(labels) = obj["metadata"].get("labels") {
+        sent["f:metadata"] = json!({ "f:labels": fields_v1(labels) });
+    }
+    obj["metadata"]["managedFields"] = json!([
+        {
+            "manager": "kustomize-controller", "operation": "Apply",
+            "apiVersion": obj["apiVersion"], "time": "2026-11-26T10:00:00Z",
+            "fieldsType": "FieldsV1", "fieldsV1": sent
+        },
+        {
+            "manager": "kustomize-controller", "operation": "Update", "subresource": "status",
+            "apiVersion": obj["apiVersion"], "time": "2026-11-26T10:00:05Z",
+            "fieldsType": "FieldsV1",
+            "fieldsV1": { "f:status": { "f:conditions": {}, "f:observedGeneration": {} } }
+        }
+    ]);
+    obj
+}
+
 /// `obj` with `spec.<field> = value`.
 pub fn with(mut obj: Value, field: &str, value: Value) -> Value {
     obj["spec"][field] = value;
