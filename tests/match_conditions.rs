@@ -51,13 +51,18 @@ impl Conditions {
     /// evaluation error fails the test, since under `failurePolicy: Fail` it rejects the request.
     fn sends(&self, review: &Value) -> bool {
         let request = &review["request"];
+        self.sends_parts(cel_value(request), cel_value(&request["object"]), cel_value(&request["oldObject"]))
+    }
+
+    /// [`Conditions::sends`] with the variables already converted (for loops over many pairs).
+    fn sends_parts(&self, request: cel::Value, object: cel::Value, old_object: cel::Value) -> bool {
         let mut context = cel::Context::default();
-        context.add_variable_from_value("request", cel_value(request));
-        context.add_variable_from_value("object", cel_value(&request["object"]));
-        context.add_variable_from_value("oldObject", cel_value(&request["oldObject"]));
+        context.add_variable_from_value("request", request);
+        context.add_variable_from_value("object", object);
+        context.add_variable_from_value("oldObject", old_object);
         self.0.iter().all(|(name, program)| match program.execute(&context) {
             Ok(cel::Value::Bool(b)) => b,
-            other => panic!("{name} gave {other:?} for {review}"),
+            other => panic!("{name} gave {other:?}"),
         })
     }
 }
@@ -104,7 +109,7 @@ fn reapplied(old: &Value) -> Value {
     let mut new = old.clone();
     new["metadata"]["resourceVersion"] = json!("101");
     new["metadata"]["annotations"] = json!({ "reconcile.fluxcd.io/requestedAt": "2026-11-26T10:05:00Z" });
-    if let Some(entry) = new["metadata"]["managedFields"].get_mut(0) {
+    if let Some(entry) = new["metadata"].get_mut("managedFields").and_then(|m| m.get_mut(0)) {
         entry["time"] = json!("2026-11-26T10:05:00Z");
     }
     new["status"]["lastAppliedRevision"] = json!("main@sha1:4567");
@@ -240,6 +245,10 @@ fn validation_sends_every_update_fluxgate_reads_differently() {
         }),
         Box::new(|o| o["spec"]["interval"] = json!("1h")),
         Box::new(|o| o["spec"]["suspend"] = json!(true)),
+        Box::new(|o| o["metadata"]["managedFields"][0]["fieldsV1"]["f:spec"]["f:wait"] = json!({})),
+        Box::new(|o| {
+            o["metadata"].as_object_mut().unwrap().remove("managedFields");
+        }),
     ];
     for i in 0..edits.len() {
         for j in i..edits.len() {
@@ -258,12 +267,19 @@ fn validation_sends_every_update_fluxgate_reads_differently() {
             o["spec"]["healthChecks"].clone(),
             labels["kustomize.toolkit.fluxcd.io/name"].clone(),
             labels["kustomize.toolkit.fluxcd.io/namespace"].clone(),
+            wait_unowned(o),
         )
     };
+    // The request without its objects: the expressions read only its operation and kind.
+    let mut request = update(&base, &base)["request"].clone();
+    request["object"] = Value::Null;
+    request["oldObject"] = Value::Null;
+    let request = cel_value(&request);
+    let converted: Vec<cel::Value> = variants.iter().map(cel_value).collect();
     let (mut sent, mut skipped) = (0, 0);
-    for old in &variants {
-        for new in &variants {
-            let sends = validation.sends(&update(new, old));
+    for (old, old_cel) in variants.iter().zip(&converted) {
+        for (new, new_cel) in variants.iter().zip(&converted) {
+            let sends = validation.sends_parts(request.clone(), new_cel.clone(), old_cel.clone());
             if read(old) != read(new) {
                 assert!(sends, "read differently but skipped:\nold {old}\nnew {new}");
             }
@@ -276,6 +292,18 @@ fn validation_sends_every_update_fluxgate_reads_differently() {
     assert!(sent > 0 && skipped > variants.len(), "sent {sent}, skipped {skipped}");
 }
 
+/// Whether an entry of `metadata.managedFields` owns `spec.wait`.
+fn wait_owned(o: &Value) -> bool {
+    o["metadata"]["managedFields"]
+        .as_array()
+        .is_some_and(|entries| entries.iter().any(|e| !e["fieldsV1"]["f:spec"]["f:wait"].is_null()))
+}
+
+/// Whether `spec.wait` is unowned as fluxgate reads it: managedFields set, no entry owning it.
+fn wait_unowned(o: &Value) -> bool {
+    o["metadata"]["managedFields"].as_array().is_some_and(|entries| !entries.is_empty()) && !wait_owned(o)
+}
+
 /// The policy `deploy/` ships, from its ConfigMap.
 fn shipped_policy() -> Policy {
     let config = documents("deploy/base/policy.yaml").remove(0);
@@ -283,47 +311,70 @@ fn shipped_policy() -> Policy {
 }
 
 /// Oracle: the shipped mutation expression sends an object exactly when the shipped policy
-/// would patch it, over every combination of the fields the defaults and their exceptions read.
+/// would patch it with some cache (an empty one, or one where the object is a parent), over every
+/// combination of the fields the defaults and their exceptions read.
 #[tokio::test]
-async fn mutation_sends_exactly_what_the_shipped_policy_would_patch() {
+async fn mutation_sends_exactly_what_the_shipped_policy_may_patch() {
     let mutation = Conditions::of("MutatingWebhookConfiguration");
-    let h = Harness::new(shipped_policy(), &[]);
-    let options: [(&str, &[Value]); 6] = [
-        ("wait", &[json!(true), json!(false)]),
-        ("timeout", &[json!("5m"), json!("30s")]),
-        ("retryInterval", &[json!("1m")]),
-        ("healthChecks", &[json!([]), json!([{ "kind": "Deployment", "name": "web", "namespace": "apps" }])]),
-        ("healthCheckExprs", &[json!([]), json!([{ "apiVersion": "v1", "kind": "X", "current": "true" }])]),
-        ("maxHistory", &[json!(3)]),
+    let caches = [
+        Harness::new(shipped_policy(), &[]),
+        Harness::new(
+            shipped_policy(),
+            &[owned_by(ks(F, "child", &[]), "flux-system/apps"), owned_by(hr(F, "child", &[]), "flux-system/podinfo")],
+        ),
+    ];
+    let managed = |owns_wait: bool| {
+        let mut spec = json!({ "f:interval": {}, "f:path": {} });
+        if owns_wait {
+            spec["f:wait"] = json!({});
+        }
+        json!([{ "manager": "kustomize-controller", "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": { "f:spec": spec } }])
+    };
+    let spec_options: [(&str, Vec<Value>); 4] = [
+        ("wait", vec![json!(true), json!(false)]),
+        ("timeout", vec![json!("5m")]),
+        ("healthChecks", vec![json!([]), json!([{ "kind": "Deployment", "name": "web", "namespace": "apps" }])]),
+        ("healthCheckExprs", vec![json!([{ "apiVersion": "v1", "kind": "X", "current": "true" }])]),
+    ];
+    let metadata_options: [(&str, Vec<Value>); 2] = [
+        ("managedFields", vec![json!([]), managed(false), managed(true)]),
+        (
+            "labels",
+            vec![
+                json!({ "kustomize.toolkit.fluxcd.io/name": "parent", "kustomize.toolkit.fluxcd.io/namespace": F }),
+                json!({ "kustomize.toolkit.fluxcd.io/name": "apps", "kustomize.toolkit.fluxcd.io/namespace": F }),
+                json!({ "kustomize.toolkit.fluxcd.io/name": "parent" }),
+            ],
+        ),
     ];
     // Every field absent or set to one of its values.
-    let mut specs = vec![serde_json::Map::new()];
-    for (field, values) in options {
-        specs = specs
+    let mut variants = vec![ks(F, "apps", &["infra"]), hr(F, "podinfo", &[])];
+    for (section, options) in
+        spec_options.iter().map(|o| ("spec", o)).chain(metadata_options.iter().map(|o| ("metadata", o)))
+    {
+        let (field, values) = options;
+        variants = variants
             .into_iter()
-            .flat_map(|spec| {
-                let mut out = vec![spec.clone()];
+            .flat_map(|object| {
+                let mut out = vec![object.clone()];
                 for v in values {
-                    let mut s = spec.clone();
-                    s.insert(field.to_string(), v.clone());
-                    out.push(s);
+                    let mut o = object.clone();
+                    o[section][*field] = v.clone();
+                    out.push(o);
                 }
                 out
             })
             .collect();
     }
     let (mut sent, mut skipped) = (0, 0);
-    for spec in &specs {
-        for base in [ks(F, "apps", &["infra"]), hr(F, "podinfo", &[])] {
-            let mut object = base;
-            for (k, v) in spec {
-                object["spec"][k] = v.clone();
+    for object in &variants {
+        for review in [create(object), update(object, object)] {
+            let mut patched_by_some_cache = false;
+            for h in &caches {
+                patched_by_some_cache |= !h.mutate(&review).await["patch"].is_null();
             }
-            for review in [create(&object), update(&object, &object)] {
-                let patches = !h.mutate(&review).await["patch"].is_null();
-                assert_eq!(mutation.sends(&review), patches, "{object}");
-                if patches { sent += 1 } else { skipped += 1 }
-            }
+            assert_eq!(mutation.sends(&review), patched_by_some_cache, "{object}");
+            if patched_by_some_cache { sent += 1 } else { skipped += 1 }
         }
     }
     assert!(sent > 0 && skipped > 0, "sent {sent}, skipped {skipped}");
@@ -332,20 +383,27 @@ async fn mutation_sends_exactly_what_the_shipped_policy_would_patch() {
 #[tokio::test]
 async fn mutation_skips_a_real_object_once_the_webhook_completed_it() {
     let mutation = Conditions::of("MutatingWebhookConfiguration");
-    let h = Harness::new(shipped_policy(), &[]);
-    // The example fleet's Kustomizations as users write them: sent, patched, then skipped.
+    // The example fleet's Kustomizations as users write them, with the managedFields
+    // kustomize-controller's server-side apply gives them: it owns what Git says.
     let mut objects = Vec::new();
     for file in ["pipeline", "multi-tier", "parallel"] {
         for mut o in documents(&format!("examples/fleet/{file}/flux-kustomizations.yaml")) {
             o["metadata"]["namespace"] = json!(F);
+            let owned: serde_json::Map<String, Value> =
+                o["spec"].as_object().unwrap().keys().map(|k| (format!("f:{k}"), json!({}))).collect();
+            o["metadata"]["managedFields"] = json!([{ "manager": "kustomize-controller", "operation": "Apply",
+                "fieldsType": "FieldsV1", "fieldsV1": { "f:spec": owned } }]);
             objects.push(o);
         }
     }
-    let mut completed_by_the_webhook = 0;
-    for object in objects {
-        let first = create(&object);
+    let h = Harness::new(shipped_policy(), &objects);
+    let (mut completed_by_the_webhook, mut skipped) = (0, 0);
+    for object in &objects {
+        let first = create(object);
         let response = h.mutate(&first).await;
-        assert_eq!(mutation.sends(&first), !response["patch"].is_null(), "{object}");
+        if !response["patch"].is_null() {
+            assert!(mutation.sends(&first), "a patch would be lost: {object}");
+        }
         let mut completed = object.clone();
         if let Some(patch) = response["patch"].as_str() {
             use base64::Engine as _;
@@ -355,9 +413,14 @@ async fn mutation_skips_a_real_object_once_the_webhook_completed_it() {
             completed_by_the_webhook += 1;
         }
         let again = update(&reapplied(&completed), &completed);
-        assert!(!mutation.sends(&again), "a completed object must be skipped: {completed}");
-        // Sent anyway, it would get no patch.
-        assert!(h.mutate(&again).await["patch"].is_null());
+        // Only an object carrying fluxgate's own wait default is sent again: the cache decides
+        // whether it stays. Sent or not, the completed object gets no patch.
+        let own_wait = completed["spec"]["wait"] == true && !wait_owned(&completed);
+        assert_eq!(mutation.sends(&again), own_wait, "{completed}");
+        assert!(h.mutate(&again).await["patch"].is_null(), "{completed}");
+        if !own_wait {
+            skipped += 1;
+        }
     }
-    assert!(completed_by_the_webhook > 0);
+    assert!(completed_by_the_webhook > 0 && skipped > 0, "completed {completed_by_the_webhook}, skipped {skipped}");
 }
