@@ -1,6 +1,6 @@
 //! Load on the real TLS server: the built `fluxgate serve` on a synthetic fleet of 10,000
-//! Kustomizations, twice side by side, once with the full policy and once with the floor (every
-//! rule off, no defaults). 8 connections each send requests back to back, over HTTP/1.1 and
+//! Kustomizations, twice side by side, once with the full policy (the one `deploy/` ships) and
+//! once with the floor (every rule off, no defaults). 8 connections each send requests back to back, over HTTP/1.1 and
 //! over HTTP/2, for two kinds of request: Flux's drift dry-run of an unchanged object and an
 //! update adding a `dependsOn` edge (dry-run, so the graph stays as it is). The phases of the
 //! two servers alternate, so that a busy machine slows both alike.
@@ -21,18 +21,6 @@ use serde_json::{Value, json};
 
 const OBJECTS: usize = 10_000;
 const CONNECTIONS: usize = 8;
-
-const FULL: &str = "enforcement: enforce
-rules:
-  cycle: deny
-  danglingDependsOn: deny
-  crossNamespaceDependsOn: warn
-  deleteWithDependents: warn
-  duplicateDependsOn: warn
-  maxDepth: { action: warn, limit: 8 }
-defaults:
-  kustomization: { wait: true, timeout: 5m }
-";
 
 const FLOOR: &str = "rules:
   cycle: \"off\"
@@ -77,10 +65,16 @@ fn requests(fleet: &[Value]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     let unchanged = apps.iter().map(|o| update_review(o, o)).collect();
     let adding = apps
         .iter()
-        .map(|o| {
+        .filter_map(|o| {
             let mut new = (*o).clone();
-            new["spec"]["dependsOn"].as_array_mut().unwrap().push(json!({ "name": "app-000" }));
-            update_review(&new, o)
+            let deps = new["spec"]["dependsOn"].as_array_mut().unwrap();
+            let name = o["metadata"]["name"].as_str().unwrap();
+            // The first earlier app it does not list yet (app-000 .. its own number).
+            let target = (0..name[4..].parse::<usize>().unwrap())
+                .map(|i| format!("app-{i:03}"))
+                .find(|t| !deps.iter().any(|d| d["name"] == t.as_str()))?;
+            deps.push(json!({ "name": target }));
+            Some(update_review(&new, o))
         })
         .collect();
     (unchanged, adding)
@@ -174,7 +168,12 @@ async fn main() {
             &[("RUST_LOG", "info,fluxgate::server=warn")],
         )
     };
-    let full = start("full", FULL);
+    // The full policy is the one deploy/ ships.
+    let shipped: serde_json::Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/base/policy.yaml")).unwrap(),
+    )
+    .unwrap();
+    let full = start("full", shipped["data"]["policy.yaml"].as_str().unwrap());
     let floor = start("floor", FLOOR);
     for s in [&full, &floor] {
         let deadline = Instant::now() + Duration::from_secs(60);

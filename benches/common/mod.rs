@@ -63,11 +63,11 @@ pub fn fleet(total: usize) -> Vec<Value> {
         for a in 0..PER_TENANT.min(total - objects.len()) {
             let mut deps = vec![(ns.clone(), "hub".to_string())];
             for _ in 0..rand(3) {
-                if a > 0 {
-                    deps.push((ns.clone(), format!("app-{:03}", rand(a))));
+                let dep = (ns.clone(), format!("app-{:03}", rand(a)));
+                if a > 0 && !deps.contains(&dep) {
+                    deps.push(dep);
                 }
             }
-            deps.dedup();
             objects.push(kustomization(&ns, &format!("app-{a:03}"), &deps, Some((&f, &format!("tenant-{t:05}")))));
         }
         t += 1;

@@ -313,6 +313,11 @@ pub async fn serve_tls(
             // The guard `wait_for` returns is not Send: drop it inside the branch's future.
             _ = async { shutdown.wait_for(|stop| *stop).await.map(|_| ()) } => break,
         };
+        // HTTP/2 writes a response as several frames; with Nagle's algorithm the later ones wait
+        // for the client's delayed ACK (40 ms on Linux) before they leave.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
         let acceptor = acceptor.clone();
         let router = router.clone();
         let watcher = graceful.watcher();
