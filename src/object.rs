@@ -121,6 +121,13 @@ pub struct FluxObject {
     pub health_check_kustomizations: Vec<ObjectKey>,
     /// The parent Kustomization named by Flux's owner labels, if both are present.
     pub owner: Option<ObjectKey>,
+    /// `dependsOn` entries that name nothing Flux can find (the CRD accepts `name: ""`), each
+    /// with what is wrong with it. They are findings about the entry; the rest of the object
+    /// is read and recorded as usual.
+    pub unreadable_depends_on: Vec<ObjectError>,
+    /// `metadata.uid`, once the API server assigned one: audit Events name it, since
+    /// `kubectl describe` shows only the Events whose `regarding.uid` matches.
+    pub uid: Option<String>,
 }
 
 /// Why an object could not be read.
@@ -148,6 +155,8 @@ impl FluxObject {
             wait_unowned: false,
             health_check_kustomizations: Vec::new(),
             owner: None,
+            unreadable_depends_on: Vec::new(),
+            uid: None,
         }
     }
 
@@ -174,20 +183,21 @@ impl FluxObject {
         let field = |name: &str| spec.and_then(|s| s.get(name)).filter(|v| !v.is_null());
 
         let mut depends_on = Vec::new();
+        let mut unreadable_depends_on = Vec::new();
         if let Some(list) = field("dependsOn") {
             let list = list.as_array().ok_or_else(|| bad("spec.dependsOn", "a list"))?;
             for (i, entry) in list.iter().enumerate() {
-                let target = entry
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .filter(|n| !n.is_empty())
-                    .ok_or_else(|| bad(format!("spec.dependsOn[{i}].name"), "a non-empty string"))?;
+                let Some(target) = entry.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) else {
+                    unreadable_depends_on.push(bad(format!("spec.dependsOn[{i}].name"), "a non-empty string"));
+                    continue;
+                };
                 let target_ns = match entry.get("namespace") {
                     None | Some(Value::Null) => namespace,
                     Some(Value::String(ns)) if ns.is_empty() => namespace,
                     Some(Value::String(ns)) => ns.as_str(),
                     Some(_) => {
-                        return Err(bad(format!("spec.dependsOn[{i}].namespace"), "a string"));
+                        unreadable_depends_on.push(bad(format!("spec.dependsOn[{i}].namespace"), "a string"));
+                        continue;
                     }
                 };
                 depends_on.push(ObjectKey::new(target_ns, target));
@@ -219,8 +229,20 @@ impl FluxObject {
         });
 
         let wait_unowned = wait && metadata.is_some_and(|m| field_is_unowned(m, &["spec", "wait"]));
+        let uid =
+            metadata.and_then(|m| m.get("uid")).and_then(Value::as_str).filter(|u| !u.is_empty()).map(str::to_string);
 
-        Ok(FluxObject { kind, key, depends_on, wait, wait_unowned, health_check_kustomizations, owner })
+        Ok(FluxObject {
+            kind,
+            key,
+            depends_on,
+            wait,
+            wait_unowned,
+            health_check_kustomizations,
+            owner,
+            unreadable_depends_on,
+            uid,
+        })
     }
 
     /// Whether Flux's owner labels mark this object as applied by a parent Kustomization.
@@ -343,14 +365,33 @@ mod tests {
 
     #[test]
     fn malformed_fields_name_the_field() {
-        let v = json!({"metadata": {"name": "a"}, "spec": {"dependsOn": [{"namespace": "x"}]}});
+        let v = json!({"metadata": {"name": "a"}, "spec": {"dependsOn": "b"}});
         let err = FluxObject::from_value(FluxKind::Kustomization, &v, "ns", "").unwrap_err();
-        assert_eq!(err.to_string(), "spec.dependsOn[0].name must be a non-empty string");
+        assert_eq!(err.to_string(), "spec.dependsOn must be a list");
         let v = json!({"metadata": {"name": "a"}, "spec": {"wait": "yes"}});
         let err = FluxObject::from_value(FluxKind::Kustomization, &v, "ns", "").unwrap_err();
         assert_eq!(err.to_string(), "spec.wait must be a boolean");
         let v = json!({"metadata": {}});
         assert_eq!(FluxObject::from_value(FluxKind::HelmRelease, &v, "ns", ""), Err(ObjectError::MissingName));
+    }
+
+    #[test]
+    fn unreadable_depends_on_entry_is_kept_apart_and_the_rest_is_read() {
+        let v = json!({"metadata": {"name": "a"}, "spec": {"wait": true, "dependsOn": [
+            {"name": ""}, {"name": "b"}, {"namespace": "x"}, {"name": "c", "namespace": 7}
+        ]}});
+        let o = FluxObject::from_value(FluxKind::Kustomization, &v, "ns", "").unwrap();
+        assert_eq!(o.depends_on, vec![ObjectKey::new("ns", "b")]);
+        assert!(o.wait);
+        let problems: Vec<String> = o.unreadable_depends_on.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            problems,
+            vec![
+                "spec.dependsOn[0].name must be a non-empty string",
+                "spec.dependsOn[2].name must be a non-empty string",
+                "spec.dependsOn[3].namespace must be a string",
+            ]
+        );
     }
 
     #[test]

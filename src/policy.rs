@@ -11,6 +11,9 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::defaults::SpecDefaults;
+use crate::object::FluxKind;
+
 /// What a rule does when it fires.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -82,11 +85,21 @@ impl fmt::Display for Rule {
     }
 }
 
-/// One default the mutating webhook adds when the field is absent: `spec.<field> = value`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct FieldDefault {
-    pub field: &'static str,
-    pub value: Value,
+/// The defaults of one namespace: each a partial `spec` (see [`crate::defaults`]).
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Defaults {
+    pub kustomization: SpecDefaults,
+    pub helm_release: SpecDefaults,
+}
+
+impl Defaults {
+    /// The defaults of `kind`.
+    pub fn of(&self, kind: FluxKind) -> &SpecDefaults {
+        match kind {
+            FluxKind::Kustomization => &self.kustomization,
+            FluxKind::HelmRelease => &self.helm_release,
+        }
+    }
 }
 
 /// The whole policy.
@@ -96,8 +109,10 @@ pub struct Policy {
     actions: HashMap<Rule, Action>,
     /// `maxDepth.limit`: the longest allowed chain, in objects.
     pub max_depth_limit: usize,
-    pub kustomization_defaults: Vec<FieldDefault>,
-    pub helm_release_defaults: Vec<FieldDefault>,
+    /// `defaults`: what the mutating webhook adds, everywhere but where a namespace overrides it.
+    pub defaults: Defaults,
+    /// `namespaces.overrides.<ns>.defaults`, already merged over [`Policy::defaults`].
+    pub namespace_defaults: HashMap<String, Defaults>,
     pub excluded_namespaces: HashSet<String>,
     pub namespace_enforcement: HashMap<String, Enforcement>,
 }
@@ -108,11 +123,14 @@ impl Default for Policy {
             enforcement: Enforcement::Enforce,
             actions: Rule::ALL.iter().map(|&r| (r, default_action(r))).collect(),
             max_depth_limit: 8,
-            kustomization_defaults: vec![
-                FieldDefault { field: "wait", value: Value::Bool(true) },
-                FieldDefault { field: "timeout", value: Value::String("5m".into()) },
-            ],
-            helm_release_defaults: Vec::new(),
+            defaults: Defaults {
+                kustomization: Map::from_iter([
+                    ("wait".to_string(), Value::Bool(true)),
+                    ("timeout".to_string(), Value::String("5m".into())),
+                ]),
+                helm_release: Map::new(),
+            },
+            namespace_defaults: HashMap::new(),
             excluded_namespaces: HashSet::from(["kube-system".to_string()]),
             namespace_enforcement: HashMap::new(),
         }
@@ -156,6 +174,11 @@ impl Policy {
     /// Enforcement for objects in `namespace`.
     pub fn enforcement_for(&self, namespace: &str) -> Enforcement {
         self.namespace_enforcement.get(namespace).copied().unwrap_or(self.enforcement)
+    }
+
+    /// The defaults for `kind` objects in `namespace`.
+    pub fn defaults_for(&self, kind: FluxKind, namespace: &str) -> &SpecDefaults {
+        self.namespace_defaults.get(namespace).unwrap_or(&self.defaults).of(kind)
     }
 
     pub fn is_excluded(&self, namespace: &str) -> bool {
@@ -282,42 +305,36 @@ impl Parser<'_> {
     }
 
     fn defaults(&mut self, v: &Value) -> Result<(), PolicyError> {
-        let m = self.map("defaults", v, &["kustomization", "helmRelease"])?;
-        if let Some(k) = m.get("kustomization") {
-            self.policy.kustomization_defaults =
-                self.field_defaults("defaults.kustomization", k, &["wait", "timeout", "retryInterval"])?;
-        }
-        if let Some(h) = m.get("helmRelease") {
-            self.policy.helm_release_defaults =
-                self.field_defaults("defaults.helmRelease", h, &["timeout", "maxHistory"])?;
-        }
+        self.policy.defaults = self.defaults_of("defaults", v, &self.policy.defaults)?;
         Ok(())
     }
 
-    fn field_defaults(&self, key: &str, v: &Value, allowed: &[&'static str]) -> Result<Vec<FieldDefault>, PolicyError> {
+    /// Reads `kustomization` and `helmRelease` under `key` into `base`: each replaces `base`'s
+    /// (`defaults`) or is merged over it (a namespace's override). Every default is checked
+    /// against the CRD's spec schema.
+    fn defaults_of(&self, key: &str, v: &Value, base: &Defaults) -> Result<Defaults, PolicyError> {
+        let mut out = base.clone();
         if v.is_null() {
-            return Ok(Vec::new());
+            return Ok(out);
         }
-        let m = self.map(key, v, allowed)?;
-        let mut out = Vec::new();
-        // Walk `allowed` rather than the map so the patch order is fixed whatever the file's order.
-        for &field in allowed {
-            let Some(value) = m.get(field) else { continue };
-            let path = format!("{key}.{field}");
-            let ok = match field {
-                "wait" => value.is_boolean(),
-                "maxHistory" => value.as_u64().is_some(),
-                _ => value.as_str().is_some_and(is_flux_duration),
+        let m = self.map(key, v, &["kustomization", "helmRelease"])?;
+        let merging = key != "defaults";
+        for (name, kind) in [("kustomization", FluxKind::Kustomization), ("helmRelease", FluxKind::HelmRelease)] {
+            let Some(d) = m.get(name) else { continue };
+            let key = format!("{key}.{name}");
+            let d = match d {
+                Value::Null => Map::new(),
+                Value::Object(d) => d.clone(),
+                _ => return Err(self.err(&key, "must be a mapping of spec fields")),
             };
-            if !ok {
-                let expected = match field {
-                    "wait" => "true or false".to_string(),
-                    "maxHistory" => "a whole number".to_string(),
-                    _ => "a duration such as 5m, 1h30m or 90s".to_string(),
-                };
-                return Err(self.err(&path, format!("must be {expected}, not {value}")));
-            }
-            out.push(FieldDefault { field, value: value.clone() });
+            crate::defaults::check(kind, &d).map_err(|r| {
+                self.err(&format!("{key}.{}", r.key), format!("{} (the {kind} CRD's spec schema)", r.message))
+            })?;
+            let target = match kind {
+                FluxKind::Kustomization => &mut out.kustomization,
+                FluxKind::HelmRelease => &mut out.helm_release,
+            };
+            *target = if merging { crate::defaults::merge(target, &d) } else { d };
         }
         Ok(out)
     }
@@ -345,10 +362,14 @@ impl Parser<'_> {
             };
             for (ns, settings) in o {
                 let key = format!("namespaces.overrides.{ns}");
-                let s = self.map(&key, settings, &["enforcement"])?;
+                let s = self.map(&key, settings, &["enforcement", "defaults"])?;
                 if let Some(e) = s.get("enforcement") {
                     let e = self.enforcement(&format!("{key}.enforcement"), e)?;
                     self.policy.namespace_enforcement.insert(ns.clone(), e);
+                }
+                if let Some(d) = s.get("defaults") {
+                    let merged = self.defaults_of(&format!("{key}.defaults"), d, &self.policy.defaults)?;
+                    self.policy.namespace_defaults.insert(ns.clone(), merged);
                 }
             }
         }
@@ -449,9 +470,14 @@ namespaces:
                 "defaults: { kustomization: { timeout: 5 minutes } }",
                 "policy p.yaml: defaults.kustomization.timeout: must be a duration",
             ),
+            ("defaults: { kustomization: { prun: true } }", "policy p.yaml: defaults.kustomization.prun: unknown key"),
             (
-                "defaults: { kustomization: { prune: true } }",
-                "policy p.yaml: defaults.kustomization.prune: unknown key",
+                "defaults: { helmRelease: { upgrade: { remediation: { retries: three } } } }",
+                "policy p.yaml: defaults.helmRelease.upgrade.remediation.retries: must be a whole number",
+            ),
+            (
+                "namespaces: { overrides: { t: { defaults: { helmRelease: { install: { crds: Always } } } } } }",
+                "policy p.yaml: namespaces.overrides.t.defaults.helmRelease.install.crds: must be one of",
             ),
             (
                 "namespaces: { overrides: { t: { enforcement: loud } } }",
@@ -468,9 +494,9 @@ namespaces:
     #[test]
     fn empty_kustomization_defaults_disable_mutation() {
         let p = Policy::parse("defaults: { kustomization: {} }", "p").unwrap();
-        assert!(p.kustomization_defaults.is_empty());
+        assert!(p.defaults.kustomization.is_empty());
         let p = Policy::parse("", "p").unwrap();
-        assert_eq!(p.kustomization_defaults.len(), 2);
+        assert_eq!(p.defaults.kustomization.len(), 2);
     }
 
     #[test]
@@ -483,5 +509,29 @@ namespaces:
         }
         assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
         assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn namespace_defaults_merge_over_the_global_ones() {
+        let text = r#"
+defaults:
+  helmRelease: { timeout: 10m, install: { crds: Create, remediation: { retries: 3 } } }
+namespaces:
+  overrides:
+    tenant-a: { defaults: { helmRelease: { timeout: null, install: { remediation: { retries: 5 } } } } }
+"#;
+        let p = Policy::parse(text, "p.yaml").unwrap();
+        let global = p.defaults_for(FluxKind::HelmRelease, "other");
+        assert_eq!(
+            Value::Object(global.clone()),
+            serde_json::json!({"timeout": "10m", "install": {"crds": "Create", "remediation": {"retries": 3}}})
+        );
+        let tenant = p.defaults_for(FluxKind::HelmRelease, "tenant-a");
+        assert_eq!(
+            Value::Object(tenant.clone()),
+            serde_json::json!({"install": {"crds": "Create", "remediation": {"retries": 5}}})
+        );
+        // Kustomization defaults in tenant-a are the global ones.
+        assert_eq!(p.defaults_for(FluxKind::Kustomization, "tenant-a"), &Policy::default().defaults.kustomization);
     }
 }

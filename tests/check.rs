@@ -174,6 +174,253 @@ fn names_built_by_the_parents_post_build_substitution_resolve() {
     assert_eq!(code, 0, "0-${{CLUSTER_NAME}}-config is 0-prod-config, ${{CACHE_NAME:=redis}} is redis: {json}");
 }
 
+/// The SARIF 2.1.0 JSON schema (`sarif-2.1.0-rtm.5.json`, the schema of the 2.1.0 standard), as
+/// the npm registry's `@microsoft/jest-sarif` package ships it (MIT). It is fetched from the
+/// registry with `npm pack` into `target/sarif-schema/` on first use rather than kept in the
+/// repository; `SARIF_SCHEMA` names a local copy instead.
+fn sarif_validator() -> jsonschema::Validator {
+    static SCHEMA: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    let schema = SCHEMA.get_or_init(|| {
+        let path = match std::env::var_os("SARIF_SCHEMA") {
+            Some(p) => PathBuf::from(p),
+            None => {
+                let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/sarif-schema");
+                let path = dir.join("package/lib/schemas/sarif-2.1.0-rtm.5.json");
+                if !path.exists() {
+                    std::fs::create_dir_all(&dir).unwrap();
+                    let pack = Command::new("npm")
+                        .args(["pack", "--silent", "@microsoft/jest-sarif@1.0.0-beta.0"])
+                        .current_dir(&dir)
+                        .output()
+                        .expect("npm (from the machine's Node.js) fetches the SARIF schema package");
+                    assert!(pack.status.success(), "npm pack failed: {}", String::from_utf8_lossy(&pack.stderr));
+                    let tarball = String::from_utf8_lossy(&pack.stdout).trim().to_string();
+                    let untar = Command::new("tar").args(["xzf", &tarball]).current_dir(&dir).status().unwrap();
+                    assert!(untar.success(), "cannot unpack {tarball}");
+                }
+                path
+            }
+        };
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+            .unwrap()
+    });
+    jsonschema::validator_for(schema).expect("the SARIF schema compiles")
+}
+
+fn assert_valid_sarif(validator: &jsonschema::Validator, log: &Value, what: &str) {
+    let errors: Vec<String> = validator.iter_errors(log).map(|e| format!("{e} at {}", e.instance_path)).collect();
+    assert!(errors.is_empty(), "{what}: SARIF log invalid: {errors:?}");
+}
+
+/// `check --format F` run from `tests/fixtures` on relative paths, as CI runs it from the
+/// repository root.
+fn check_in_fixtures(paths: &[&str], format: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fluxgate"))
+        .current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"))
+        .arg("check")
+        .args(paths)
+        .args(["--format", format])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn sarif_names_every_rule_and_places_each_finding_at_its_file_and_line() {
+    let validator = sarif_validator();
+    let out = check_in_fixtures(&["cycle-two-files", "warnings-only"], "sarif");
+    assert_eq!(out.status.code(), Some(1), "the exit code does not depend on the format");
+    let log: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_valid_sarif(&validator, &log, "fixtures");
+    let mut tampered = log.clone();
+    tampered["runs"][0]["results"][0]["level"] = "deny".into();
+    assert!(!validator.is_valid(&tampered), "the schema is enforced: SARIF has no level \"deny\"");
+    assert_eq!(log["version"], "2.1.0");
+    let run = &log["runs"][0];
+    let rules = run["tool"]["driver"]["rules"].as_array().unwrap();
+    let ids: Vec<&str> = rules.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        [
+            "cycle",
+            "danglingDependsOn",
+            "crossNamespaceDependsOn",
+            "maxDepth",
+            "deleteWithDependents",
+            "duplicateDependsOn"
+        ]
+    );
+    for r in rules {
+        assert!(r["help"]["text"].as_str().unwrap().len() > 40, "every rule says how to fix it: {r}");
+    }
+    let by_rule = |id: &str| rules.iter().find(|r| r["id"] == id).unwrap()["defaultConfiguration"].clone();
+    assert_eq!(by_rule("cycle"), serde_json::json!({"enabled": true, "level": "error"}));
+    assert_eq!(by_rule("crossNamespaceDependsOn")["enabled"], false, "off by default");
+
+    let results = run["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "{results:?}");
+    let cycle = results.iter().find(|r| r["ruleId"] == "cycle").unwrap();
+    assert_eq!(cycle["level"], "error", "deny is an error");
+    assert_eq!(cycle["message"]["text"], "dependsOn cycle: flux-system/apps -> flux-system/infra -> flux-system/apps");
+    let place = &cycle["locations"][0]["physicalLocation"];
+    assert_eq!(place["artifactLocation"]["uri"], "cycle-two-files/apps.yaml", "relative to where check ran");
+    assert_eq!(place["region"]["startLine"], 1);
+    assert_eq!(rules[cycle["ruleIndex"].as_u64().unwrap() as usize]["id"], "cycle");
+    let duplicate = results.iter().find(|r| r["ruleId"] == "duplicateDependsOn").unwrap();
+    assert_eq!(duplicate["level"], "warning", "warn is a warning");
+    assert_eq!(duplicate["locations"][0]["physicalLocation"]["artifactLocation"]["uri"], "warnings-only/flux.yaml");
+    assert_eq!(run["invocations"][0]["executionSuccessful"], true);
+}
+
+#[test]
+fn sarif_reports_unreadable_input_as_a_failed_run_with_its_place() {
+    let validator = sarif_validator();
+    let out = check_in_fixtures(&["broken"], "sarif");
+    assert_eq!(out.status.code(), Some(2));
+    let log: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_valid_sarif(&validator, &log, "broken");
+    let invocation = &log["runs"][0]["invocations"][0];
+    assert_eq!(invocation["executionSuccessful"], false, "the results are incomplete");
+    let note = &invocation["toolExecutionNotifications"][0];
+    assert_eq!(note["level"], "error");
+    assert!(note["message"]["text"].as_str().unwrap().starts_with("YAML: "));
+    assert_eq!(note["locations"][0]["physicalLocation"]["artifactLocation"]["uri"], "broken/broken.yaml");
+    assert!(note["locations"][0]["physicalLocation"]["region"]["startLine"].as_u64().unwrap() >= 12);
+    // The rest was still checked.
+    assert_eq!(log["runs"][0]["results"][0]["ruleId"], "danglingDependsOn");
+}
+
+#[test]
+fn sarif_follows_the_policy_actions() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, "rules: { cycle: warn, duplicateDependsOn: off }\n").unwrap();
+    let out = fluxgate(&[
+        "check",
+        &fixture("cycle-two-files"),
+        &fixture("warnings-only"),
+        "--format",
+        "sarif",
+        "--policy",
+        policy.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let log: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_valid_sarif(&sarif_validator(), &log, "policy");
+    let results = log["runs"][0]["results"].as_array().unwrap();
+    assert_eq!(results.len(), 1, "duplicateDependsOn is off: {results:?}");
+    assert_eq!((results[0]["ruleId"].as_str(), results[0]["level"].as_str()), (Some("cycle"), Some("warning")));
+    let uri = results[0]["locations"][0]["physicalLocation"]["artifactLocation"]["uri"].as_str().unwrap();
+    assert!(uri.starts_with("file:///") && uri.ends_with("/cycle-two-files/apps.yaml"), "absolute path: {uri}");
+}
+
+/// Every repository of `../shared/fleets` gives a schema-valid log whose results are exactly the
+/// findings of `check --format json` (the same rule, level, place and message, in order).
+#[test]
+fn sarif_of_every_shared_fleet_is_valid_and_carries_every_finding() {
+    // `../shared` beside the project, as CI lays it out; FLUXGATE_SHARED where it lies elsewhere.
+    let shared = std::env::var_os("FLUXGATE_SHARED")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"), PathBuf::from);
+    let corpus = shared.join("fleets");
+    let validator = sarif_validator();
+    let policy = fluxgate::policy::Policy::default();
+    let mut repos = 0;
+    for entry in std::fs::read_dir(&corpus).expect("the shared fleets are beside the project") {
+        let dir = entry.unwrap().path();
+        if !dir.is_dir() {
+            continue;
+        }
+        repos += 1;
+        let out = fluxgate::cli::check_paths(std::slice::from_ref(&dir), &policy);
+        let log = fluxgate::cli::sarif(&out, &policy);
+        assert_valid_sarif(&validator, &log, &dir.display().to_string());
+        let results = log["runs"][0]["results"].as_array().unwrap();
+        assert_eq!(results.len(), out.findings.len(), "{}", dir.display());
+        for (r, f) in results.iter().zip(&out.findings) {
+            assert_eq!(r["ruleId"], f.finding.rule.as_str());
+            assert_eq!(r["level"], if f.finding.is_deny() { "error" } else { "warning" });
+            assert_eq!(r["message"]["text"], f.finding.message.as_str());
+            let uri = r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"].as_str().unwrap();
+            assert!(uri.starts_with("file:///"), "{uri}");
+            assert!(f.file.exists(), "{} exists", f.file.display());
+            assert_eq!(r["locations"][0]["physicalLocation"]["region"]["startLine"], f.line);
+        }
+        assert_eq!(log["runs"][0]["invocations"][0]["executionSuccessful"], out.errors.is_empty());
+    }
+    assert!(repos >= 20, "only {repos} repositories in {}", corpus.display());
+}
+
+#[test]
+fn github_format_annotates_each_finding_and_read_error_at_its_place() {
+    let out = check_in_fixtures(&["cycle-two-files", "warnings-only", "broken"], "github");
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines.contains(
+            &"::error file=cycle-two-files/apps.yaml,line=1,title=fluxgate cycle::dependsOn cycle: flux-system/apps -> flux-system/infra -> flux-system/apps"
+        ),
+        "{text}"
+    );
+    assert!(
+        lines.contains(
+            &"::warning file=warnings-only/flux.yaml,line=1,title=fluxgate duplicateDependsOn::duplicate dependsOn: apps/podinfo lists apps/cert-manager 2 times"
+        ),
+        "{text}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("::error file=broken/broken.yaml,line=") && l.contains("::YAML: ")),
+        "{text}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("::error file=broken/good.yaml,line=")
+            && l.contains("title=fluxgate danglingDependsOn::")),
+        "{text}"
+    );
+    assert_eq!(lines.len(), 5, "four annotations and the summary: {text}");
+    assert!(lines[4].ends_with("1 read errors"), "{text}");
+}
+
+/// Every `fluxgate check` command in the pre-commit hooks and the CI examples is one the command
+/// line accepts, so the examples cannot drift from the flags.
+#[test]
+fn ci_examples_and_pre_commit_hooks_run_commands_check_accepts() {
+    use clap::Parser as _;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let hooks: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(root.join(".pre-commit-hooks.yaml")).unwrap()).unwrap();
+    let hooks = hooks.as_array().unwrap();
+    assert!(!hooks.is_empty());
+    for hook in hooks {
+        assert_eq!(hook["pass_filenames"], false, "check needs the whole graph, not the changed files: {hook}");
+        let mut argv: Vec<String> = hook["entry"].as_str().unwrap().split_whitespace().map(String::from).collect();
+        argv.extend(hook["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()));
+        assert_eq!(argv[..2], ["fluxgate", "check"]);
+        fluxgate::cli::Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    }
+    for (file, formats) in [
+        ("examples/ci/github-actions.yaml", &["github", "sarif"][..]),
+        ("examples/ci/gitlab-ci.yaml", &["sarif", "text"][..]),
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let _: Value = serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{file} is not YAML: {e}"));
+        let mut seen = Vec::new();
+        for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
+            // Every example checks the checkout it runs in; step names mention `check` too.
+            let Some(at) = line.find(" check . ") else { continue };
+            // The command's words, up to the shell's redirection or the next command.
+            let command = line[at + 1..].split(['>', '|', ';', '&']).next().unwrap();
+            let mut argv = vec!["fluxgate".to_string()];
+            argv.extend(
+                command.split_whitespace().filter(|w| !w.starts_with("${")).map(|w| w.trim_matches('"').to_string()),
+            );
+            let cli = fluxgate::cli::Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{file}: {argv:?}: {e}"));
+            let fluxgate::cli::Command::Check(args) = cli.command else { panic!("{file}: {argv:?} is not check") };
+            seen.push(format!("{:?}", args.format).to_lowercase());
+        }
+        assert_eq!(seen, formats, "{file}");
+    }
+}
+
 #[test]
 fn the_self_managed_root_with_children_depending_on_it_is_no_cycle() {
     // The root applies itself (spec.path holds its own file) and the children that depend on it;

@@ -25,19 +25,34 @@ const F: &str = "flux-system";
 struct Cluster {
     cache: Arc<Cache>,
     webhook: Webhook,
+    served: Arc<watch::Served>,
     _watch: tokio::task::JoinHandle<()>,
+}
+
+/// Watch tuning scaled down for tests: one-second watches, a silence noticed after two.
+fn options() -> WatchOptions {
+    WatchOptions {
+        crd_retry: Duration::from_millis(200),
+        watch_timeout: Duration::from_secs(1),
+        silence_grace: Duration::from_secs(1),
+        ..WatchOptions::default()
+    }
 }
 
 impl Cluster {
     /// Starts watching `fake` into a fresh cache.
     fn watch(fake: &FakeApi) -> Cluster {
+        Cluster::watch_with(fake, options())
+    }
+
+    fn watch_with(fake: &FakeApi, options: WatchOptions) -> Cluster {
         let cache = Arc::new(Cache::new());
-        let options = WatchOptions { crd_retry: Duration::from_millis(200) };
         let served = Arc::new(watch::Served::default());
         let task = tokio::spawn(watch::run(fake.client(), cache.clone(), served.clone(), options));
-        let webhook = Webhook::new(cache.clone(), Arc::new(Policy::default()))
-            .with_lookup(watch::Lookup::new(fake.client(), served));
-        Cluster { cache, webhook, _watch: task }
+        let mut webhook = Webhook::new(cache.clone(), Arc::new(Policy::default()))
+            .with_lookup(watch::Lookup::new(fake.client(), served.clone()));
+        webhook.catch_up_wait = Duration::from_millis(500);
+        Cluster { cache, webhook, served, _watch: task }
     }
 
     /// Whether `review` would be allowed, judged now.
@@ -52,8 +67,16 @@ impl Cluster {
 
     /// Whether `review` is allowed through the full path, lookups on a dangling target included.
     async fn reviews(&self, review: &Value) -> bool {
+        self.reviews_at(review, Instant::now()).await.response.allowed
+    }
+
+    async fn reviews_at(&self, review: &Value, now: Instant) -> fluxgate::admission::Verdict {
         let parsed = AdmissionReview::from_slice(&serde_json::to_vec(review).unwrap()).unwrap();
-        self.webhook.review(&parsed.request, Instant::now()).await.unwrap().response.allowed
+        self.webhook.review(&parsed.request, now).await.unwrap()
+    }
+
+    fn current(&self, kind: FluxKind) -> bool {
+        self.cache.lock().health(kind).is_current()
     }
 
     fn has(&self, kind: FluxKind, ns: &str, name: &str) -> bool {
@@ -159,10 +182,15 @@ async fn relist_after_410_gone_keeps_the_last_complete_snapshot() {
     fake.hold_lists(true);
     fake.compact();
     fake.delete(&ks(F, "infra", &[]));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(c.cache.is_ready(), "a relist must not make the webhook unready");
+    eventually("the relist to start", || !c.current(FluxKind::Kustomization)).await;
+    assert!(!c.cache.is_ready(), "readiness says the cache is catching up");
     assert!(c.has(FluxKind::Kustomization, F, "infra"), "the last complete snapshot stays in use");
-    assert!(c.allows(&dry_run_create(&ks(F, "apps", &["infra"]))));
+    assert!(c.allows(&dry_run_create(&ks(F, "apps", &["infra"]))), "the cache alone still knows infra");
+    // But a new edge is not decided on a lagging cache: it waits, then is told to retry.
+    let verdict = c.reviews_at(&create(&ks(F, "apps", &["infra"])), Instant::now()).await;
+    assert!(!verdict.response.allowed);
+    assert!(verdict.response.message.unwrap().contains("catching up"));
+    assert_eq!(c.cache.lock().pending_admissions(), 0, "nothing was recorded");
 
     fake.hold_lists(false);
     eventually("the relist", || !c.has(FluxKind::Kustomization, F, "infra")).await;
@@ -171,9 +199,9 @@ async fn relist_after_410_gone_keeps_the_last_complete_snapshot() {
 }
 
 #[tokio::test]
-async fn dropped_connection_resumes_from_the_bookmarked_version() {
+async fn renewed_watch_resumes_from_the_bookmarked_version() {
     let fake = FakeApi::start(true).await;
-    let c = Cluster::watch(&fake);
+    let c = Cluster::watch_with(&fake, WatchOptions { watch_timeout: Duration::from_secs(3), ..options() });
     eventually("ready", || c.cache.is_ready()).await;
     eventually("watches open", || fake.open_watches() == 2).await;
     // Objects change elsewhere (other kinds) while nothing changes here: a bookmark moves the
@@ -181,14 +209,26 @@ async fn dropped_connection_resumes_from_the_bookmarked_version() {
     fake.apply(hr("other", "unrelated", &[]));
     fake.bookmark();
     let bookmarked = fake.current_version().to_string();
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let watches_before = fake.watch_versions().len();
+    let lists_before = fake.lists_served();
+    // The server ends each watch at its timeout; the renewal starts from the bookmark, no relist.
+    eventually("the renewed watches", || fake.watch_versions().len() >= watches_before + 2).await;
+    let versions = fake.watch_versions();
+    assert!(versions[watches_before..].contains(&bookmarked), "rewatch from the bookmark: {versions:?}");
+    assert_eq!(fake.lists_served(), lists_before);
+    assert!(c.cache.is_ready());
+}
+
+#[tokio::test]
+async fn dropped_connection_is_resumed_and_sees_what_changed_meanwhile() {
+    let fake = FakeApi::start(true).await;
+    let c = Cluster::watch(&fake);
+    eventually("ready", || c.cache.is_ready()).await;
+    eventually("watches open", || fake.open_watches() == 2).await;
     fake.drop_watches();
     fake.apply(ks(F, "late", &[]));
-    eventually("the event after the drop", || c.has(FluxKind::Kustomization, F, "late")).await;
-    let versions = fake.watch_versions();
-    assert!(versions.len() > watches_before, "the watch reconnected");
-    assert!(versions[watches_before..].contains(&bookmarked), "rewatch from the bookmark: {versions:?}");
+    eventually("the object stored during the drop", || c.has(FluxKind::Kustomization, F, "late")).await;
+    eventually("ready again", || c.cache.is_ready()).await;
 }
 
 #[tokio::test]
@@ -201,7 +241,7 @@ async fn malformed_object_is_skipped_and_the_watch_goes_on() {
     assert!(c.has(FluxKind::Kustomization, F, "infra"));
     assert!(!c.has(FluxKind::Kustomization, F, "broken-at-list"));
 
-    fake.apply(with(ks(F, "broken-in-watch", &[]), "dependsOn", json!([{ "namespace": "x" }])));
+    fake.apply(with(ks(F, "broken-in-watch", &[]), "dependsOn", json!({ "name": "x" })));
     fake.apply(ks(F, "after", &[]));
     eventually("the object after the malformed one", || c.has(FluxKind::Kustomization, F, "after")).await;
     assert!(!c.has(FluxKind::Kustomization, F, "broken-in-watch"));
@@ -270,6 +310,18 @@ async fn serve_binary_watches_the_cluster_named_by_kubeconfig() {
     let (_, metrics) = admin_get(server.admin, "/metrics").await;
     assert!(metrics.contains("fluxgate_graph_objects{kind=\"Kustomization\"} 1"), "{metrics}");
     assert!(metrics.contains("fluxgate_cache_ready 1"), "{metrics}");
+    assert!(metrics.contains("fluxgate_watch_current{kind=\"Kustomization\"} 1"), "{metrics}");
+    assert!(metrics.contains("fluxgate_relists_in_progress{kind=\"HelmRelease\"} 0"), "{metrics}");
+    assert!(metrics.contains("fluxgate_watch_last_event_age_seconds{kind=\"Kustomization\"}"), "{metrics}");
+    let (_, readyz) = admin_get(server.admin, "/readyz").await;
+    assert!(readyz.contains("Kustomization: current (kustomize.toolkit.fluxcd.io/v1)"), "{readyz}");
+    assert!(
+        server
+            .log_lines()
+            .iter()
+            .any(|l| l.contains("watching HelmRelease") && l.contains("helm.toolkit.fluxcd.io/v2")),
+        "a log line names the watched version"
+    );
 }
 
 #[tokio::test]
@@ -285,4 +337,150 @@ async fn a_target_another_replica_admitted_is_confirmed_before_denying() {
     assert!(c.has(FluxKind::Kustomization, F, "infra"), "and the cache now holds it until the watch confirms it");
     // A target the API server does not have either is still denied.
     assert!(!c.reviews(&create(&ks(F, "web", &["nowhere"]))).await);
+}
+
+#[tokio::test]
+async fn no_cycle_is_admitted_across_an_outage_and_restart() {
+    let fake = FakeApi::start(true).await;
+    fake.apply(ks(F, "a", &[]));
+    fake.apply(ks(F, "c", &[]));
+    let c = Cluster::watch(&fake);
+    eventually("ready", || c.cache.is_ready()).await;
+    eventually("watches open", || fake.open_watches() == 2).await;
+
+    // c -> a goes through this replica just before the API server goes down: it reaches etcd,
+    // but the watch never delivers it.
+    let t0 = Instant::now();
+    assert!(c.reviews_at(&update(&ks(F, "c", &["a"]), &ks(F, "c", &[])), t0).await.response.allowed);
+    fake.stop();
+    fake.store_unwatched(ks(F, "c", &["a"]));
+    eventually("the outage noticed", || !c.current(FluxKind::Kustomization)).await;
+    assert!(!c.cache.is_ready(), "readiness reports the outage");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The API server returns; its relist is slow.
+    fake.hold_lists(true);
+    fake.restart();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // a -> c more than the overlay's TTL after c -> a was admitted.
+    let later = t0 + Duration::from_secs(61);
+    let verdict = c.reviews_at(&update(&ks(F, "a", &["c"]), &ks(F, "a", &[])), later).await;
+    assert!(!verdict.response.allowed, "the other half of the cycle must not be admitted while the cache lags");
+    assert_eq!(c.deps_of(F, "c"), Some(1), "the admitted c -> a outlives the TTL while the watch lags");
+
+    fake.hold_lists(false);
+    let back = Instant::now();
+    eventually("the relist after the restart", || c.cache.is_ready()).await;
+    eprintln!("current again {:?} after the relist was released", back.elapsed());
+    let verdict = c.reviews_at(&update(&ks(F, "a", &["c"]), &ks(F, "a", &[])), later).await;
+    assert!(!verdict.response.allowed);
+    assert!(verdict.response.message.unwrap().contains("cycle"), "denied as the cycle it is");
+}
+
+#[tokio::test]
+async fn stalled_watch_is_noticed_and_changes_made_meanwhile_are_seen() {
+    let fake = FakeApi::start(true).await;
+    let c = Cluster::watch(&fake);
+    eventually("ready", || c.cache.is_ready()).await;
+    eventually("watches open", || fake.open_watches() == 2).await;
+    let lists_before = fake.lists_served();
+    // The connections stay open but deliver nothing: no event, no bookmark, no end.
+    fake.stall_watches(true);
+    fake.apply(ks(F, "late", &[]));
+    eventually("the change made during the stall", || c.has(FluxKind::Kustomization, F, "late")).await;
+    assert!(fake.lists_served() > lists_before, "a silent watch is replaced by a relist");
+    fake.stall_watches(false);
+}
+
+#[tokio::test]
+async fn a_version_that_stops_being_served_is_replaced_by_the_served_one() {
+    let fake = FakeApi::start(true).await;
+    fake.serve_only("HelmRelease", "v2beta2");
+    fake.apply(hr(F, "cert-manager", &[]));
+    let c = Cluster::watch(&fake);
+    eventually("ready", || c.cache.is_ready()).await;
+    assert_eq!(c.served.get(FluxKind::HelmRelease).unwrap().version, "v2beta2");
+
+    // A Flux upgrade: the CRD serves v2 only.
+    fake.serve_only("HelmRelease", "v2");
+    fake.apply(hr(F, "redis", &[]));
+    eventually("the HelmRelease created after the upgrade", || c.has(FluxKind::HelmRelease, F, "redis")).await;
+    assert_eq!(c.served.get(FluxKind::HelmRelease).unwrap().version, "v2");
+    assert_eq!(
+        c.cache.lock().health(FluxKind::HelmRelease).api_version.as_deref(),
+        Some("helm.toolkit.fluxcd.io/v2"),
+        "readiness names the watched version"
+    );
+    assert!(c.has(FluxKind::HelmRelease, F, "cert-manager"));
+    eventually("ready", || c.cache.is_ready()).await;
+    // The confirming lookup asks for the served version too.
+    fake.store_unwatched(hr(F, "postgres", &[]));
+    assert!(c.reviews(&create(&hr(F, "app", &["postgres"]))).await);
+}
+
+#[tokio::test]
+async fn an_empty_dependency_name_is_a_finding_and_the_object_is_still_recorded() {
+    let fake = FakeApi::start(true).await;
+    // The CRD accepts `name: ""`; the object's other edges are real.
+    let a = with(ks(F, "a", &[]), "dependsOn", json!([{ "name": "" }, { "name": "b" }]));
+    fake.apply(a.clone());
+    fake.apply(ks(F, "b", &[]));
+    let c = Cluster::watch(&fake);
+    eventually("ready", || c.cache.is_ready()).await;
+    assert_eq!(c.deps_of(F, "a"), Some(1), "a is recorded with its readable edge");
+
+    // So b -> a is the cycle it is, not a dependency on a missing object.
+    let verdict = c.reviews_at(&update(&ks(F, "b", &["a"]), &ks(F, "b", &[])), Instant::now()).await;
+    let message = verdict.response.message.unwrap_or_default();
+    assert!(message.contains("dependsOn cycle: flux-system/b -> flux-system/a -> flux-system/b"), "{message}");
+    assert!(!message.contains("does not exist"), "{message}");
+
+    // The entry itself is the finding, on admission and in the audit.
+    let verdict = c
+        .reviews_at(&dry_run_create(&with(ks(F, "d", &[]), "dependsOn", json!([{ "name": "" }]))), Instant::now())
+        .await;
+    assert!(!verdict.response.allowed);
+    assert!(verdict.response.message.unwrap().contains("spec.dependsOn[0].name must be a non-empty string"));
+    let report = fluxgate::audit::scan(&c.cache, &Policy::default());
+    let about_a: Vec<&str> =
+        report.findings.iter().filter(|f| f.object.name == "a").map(|f| f.message.as_str()).collect();
+    assert_eq!(about_a.len(), 1, "{about_a:?}");
+    assert!(about_a[0].contains("spec.dependsOn[0].name"), "{about_a:?}");
+}
+
+#[tokio::test]
+async fn an_admitted_object_the_api_server_never_stored_stops_counting_on_a_deny() {
+    let fake = FakeApi::start(true).await;
+    fake.apply(ks(F, "b", &[]));
+    fake.apply(ks(F, "c", &["a"]));
+    let c = Cluster::watch(&fake);
+    eventually("ready", || c.cache.is_ready()).await;
+    // a -> b is admitted here, then rejected by a later admission step: never stored.
+    let t0 = Instant::now();
+    assert!(c.reviews_at(&create(&ks(F, "a", &["b"])), t0).await.response.allowed);
+    // Moments later the phantom still counts: the write may be on its way to etcd.
+    let soon = c.reviews_at(&update(&ks(F, "b", &["c"]), &ks(F, "b", &[])), t0 + Duration::from_secs(1)).await;
+    assert!(!soon.response.allowed, "b -> c -> a -> b while a may still be stored");
+    // Once every admission step must have answered, the API server's word settles it.
+    let later = t0 + fluxgate::admission::UNSTORED_AFTER + Duration::from_secs(1);
+    let verdict = c.reviews_at(&update(&ks(F, "b", &["c"]), &ks(F, "b", &[])), later).await;
+    assert!(verdict.response.allowed, "{:?}", verdict.response.message);
+    assert!(!c.has(FluxKind::Kustomization, F, "a"));
+}
+
+#[tokio::test]
+async fn an_object_being_deleted_does_not_count_as_present() {
+    let fake = FakeApi::start(true).await;
+    fake.apply(ks(F, "infra", &[]));
+    let c = Cluster::watch(&fake);
+    eventually("ready", || c.cache.is_ready()).await;
+    assert!(c.has(FluxKind::Kustomization, F, "infra"));
+    // Deleted, its finalizer still running: the object is there with a deletionTimestamp.
+    let mut terminating = ks(F, "infra", &[]);
+    terminating["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    terminating["metadata"]["finalizers"] = json!(["finalizers.fluxcd.io"]);
+    fake.apply(terminating);
+    eventually("infra counted as gone", || !c.has(FluxKind::Kustomization, F, "infra")).await;
+    // Neither the cache nor the confirming lookup lets a new dependent wait for it.
+    assert!(!c.reviews(&create(&ks(F, "apps", &["infra"]))).await);
 }

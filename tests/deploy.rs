@@ -1,23 +1,35 @@
 //! `deploy/` renders with `kubectl kustomize`, and every rendered object parses into its
 //! Kubernetes type with the settings the install relies on.
 
+#[path = "common/crd.rs"]
+mod crd;
+
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
 use fluxgate::policy::Policy;
-use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, RuleWithOperations, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::Value;
 
 /// The objects `kubectl kustomize` renders for a folder of `deploy/`.
 fn render(folder: &str) -> Vec<Value> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(folder);
+    render_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join(folder))
+}
+
+/// The objects `kubectl kustomize` renders for `dir`.
+fn render_dir(dir: &Path) -> Vec<Value> {
+    let folder = dir.display();
     let out = Command::new("kubectl")
         .arg("kustomize")
-        .arg(&dir)
+        .arg(dir)
         .output()
         .expect("kubectl is installed (.ci/run installs it: Debian's kubernetes-client or kubectl)");
     assert!(out.status.success(), "kubectl kustomize {folder} failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -180,4 +192,147 @@ fn cert_manager_variant_adds_the_certificate_chain_and_injects_the_ca() {
         let o = objects.iter().find(|o| o["kind"] == kind).unwrap();
         assert_eq!(o["metadata"]["annotations"]["cert-manager.io/inject-ca-from"], "fluxgate-system/fluxgate-serving");
     }
+}
+
+// --- installing with Flux ---------------------------------------------------------------------
+
+/// Whether a label selector matches `labels` (matchLabels and the four operators).
+fn selects(selector: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
+    let Some(selector) = selector else { return true };
+    let labels_match = selector.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
+    let expressions_match = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.clone().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => labels.get(&e.key).is_some_and(|v| values.contains(v)),
+            "NotIn" => labels.get(&e.key).is_none_or(|v| !values.contains(v)),
+            "Exists" => labels.contains_key(&e.key),
+            "DoesNotExist" => !labels.contains_key(&e.key),
+            other => panic!("unknown selector operator {other}"),
+        }
+    });
+    labels_match && expressions_match
+}
+
+fn rule_matches(rule: &RuleWithOperations, group: &str, resource: &str, operation: &str) -> bool {
+    let has = |list: &Option<Vec<String>>, want: &str| list.iter().flatten().any(|x| x == "*" || x == want);
+    has(&rule.api_groups, group) && has(&rule.resources, resource) && has(&rule.operations, operation)
+}
+
+/// The resource of a kind, as the API server names it.
+fn plural(kind: &str) -> String {
+    let lower = kind.to_lowercase();
+    match lower.strip_suffix('y') {
+        Some(stem) => format!("{stem}ies"),
+        None => format!("{lower}s"),
+    }
+}
+
+/// Whether the validating webhook is called for `operation` on `object`: its rules, namespace
+/// selector (on the namespace's labels, `kubernetes.io/metadata.name` included, as the API
+/// server sets it) and object selector. Match conditions can only narrow this further, so an
+/// object these leave out is never sent to fluxgate.
+fn validated(v: &ValidatingWebhookConfiguration, object: &Value, operation: &str, namespaces: &[Value]) -> bool {
+    let api_version = object["apiVersion"].as_str().unwrap();
+    let group = api_version.split_once('/').map_or("", |(g, _)| g);
+    let resource = plural(object["kind"].as_str().unwrap());
+    let labels: BTreeMap<String, String> =
+        serde_json::from_value(object["metadata"]["labels"].clone()).unwrap_or_default();
+    let namespace = object["metadata"]["namespace"].as_str();
+    let mut ns_labels: BTreeMap<String, String> = namespaces
+        .iter()
+        .find(|n| n["metadata"]["name"].as_str() == namespace)
+        .map(|n| serde_json::from_value(n["metadata"]["labels"].clone()).unwrap_or_default())
+        .unwrap_or_default();
+    if let Some(ns) = namespace {
+        ns_labels.insert("kubernetes.io/metadata.name".into(), ns.into());
+    }
+    v.webhooks.iter().flatten().any(|w| {
+        w.rules.iter().flatten().any(|r| rule_matches(r, group, &resource, operation))
+            && (namespace.is_none() || selects(w.namespace_selector.as_ref(), &ns_labels))
+            && selects(w.object_selector.as_ref(), &labels)
+    })
+}
+
+/// What kustomize-controller builds for a Flux Kustomization of this repository: the folder at
+/// `spec.path` of a copy of `deploy/` (the GitRepository's `ignore` keeps only `deploy/`), with
+/// the Kustomization's `spec.patches` added to its `kustomization.yaml`, as the controller does.
+fn flux_build(kustomization: &Value) -> Vec<Value> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let artifact = tempfile::tempdir().unwrap();
+    copy_dir(&root.join("deploy"), &artifact.path().join("deploy"));
+    let path = artifact.path().join(kustomization["spec"]["path"].as_str().unwrap());
+    let file = path.join("kustomization.yaml");
+    let mut k: Value = serde_saphyr::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    if let Some(patches) = kustomization["spec"]["patches"].as_array() {
+        k["patches"] = Value::Array(patches.clone());
+    }
+    std::fs::write(&file, serde_json::to_string(&k).unwrap()).unwrap();
+    render_dir(&path)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn flux_install_renders_a_source_and_a_waiting_kustomization_of_deploy() {
+    let objects = render("deploy/flux");
+    let kinds: Vec<&str> = objects.iter().map(|o| o["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["Namespace", "Kustomization", "GitRepository"]);
+    let ks = &objects[1];
+    let source = &objects[2];
+    assert_eq!(ks["apiVersion"], "kustomize.toolkit.fluxcd.io/v1");
+    crd::assert_valid(&crd::crd_schema("kustomize.toolkit.fluxcd.io_kustomizations.yaml", "v1"), ks);
+    assert_eq!(ks["spec"]["wait"], true);
+    assert_eq!(ks["spec"]["prune"], true);
+    assert_eq!(ks["spec"]["sourceRef"]["kind"], "GitRepository");
+    assert_eq!(ks["spec"]["sourceRef"]["name"], source["metadata"]["name"]);
+    assert!(ks["spec"]["sourceRef"]["namespace"].is_null(), "the source is in the Kustomization's namespace");
+    assert_eq!(source["apiVersion"], "source.toolkit.fluxcd.io/v1");
+    assert_eq!(source["metadata"]["namespace"], ks["metadata"]["namespace"]);
+    assert!(source["spec"]["ref"]["semver"].is_string(), "fixed releases roll out without a change to the fleet");
+
+    // What Flux applies for it is the cert-manager install, less the namespace this folder owns
+    // (created here first, since the Flux objects live in it), which is otherwise identical.
+    let applied = flux_build(ks);
+    let mut expected = render("deploy/overlays/cert-manager");
+    let base_ns = expected.iter().position(|o| o["kind"] == "Namespace").unwrap();
+    assert_eq!(expected.remove(base_ns), objects[0], "deploy/flux creates the namespace the base describes");
+    assert_eq!(applied, expected);
+    check_base(&[objects[0].clone()].into_iter().chain(applied).collect::<Vec<_>>());
+}
+
+#[test]
+fn flux_can_repair_fluxgate_while_its_validating_webhook_is_down() {
+    let flux = render("deploy/flux");
+    let applied = flux_build(&flux[1]);
+    let v: ValidatingWebhookConfiguration = one(&applied, "ValidatingWebhookConfiguration");
+    assert_eq!(v.webhooks.as_ref().unwrap()[0].failure_policy.as_deref(), Some("Fail"), "a down fluxgate denies");
+    let namespaces: Vec<Value> = flux.iter().filter(|o| o["kind"] == "Namespace").cloned().collect();
+    // Everything Flux writes to install, upgrade, repair or remove fluxgate: its namespace,
+    // source and Kustomization, and every object that Kustomization applies.
+    for object in flux.iter().chain(&applied) {
+        for operation in ["CREATE", "UPDATE", "DELETE"] {
+            assert!(
+                !validated(&v, object, operation, &namespaces),
+                "{operation} of {} {}/{} would wait on fluxgate",
+                object["kind"],
+                object["metadata"]["namespace"].as_str().unwrap_or_default(),
+                object["metadata"]["name"]
+            );
+        }
+    }
+    // The same Kustomization anywhere else is guarded: the exclusion is the namespace.
+    let mut elsewhere = flux[1].clone();
+    elsewhere["metadata"]["namespace"] = "flux-system".into();
+    assert!(validated(&v, &elsewhere, "UPDATE", &namespaces));
+    assert!(validated(&v, &elsewhere, "DELETE", &namespaces));
 }

@@ -148,3 +148,34 @@ async fn two_replicas_racing_for_a_free_lease_get_one_holder() {
     }
     assert_eq!(holders, 1, "exactly one replica holds the Lease");
 }
+
+#[tokio::test]
+async fn one_event_per_object_and_rule_carrying_the_uid_for_a_name_of_253_characters() {
+    let fake = FakeApi::start(true).await;
+    let long = format!("{}-x", "a".repeat(251));
+    assert_eq!(long.len(), 253);
+    let targets = (1..=3).map(|i| ObjectKey::new("web", format!("missing-{i}"))).collect();
+    let mut web = FluxObject::new(FluxKind::Kustomization, ObjectKey::new("web", &long), targets);
+    web.uid = Some("6f1d3c1e-web".into());
+    let cache = Cache::new();
+    {
+        let mut state = cache.lock();
+        state.replace_all(FluxKind::Kustomization, vec![(Arc::new(web), None)]);
+        state.mark_synced(FluxKind::HelmRelease);
+    }
+    let publisher = Publisher::new(fake.client(), NS, "fluxgate-a", Duration::from_secs(30));
+    assert!(publisher.acquire_or_renew().await.unwrap());
+    let report = report_of(&cache);
+    assert_eq!(report.findings.len(), 3, "a finding per missing target");
+    assert_eq!(publisher.publish(&report).await, 1, "one Event for the object and rule");
+    let events = fake.events();
+    assert_eq!(events.len(), 1);
+    let event = &events[0];
+    assert_eq!(event["regarding"]["uid"], "6f1d3c1e-web", "kubectl describe matches Events by uid");
+    assert_eq!(event["regarding"]["name"], long.as_str());
+    let note = event["note"].as_str().unwrap();
+    for i in 1..=3 {
+        assert!(note.contains(&format!("web/missing-{i}")), "{note}");
+    }
+    assert_eq!(publisher.publish(&report).await, 0, "posted once while it lasts");
+}

@@ -7,6 +7,7 @@ mod common;
 use std::path::PathBuf;
 
 use base64::Engine as _;
+use common::crd::{assert_valid, crd_schema};
 use common::*;
 use fluxgate::policy::Policy;
 use serde_json::{Value, json};
@@ -50,12 +51,13 @@ fn leaf(name: &str, deps: &[&str]) -> Value {
 #[tokio::test]
 async fn kustomization_gets_wait_and_timeout_as_a_base64_json_patch() {
     let h = Harness::new(Policy::default(), &[]);
-    let ops = patch_of(&h.mutate(&create(&leaf("apps", &[]))).await).unwrap();
+    let mut ops = patch_of(&h.mutate(&create(&leaf("apps", &[]))).await).unwrap();
+    ops.sort_by_key(|op| op["path"].to_string());
     assert_eq!(
         ops,
         vec![
-            json!({"op": "add", "path": "/spec/wait", "value": true}),
             json!({"op": "add", "path": "/spec/timeout", "value": "5m"}),
+            json!({"op": "add", "path": "/spec/wait", "value": true}),
         ]
     );
 }
@@ -140,48 +142,6 @@ async fn delete_other_kinds_and_excluded_namespaces_are_not_mutated() {
 
 // --- validity against the real CRDs -------------------------------------------------------
 
-fn shared() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared")
-}
-
-/// The openAPIV3Schema of the served version `version` of a CRD file.
-fn crd_schema(file: &str, version: &str) -> Value {
-    let text = std::fs::read_to_string(shared().join("crds").join(file)).expect("the Flux CRDs are in ../shared/crds");
-    let crd: Value = serde_saphyr::from_str(&text).unwrap();
-    let v = crd["spec"]["versions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == version)
-        .unwrap_or_else(|| panic!("{file} serves {version}"));
-    let mut schema = v["schema"]["openAPIV3Schema"].clone();
-    strict(&mut schema);
-    schema
-}
-
-/// Rejects unknown fields the way the API server's strict field validation does: every object
-/// schema that lists its properties (and does not preserve unknown fields) gets
-/// `additionalProperties: false`.
-fn strict(schema: &mut Value) {
-    if let Value::Object(map) = schema {
-        let preserves = map.get("x-kubernetes-preserve-unknown-fields") == Some(&json!(true));
-        if map.contains_key("properties") && !map.contains_key("additionalProperties") && !preserves {
-            map.insert("additionalProperties".into(), json!(false));
-        }
-        for (_, v) in map.iter_mut() {
-            strict(v);
-        }
-    } else if let Value::Array(items) = schema {
-        items.iter_mut().for_each(strict);
-    }
-}
-
-fn assert_valid(schema: &Value, object: &Value) {
-    let validator = jsonschema::validator_for(schema).expect("the CRD schema compiles");
-    let errors: Vec<String> = validator.iter_errors(object).map(|e| format!("{} at {}", e, e.instance_path)).collect();
-    assert!(errors.is_empty(), "{} is invalid: {errors:?}", object["metadata"]["name"]);
-}
-
 #[test]
 fn the_strict_schema_rejects_what_the_api_server_rejects() {
     let schema = crd_schema("kustomize.toolkit.fluxcd.io_kustomizations.yaml", "v1");
@@ -229,5 +189,149 @@ async fn mutated_objects_validate_against_the_real_crd_schemas() {
         let mutated = mutate_to_fixpoint(&h, object).await;
         let schema = if object["kind"] == "HelmRelease" { &hr_schema } else { &ks_schema };
         assert_valid(schema, &mutated);
+    }
+}
+
+// --- nested defaults --------------------------------------------------------------------------
+
+/// The defaults platform teams set on HelmReleases, several levels deep, with a list among them.
+const NESTED: &str = r#"
+defaults:
+  kustomization:
+    timeout: 5m
+    postBuild: { substitute: { cluster_env: prod } }
+    commonMetadata: { labels: { team: platform } }
+  helmRelease:
+    timeout: 10m
+    install: { crds: CreateReplace, remediation: { retries: 3 } }
+    upgrade: { crds: CreateReplace, cleanupOnFail: true, remediation: { retries: 3, remediateLastFailure: true } }
+    driftDetection: { mode: enabled, ignore: [{ paths: ["/spec/replicas"] }] }
+namespaces:
+  overrides:
+    tenant-a:
+      defaults:
+        helmRelease: { upgrade: { remediation: { retries: 0 } }, driftDetection: null }
+"#;
+
+fn helm_release(ns: &str, spec: Value) -> Value {
+    let mut hr = hr(ns, "podinfo", &[]);
+    for (k, v) in spec.as_object().unwrap() {
+        hr["spec"][k] = v.clone();
+    }
+    hr
+}
+
+#[tokio::test]
+async fn nested_defaults_fill_every_absent_leaf_and_leave_set_values_and_lists_alone() {
+    let h = Harness::new(Policy::parse(NESTED, "p").unwrap(), &[]);
+    let partial = helm_release(
+        "apps",
+        json!({
+            "install": { "remediation": { "retries": 1 } },
+            "upgrade": { "cleanupOnFail": false },
+            "driftDetection": { "ignore": [{ "paths": ["/metadata/annotations"] }] },
+        }),
+    );
+    let ops = patch_of(&h.mutate(&create(&partial)).await).unwrap();
+    let mut paths: Vec<&str> = ops.iter().map(|op| op["path"].as_str().unwrap()).collect();
+    paths.sort_unstable();
+    assert_eq!(
+        paths,
+        [
+            "/spec/driftDetection/mode",
+            "/spec/install/crds",
+            "/spec/timeout",
+            "/spec/upgrade/crds",
+            "/spec/upgrade/remediation",
+        ],
+        "only absent leaves, at the depth where they are absent: {ops:?}"
+    );
+    let mutated = mutate_to_fixpoint(&h, &partial).await;
+    let mut expected = partial.clone();
+    expected["spec"]["timeout"] = json!("10m");
+    expected["spec"]["install"]["crds"] = json!("CreateReplace");
+    expected["spec"]["upgrade"]["crds"] = json!("CreateReplace");
+    expected["spec"]["upgrade"]["remediation"] = json!({ "retries": 3, "remediateLastFailure": true });
+    expected["spec"]["driftDetection"]["mode"] = json!("enabled");
+    assert_eq!(mutated, expected, "retries: 1, cleanupOnFail: false and the ignore list are the user's");
+    assert_valid(&crd_schema("helm.toolkit.fluxcd.io_helmreleases.yaml", "v2"), &mutated);
+
+    // An object without any of them gets them all, the list as the policy wrote it.
+    let bare = mutate_to_fixpoint(&h, &helm_release("apps", json!({}))).await;
+    assert_eq!(bare["spec"]["driftDetection"]["ignore"], json!([{ "paths": ["/spec/replicas"] }]));
+    assert_eq!(bare["spec"]["install"]["remediation"]["retries"], 3);
+    assert_valid(&crd_schema("helm.toolkit.fluxcd.io_helmreleases.yaml", "v2"), &bare);
+}
+
+#[tokio::test]
+async fn nested_kustomization_defaults_complete_maps_the_user_started() {
+    let h = Harness::new(Policy::parse(NESTED, "p").unwrap(), &[]);
+    let mut object = leaf("apps", &[]);
+    object["spec"]["postBuild"] =
+        json!({ "substitute": { "app": "web" }, "substituteFrom": [{ "kind": "ConfigMap", "name": "vars" }] });
+    let mutated = mutate_to_fixpoint(&h, &object).await;
+    assert_eq!(
+        mutated["spec"]["postBuild"],
+        json!({ "substitute": { "app": "web", "cluster_env": "prod" }, "substituteFrom": [{ "kind": "ConfigMap", "name": "vars" }] })
+    );
+    assert_eq!(mutated["spec"]["commonMetadata"], json!({ "labels": { "team": "platform" } }));
+    assert_eq!(mutated["metadata"], object["metadata"], "the object's own labels are never touched");
+    assert!(mutated["spec"].get("wait").is_none(), "this policy sets no wait default");
+    assert_valid(&crd_schema("kustomize.toolkit.fluxcd.io_kustomizations.yaml", "v1"), &mutated);
+}
+
+#[tokio::test]
+async fn a_namespace_override_merges_over_the_global_defaults() {
+    let h = Harness::new(Policy::parse(NESTED, "p").unwrap(), &[]);
+    let tenant = mutate_to_fixpoint(&h, &helm_release("tenant-a", json!({}))).await;
+    assert_eq!(tenant["spec"]["upgrade"]["remediation"], json!({ "retries": 0, "remediateLastFailure": true }));
+    assert_eq!(tenant["spec"]["install"]["crds"], "CreateReplace", "what the override leaves out is global");
+    assert!(tenant["spec"].get("driftDetection").is_none(), "null removes a default: {tenant}");
+    assert_valid(&crd_schema("helm.toolkit.fluxcd.io_helmreleases.yaml", "v2"), &tenant);
+    let other = mutate_to_fixpoint(&h, &helm_release("apps", json!({}))).await;
+    assert_eq!(other["spec"]["upgrade"]["remediation"]["retries"], 3);
+    assert_eq!(other["spec"]["driftDetection"]["mode"], "enabled");
+}
+
+#[test]
+fn a_default_the_crd_schema_rejects_stops_start_up_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, "defaults:\n  helmRelease:\n    upgrade: { remediation: { retries: three } }\n").unwrap();
+    let key = "defaults.helmRelease.upgrade.remediation.retries";
+    let serve = std::process::Command::new(env!("CARGO_BIN_EXE_fluxgate"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "text"])
+        .args(["--manifests", dir.path().to_str().unwrap(), "--policy", policy.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(serve.status.code(), Some(1), "serve must not start");
+    let log = String::from_utf8_lossy(&serve.stderr);
+    assert!(log.contains(key) && log.contains("must be a whole number"), "{log}");
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_fluxgate"))
+        .args(["check", dir.path().to_str().unwrap(), "--policy", policy.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&check.stderr).contains(key));
+}
+
+/// The spec schemas the binary checks defaults against are those of `../shared/crds`.
+/// `FLUXGATE_WRITE_SCHEMAS=1` rewrites them from the CRDs after an upgrade of Flux.
+#[test]
+fn shipped_spec_schemas_are_the_crds() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    for (crd, version, shipped) in [
+        ("kustomize.toolkit.fluxcd.io_kustomizations.yaml", "v1", "src/schemas/kustomization-v1-spec.json"),
+        ("helm.toolkit.fluxcd.io_helmreleases.yaml", "v2", "src/schemas/helmrelease-v2-spec.json"),
+    ] {
+        let text = std::fs::read_to_string(common::crd::shared().join("crds").join(crd)).unwrap();
+        let crd_value: Value = serde_saphyr::from_str(&text).unwrap();
+        let served = crd_value["spec"]["versions"].as_array().unwrap().iter().find(|v| v["name"] == version).unwrap();
+        let spec = &served["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        if std::env::var_os("FLUXGATE_WRITE_SCHEMAS").is_some() {
+            std::fs::write(root.join(shipped), format!("{}\n", serde_json::to_string(spec).unwrap())).unwrap();
+        }
+        let ours: Value = serde_json::from_str(&std::fs::read_to_string(root.join(shipped)).unwrap()).unwrap();
+        assert!(&ours == spec, "{shipped} differs from {crd} {version}: run with FLUXGATE_WRITE_SCHEMAS=1");
     }
 }

@@ -46,6 +46,8 @@ fn object(key_id: u8, deps: &[u8], wait: bool, wait_unowned: bool, owner: Option
         wait_unowned,
         health_check_kustomizations: health.iter().map(|&h| key(h)).collect(),
         owner: owner.map(key),
+        unreadable_depends_on: Vec::new(),
+        uid: None,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Serving under operations: certificate rotation through a Kubernetes Secret volume's `..data`
-//! symlink swap with requests running, a broken new pair refused, SIGTERM with requests in
-//! flight, and a client that trickles its headers.
+//! symlink swap with requests running, a broken new pair refused, a policy reloaded through a
+//! ConfigMap volume's swap under load (a broken one refused), SIGTERM with requests in flight,
+//! and a client that trickles its headers.
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::process::{Client, Http, RequestBody, ServeProcess, write_certs};
+use common::process::{Client, Http, RequestBody, ServeProcess, admin_get, write_certs};
 use common::*;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Bytes, Frame};
@@ -18,45 +19,49 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const F: &str = "flux-system";
 
-/// A folder laid out as the kubelet lays out a Secret volume: the files are symlinks through
-/// `..data`, itself a symlink to a timestamped folder, swapped atomically on update.
-struct SecretVolume {
+/// A folder laid out as the kubelet lays out a Secret or ConfigMap volume: the files are
+/// symlinks through `..data`, itself a symlink to a timestamped folder, swapped atomically on
+/// update.
+struct Volume {
     root: PathBuf,
     generation: usize,
 }
 
-impl SecretVolume {
-    fn new(root: &Path, cert: &Path, key: &Path) -> SecretVolume {
+impl Volume {
+    fn new(root: &Path, files: &[(&str, Vec<u8>)]) -> Volume {
         std::fs::create_dir_all(root).unwrap();
-        let mut v = SecretVolume { root: root.to_path_buf(), generation: 0 };
-        v.publish(cert, key);
-        symlink("..data/tls.crt", root.join("tls.crt")).unwrap();
-        symlink("..data/tls.key", root.join("tls.key")).unwrap();
+        let mut v = Volume { root: root.to_path_buf(), generation: 0 };
+        v.publish(files);
+        for (name, _) in files {
+            symlink(format!("..data/{name}"), root.join(name)).unwrap();
+        }
         v
     }
 
     /// Writes a new timestamped folder, points `..data` at it with an atomic rename, and removes
     /// the previous folder, as the kubelet does.
-    fn publish(&mut self, cert: &Path, key: &Path) {
+    fn publish(&mut self, files: &[(&str, Vec<u8>)]) {
         let previous = format!("..2026_11_25_00_00_{:02}", self.generation);
         self.generation += 1;
         let dir = format!("..2026_11_25_00_00_{:02}", self.generation);
         std::fs::create_dir(self.root.join(&dir)).unwrap();
-        std::fs::copy(cert, self.root.join(&dir).join("tls.crt")).unwrap();
-        std::fs::copy(key, self.root.join(&dir).join("tls.key")).unwrap();
+        for (name, bytes) in files {
+            std::fs::write(self.root.join(&dir).join(name), bytes).unwrap();
+        }
         let tmp = self.root.join("..data_tmp");
         symlink(&dir, &tmp).unwrap();
         std::fs::rename(&tmp, self.root.join("..data")).unwrap();
         let _ = std::fs::remove_dir_all(self.root.join(previous));
     }
 
-    fn cert(&self) -> PathBuf {
-        self.root.join("tls.crt")
+    fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
     }
+}
 
-    fn key(&self) -> PathBuf {
-        self.root.join("tls.key")
-    }
+/// The files of a `kubernetes.io/tls` Secret holding `cert` and `key`.
+fn tls_secret(cert: &Path, key: &Path) -> [(&'static str, Vec<u8>); 2] {
+    [("tls.crt", std::fs::read(cert).unwrap()), ("tls.key", std::fs::read(key).unwrap())]
 }
 
 fn der_of(pem: &Path) -> Vec<u8> {
@@ -67,17 +72,17 @@ fn der_of(pem: &Path) -> Vec<u8> {
 
 /// `fluxgate serve` reading its certificate from a Secret-style volume under `dir` that starts
 /// with `cert`/`key`.
-fn serve_from_volume(dir: &Path, cert: &Path, key: &Path) -> (SecretVolume, ServeProcess) {
-    let volume = SecretVolume::new(&dir.join("secret"), cert, key);
+fn serve_from_volume(dir: &Path, cert: &Path, key: &Path) -> (Volume, ServeProcess) {
+    let volume = Volume::new(&dir.join("secret"), &tls_secret(cert, key));
     let empty = dir.join("no-manifests");
     std::fs::create_dir_all(&empty).unwrap();
     let server = ServeProcess::start(&[
         "--manifests",
         empty.to_str().unwrap(),
         "--tls-cert",
-        volume.cert().to_str().unwrap(),
+        volume.path("tls.crt").to_str().unwrap(),
         "--tls-key",
-        volume.key().to_str().unwrap(),
+        volume.path("tls.key").to_str().unwrap(),
     ]);
     (volume, server)
 }
@@ -116,7 +121,7 @@ async fn rotated_certificate_is_served_within_seconds_and_no_request_fails() {
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
     let swapped_at = Instant::now();
-    volume.publish(&cert2, &key2);
+    volume.publish(&tls_secret(&cert2, &key2));
     let deadline = swapped_at + Duration::from_secs(10);
     while seen_new_at.lock().unwrap().is_none() {
         assert!(Instant::now() < deadline, "the new certificate was not served within 10 s: {:?}", server.log_lines());
@@ -140,7 +145,7 @@ async fn broken_new_pair_is_refused_and_the_old_one_keeps_serving() {
     let (_, _, key2) = write_certs(&dir.path().join("two"));
     let (mut volume, server) = serve_from_volume(dir.path(), &cert1, &key1);
     // The certificate of pair one with the key of pair two: they do not belong together.
-    volume.publish(&cert1, &key2);
+    volume.publish(&tls_secret(&cert1, &key2));
     let deadline = Instant::now() + Duration::from_secs(10);
     while !server.log_lines().iter().any(|l| l.contains("new serving certificate refused")) {
         assert!(Instant::now() < deadline, "no error logged: {:?}", server.log_lines());
@@ -258,4 +263,127 @@ async fn client_that_trickles_its_headers_is_cut_off() {
     assert!(waited >= Duration::from_millis(250), "cut off before the timeout: {waited:?}");
     let text = String::from_utf8_lossy(&buf);
     assert!(buf.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+}
+
+/// The SHA-256 of `bytes` in hex, as `sha256sum` prints it.
+fn sha256(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The value of the sample `name` in the admin port's metrics.
+async fn metric(server: &ServeProcess, name: &str) -> Option<f64> {
+    let (_, text) = admin_get(server.admin, "/metrics").await;
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+}
+
+/// One decision seen by the load: when its request was sent, when the answer came, and
+/// whether it was allowed.
+struct Seen {
+    sent: Instant,
+    received: Instant,
+    allowed: bool,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_reloads_through_a_configmap_swap_under_load_and_a_broken_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = write_certs(&dir.path().join("certs"));
+    let strict = b"rules: { danglingDependsOn: deny }\n".to_vec();
+    let lenient = b"rules: { danglingDependsOn: warn }\ndefaults: { kustomization: { timeout: 10m } }\n".to_vec();
+    let mut volume = Volume::new(&dir.path().join("policy"), &[("policy.yaml", strict.clone())]);
+    let empty = dir.path().join("no-manifests");
+    std::fs::create_dir_all(&empty).unwrap();
+    let server = ServeProcess::start(&[
+        "--manifests",
+        empty.to_str().unwrap(),
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--policy",
+        volume.path("policy.yaml").to_str().unwrap(),
+    ]);
+    let report = |text: String| serde_json::from_str::<serde_json::Value>(&text).unwrap();
+    let policy_in_force = report(admin_get(server.admin, "/report").await.1)["policy"].clone();
+    assert_eq!(policy_in_force["sha256"], sha256(&strict));
+    assert!(policy_in_force["file"].as_str().unwrap().ends_with("policy/policy.yaml"));
+
+    // Dry-run creates of an object whose dependsOn target does not exist: denied under the
+    // strict policy, a warning under the lenient one, and never recorded.
+    let client = Client::new(&ca);
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen: Arc<std::sync::Mutex<Vec<Seen>>> = Arc::default();
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let (client, stop, seen) = (client.clone(), stop.clone(), seen.clone());
+        let addr = server.webhook;
+        workers.push(tokio::spawn(async move {
+            let mut conn = client.connect(addr, if w % 2 == 0 { Http::One } else { Http::Two }).await;
+            while !stop.load(Ordering::Relaxed) {
+                let request = review("CREATE", Some(&ks(F, &format!("app-{w}"), &["missing"])), None, true);
+                let sent = Instant::now();
+                let (status, body) = conn.post("/validate", &request).await;
+                assert_eq!(status, 200, "{body}");
+                assert_eq!(body["response"]["uid"], request["request"]["uid"]);
+                let allowed = body["response"]["allowed"].as_bool().unwrap();
+                if allowed {
+                    assert!(warnings(&body["response"]).iter().any(|w| w.starts_with("dangling dependsOn")), "{body}");
+                }
+                seen.lock().unwrap().push(Seen { sent, received: Instant::now(), allowed });
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(seen.lock().unwrap().iter().all(|s| !s.allowed), "the strict policy denies");
+
+    let swapped_at = Instant::now();
+    volume.publish(&[("policy.yaml", lenient.clone())]);
+    let deadline = swapped_at + Duration::from_secs(10);
+    let switched_at = loop {
+        if let Some(first) = seen.lock().unwrap().iter().filter(|s| s.allowed).map(|s| s.received).min() {
+            break first;
+        }
+        assert!(Instant::now() < deadline, "the new policy was not in force within 10 s: {:?}", server.log_lines());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!("new policy in force {:?} after the swap", switched_at.saturating_duration_since(swapped_at));
+    assert_eq!(report(admin_get(server.admin, "/report").await.1)["policy"]["sha256"], sha256(&lenient));
+    assert_eq!(metric(&server, "fluxgate_policy_reloads_total{result=\"success\"}").await, Some(1.0));
+    // Mutation follows the same policy.
+    let mut conn = client.connect(server.webhook, Http::Two).await;
+    let (_, mutated) = conn.post("/mutate", &create(&ks(F, "defaulted", &[]))).await;
+    let patch = String::from_utf8(base64_decode(mutated["response"]["patch"].as_str().unwrap())).unwrap();
+    assert!(patch.contains("\"10m\""), "{patch}");
+
+    // A policy with a bad action: refused with its key logged; the lenient one stays.
+    volume.publish(&[("policy.yaml", b"rules: { danglingDependsOn: block }\n".to_vec())]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.log_lines().iter().any(|l| l.contains("new policy refused")) {
+        assert!(Instant::now() < deadline, "no error logged: {:?}", server.log_lines());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = server.log_lines().into_iter().find(|l| l.contains("new policy refused")).unwrap();
+    assert!(refused.contains("rules.danglingDependsOn"), "the log names the key: {refused}");
+    let refused_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.expect("no request failed while the policy changed");
+    }
+    assert_eq!(metric(&server, "fluxgate_policy_reloads_total{result=\"failure\"}").await, Some(1.0));
+    assert_eq!(report(admin_get(server.admin, "/report").await.1)["policy"]["sha256"], sha256(&lenient));
+
+    let seen = seen.lock().unwrap();
+    // Once one answer came from the new policy, every request sent after it was judged by the
+    // new policy too: no flapping back.
+    let after_switch: Vec<&Seen> = seen.iter().filter(|s| s.sent > switched_at).collect();
+    assert!(after_switch.iter().all(|s| s.allowed), "a request after the switch was judged by the old policy");
+    assert!(seen.iter().filter(|s| s.sent > refused_at).count() > 10, "the load kept running past the refusal");
+    assert!(seen.iter().filter(|s| s.sent > refused_at).all(|s| s.allowed), "the broken policy changed nothing");
+    eprintln!("{} requests, none failed", seen.len());
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(text).unwrap()
 }

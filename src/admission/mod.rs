@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use crate::cache::watch::Lookup;
 use crate::cache::{Cache, Graphs};
+use crate::live_policy::LivePolicy;
 use crate::object::{FluxKind, FluxObject, ObjectKey};
 use crate::policy::{Action, Enforcement, Policy, Rule};
 use crate::rules::{self, Finding};
@@ -127,23 +128,83 @@ fn denial_message(denials: &[String]) -> String {
     message
 }
 
-/// The webhook's state: the cache and the policy.
+/// The webhook's state: the cache and the policy in force.
 #[derive(Clone)]
 pub struct Webhook {
     pub cache: Arc<Cache>,
-    pub policy: Arc<Policy>,
+    pub policy: Arc<LivePolicy>,
     /// In cluster mode, where a dangling target is confirmed before a denial.
     pub lookup: Option<Lookup>,
+    /// How long a request waits for a lagging kind to be current again; see [`Webhook::review`].
+    pub catch_up_wait: Duration,
 }
 
-/// At most this many dangling targets of one request are looked up before denying it.
+/// Default of [`Webhook::catch_up_wait`]: with the lookups after it, well inside the API
+/// server's 5 s webhook timeout.
+pub const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
+
+/// Whether the request gives the graph of `kind` an edge it did not have: the only kind of
+/// change that can close a cycle. Pure, like [`validate`]: the graphs are the same afterwards.
+pub fn adds_edges(graphs: &mut Graphs, kind: FluxKind, req: &AdmissionRequest) -> bool {
+    if !matches!(req.operation, Operation::Create | Operation::Update) {
+        return false;
+    }
+    let Some(new) = req.object.as_ref().and_then(|v| read_object(kind, v, req).ok()) else { return false };
+    let old = match (req.operation, &req.old_object) {
+        (Operation::Update, Some(v)) => read_object(kind, v, req).ok(),
+        _ => None,
+    };
+    rules::adds_edges(graphs.get_mut(kind), &Arc::new(new), old.as_ref())
+}
+
+/// The denial given while a kind's source is not current and the request cannot be decided
+/// safely on the cache alone.
+fn catching_up(kind: FluxKind, reason: &str, for_secs: u64) -> Verdict {
+    let message = format!(
+        "fluxgate's view of {kind} objects is catching up with the API server ({reason}, {for_secs} s ago); \
+         this change could depend on what it has not seen yet, so it is not decided now: retry in a few seconds"
+    );
+    let response = Response { allowed: false, message: Some(message), warnings: Vec::new(), patch: None };
+    Verdict { response, findings: Vec::new(), kind: Some(kind), record: None }
+}
+
+/// At most this many objects of one request are looked up before denying it.
 const MAX_LOOKUPS: usize = 10;
-/// How long a confirming lookup may take; past it the cache's answer stands.
+/// How long the confirming lookups of one request may take (they run side by side); past it
+/// the cache's answer stands. With [`CATCH_UP_WAIT`] and the two rounds of lookups a request
+/// is answered within 4 s, inside the API server's 5 s webhook timeout.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long after its admission an object must be in the API server, or it never will be:
+/// the longest timeout an admission webhook can have, since validating webhooks run side by
+/// side and storage follows them.
+pub const UNSTORED_AFTER: Duration = Duration::from_secs(30);
+
+/// Looks `keys` up side by side, each bounded by [`LOOKUP_TIMEOUT`].
+async fn lookup_all(
+    lookup: &Lookup,
+    kind: FluxKind,
+    keys: &[ObjectKey],
+) -> Vec<(ObjectKey, Result<Option<FluxObject>, String>)> {
+    let answers = futures::future::join_all(keys.iter().map(|key| async move {
+        match tokio::time::timeout(LOOKUP_TIMEOUT, lookup.get(kind, key)).await {
+            Ok(Ok(found)) => Ok(found.map(|(object, _)| object)),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {LOOKUP_TIMEOUT:?}")),
+        }
+    }))
+    .await;
+    keys.iter().cloned().zip(answers).collect()
+}
 
 impl Webhook {
+    /// A webhook whose policy never changes.
     pub fn new(cache: Arc<Cache>, policy: Arc<Policy>) -> Webhook {
-        Webhook { cache, policy, lookup: None }
+        Webhook::live(cache, LivePolicy::fixed(policy))
+    }
+
+    /// A webhook deciding with whatever policy `policy` has in force at each request.
+    pub fn live(cache: Arc<Cache>, policy: Arc<LivePolicy>) -> Webhook {
+        Webhook { cache, policy, lookup: None, catch_up_wait: CATCH_UP_WAIT }
     }
 
     /// The same webhook, confirming dangling targets with `lookup` before denying.
@@ -155,9 +216,11 @@ impl Webhook {
     /// Validates `req` and, when it is admitted for real, records the object so the next
     /// decision sees it. Check and record happen under one lock.
     pub fn validate(&self, req: &AdmissionRequest, now: Instant) -> Result<Verdict, BadRequest> {
+        // Taken before the cache lock: a reload never waits for a decision, nor a decision for it.
+        let policy = self.policy.get();
         let mut state = self.cache.lock();
         state.expire(now);
-        let verdict = validate(state.graphs_mut(), &self.policy, req)?;
+        let verdict = validate(state.graphs_mut(), &policy, req)?;
         if let Some(object) = &verdict.record {
             let replaced =
                 req.old_object.as_ref().and_then(|o| o["metadata"]["resourceVersion"].as_str()).map(str::to_string);
@@ -171,9 +234,22 @@ impl Webhook {
     /// it. Targets the API server has join the cache (as admitted objects, until the watch
     /// confirms them) and the request is judged again. Only the deny path pays for the lookups,
     /// and they run outside the cache lock.
+    ///
+    /// While the request's kind is lagging (an outage, a relist, a silent watch), a request that
+    /// adds an edge or that would be denied is not decided on the cache alone: it waits up to
+    /// [`Webhook::catch_up_wait`] for the kind to be current (asking the watch to retry at
+    /// once), and is denied as "catching up" if it is not. Edges that add nothing, deletes that
+    /// are allowed, and untouched objects (Flux's dry-runs of unchanged objects) go through.
     pub async fn review(&self, req: &AdmissionRequest, now: Instant) -> Result<Verdict, BadRequest> {
+        if let Some(verdict) = self.wait_if_lagging(req).await? {
+            return Ok(verdict);
+        }
         let verdict = self.validate(req, now)?;
         let (Some(lookup), Some(kind)) = (&self.lookup, verdict.kind) else { return Ok(verdict) };
+        if verdict.response.allowed {
+            return Ok(verdict);
+        }
+        let verdict = self.forget_unstored(req, verdict, now, lookup, kind).await?;
         if verdict.response.allowed {
             return Ok(verdict);
         }
@@ -185,12 +261,11 @@ impl Webhook {
             .take(MAX_LOOKUPS)
             .collect();
         let mut found = Vec::new();
-        for key in &missing {
-            match tokio::time::timeout(LOOKUP_TIMEOUT, lookup.get(kind, key)).await {
-                Ok(Ok(Some((object, _)))) => found.push(Arc::new(object)),
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => tracing::warn!(target = %key, error = %e, "cannot confirm a dangling target"),
-                Err(_) => tracing::warn!(target = %key, "confirming a dangling target timed out"),
+        for (key, answer) in lookup_all(lookup, kind, &missing).await {
+            match answer {
+                Ok(Some(object)) => found.push(Arc::new(object)),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(target = %key, error = %e, "cannot confirm a dangling target"),
             }
         }
         if found.is_empty() {
@@ -205,10 +280,86 @@ impl Webhook {
         self.validate(req, now)
     }
 
+    /// A denial for a cycle through objects this replica admitted but the source never
+    /// delivered (a later admission step or the storage may have rejected them) is confirmed
+    /// first: admitted objects the API server does not have, [`UNSTORED_AFTER`] after their
+    /// admission, leave the cache, and the request is judged again.
+    async fn forget_unstored(
+        &self,
+        req: &AdmissionRequest,
+        verdict: Verdict,
+        now: Instant,
+        lookup: &Lookup,
+        kind: FluxKind,
+    ) -> Result<Verdict, BadRequest> {
+        if !lookup.serves(kind) {
+            return Ok(verdict);
+        }
+        let admitted_before = now.checked_sub(UNSTORED_AFTER).unwrap_or(now);
+        let suspects: Vec<ObjectKey> = {
+            let state = self.cache.lock();
+            let mut suspects: Vec<ObjectKey> = Vec::new();
+            for f in verdict.findings.iter().filter(|f| f.rule == Rule::Cycle && f.is_deny()) {
+                for key in f.cycle.iter().flatten() {
+                    let own = key.name == req.name && key.namespace == req.namespace;
+                    if !own && !suspects.contains(key) && state.is_unconfirmed(kind, key, admitted_before) {
+                        suspects.push(key.clone());
+                    }
+                }
+            }
+            suspects.truncate(MAX_LOOKUPS);
+            suspects
+        };
+        let mut gone = Vec::new();
+        for (key, answer) in lookup_all(lookup, kind, &suspects).await {
+            match answer {
+                Ok(None) => gone.push(key),
+                Ok(Some(_)) => {}
+                Err(e) => tracing::warn!(object = %key, error = %e, "cannot confirm an admitted object"),
+            }
+        }
+        if gone.is_empty() {
+            return Ok(verdict);
+        }
+        {
+            let mut state = self.cache.lock();
+            for key in &gone {
+                tracing::info!(kind = kind.as_str(), object = %key, "an admitted object was never stored; it no longer counts");
+                state.forget_unstored(kind, key);
+            }
+        }
+        self.validate(req, now)
+    }
+
+    /// `Some(denial)` when the request's kind is lagging, the request needs a current view,
+    /// and the view did not become current in time.
+    async fn wait_if_lagging(&self, req: &AdmissionRequest) -> Result<Option<Verdict>, BadRequest> {
+        let Some(kind) = FluxKind::from_group_kind(&req.kind.group, &req.kind.kind) else { return Ok(None) };
+        {
+            let mut state = self.cache.lock();
+            if state.health(kind).is_current() {
+                return Ok(None);
+            }
+            let verdict = validate(state.graphs_mut(), &self.policy.get(), req)?;
+            if verdict.response.allowed && !adds_edges(state.graphs_mut(), kind, req) {
+                return Ok(None);
+            }
+        }
+        if self.cache.wait_current(kind, self.catch_up_wait).await {
+            return Ok(None);
+        }
+        let state = self.cache.lock();
+        let Some((since, reason)) = &state.health(kind).lagging else { return Ok(None) };
+        Ok(Some(catching_up(kind, reason, since.elapsed().as_secs())))
+    }
+
     /// Computes the mutating webhook's response. The cache is read (whether the object applies
     /// other Kustomizations) under its lock, for the time of one lookup.
     pub fn mutate(&self, req: &AdmissionRequest) -> Result<Response, BadRequest> {
-        let state = self.cache.lock();
-        mutate(&self.policy, state.graphs().get(FluxKind::Kustomization), req)
+        let policy = self.policy.get();
+        mutate(&policy, req, |object| {
+            let state = self.cache.lock();
+            wait_default(state.graphs().get(FluxKind::Kustomization), object, &req.namespace, &req.name)
+        })
     }
 }

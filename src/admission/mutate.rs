@@ -20,13 +20,19 @@
 use serde_json::{Value, json};
 
 use super::{AdmissionRequest, BadRequest, Operation, Response};
+use crate::defaults::complete;
 use crate::graph::Graph;
 use crate::object::{FluxKind, OWNER_NAME_LABEL, OWNER_NAMESPACE_LABEL, ObjectKey, field_is_unowned};
 use crate::policy::Policy;
 
-/// The mutating webhook's response to `req`. `kustomizations` is the cached Kustomization graph,
-/// which tells whether the object applies other Kustomizations.
-pub fn mutate(policy: &Policy, kustomizations: &Graph, req: &AdmissionRequest) -> Result<Response, BadRequest> {
+/// The mutating webhook's response to `req`. `wait_of` decides [`WaitDefault`] for a
+/// Kustomization (with [`wait_default`] on the cached graph), so that the caller holds the cache
+/// only for that lookup, not while the patch is computed.
+pub fn mutate(
+    policy: &Policy,
+    req: &AdmissionRequest,
+    wait_of: impl FnOnce(&Value) -> WaitDefault,
+) -> Result<Response, BadRequest> {
     let Some(kind) = FluxKind::from_group_kind(&req.kind.group, &req.kind.kind) else {
         return Ok(Response::allow());
     };
@@ -38,10 +44,10 @@ pub fn mutate(policy: &Policy, kustomizations: &Graph, req: &AdmissionRequest) -
         .as_ref()
         .ok_or_else(|| BadRequest(format!("{} request without an object", req.operation.as_str())))?;
     let wait = match kind {
-        FluxKind::Kustomization => wait_default(kustomizations, object, &req.namespace, &req.name),
+        FluxKind::Kustomization => wait_of(object),
         FluxKind::HelmRelease => WaitDefault::Wanted,
     };
-    let ops = default_patch(policy, kind, object, wait);
+    let ops = default_patch(policy, kind, &req.namespace, object, wait);
     Ok(Response { allowed: true, patch: (!ops.is_empty()).then_some(ops), ..Response::default() })
 }
 
@@ -85,27 +91,38 @@ pub fn wait_default(kustomizations: &Graph, object: &Value, namespace: &str, nam
     WaitDefault::Wanted
 }
 
-/// JSON Patch operations adding each configured default whose field is absent from `spec`,
-/// except a `wait` that `wait` says is not wanted, and removing an unowned `wait: true` (an
-/// earlier default of fluxgate's) that is not wanted any more.
-pub fn default_patch(policy: &Policy, kind: FluxKind, object: &Value, wait: WaitDefault) -> Vec<Value> {
+/// JSON Patch operations completing `spec` with the defaults for `kind` in `namespace` (every
+/// leaf the object does not set, at any depth; lists are never merged into), except a `wait`
+/// that `wait` says is not wanted, and removing an unowned `wait: true` (an earlier default of
+/// fluxgate's) that is not wanted any more. The additions are the JSON Patch from the object's
+/// `spec` to its completed form.
+pub fn default_patch(
+    policy: &Policy,
+    kind: FluxKind,
+    namespace: &str,
+    object: &Value,
+    wait: WaitDefault,
+) -> Vec<Value> {
     // Without a spec object there is nothing to complete; the CRD schema rejects such objects.
     let Some(spec) = object.get("spec").and_then(Value::as_object) else {
         return Vec::new();
     };
-    let defaults = match kind {
-        FluxKind::Kustomization => &policy.kustomization_defaults,
-        FluxKind::HelmRelease => &policy.helm_release_defaults,
+    let is_kustomization = kind == FluxKind::Kustomization;
+    let defaults = policy.defaults_for(kind, namespace);
+    let mut completed = spec.clone();
+    if is_kustomization && wait != WaitDefault::Wanted && defaults.contains_key("wait") {
+        let mut without_wait = defaults.clone();
+        without_wait.remove("wait");
+        complete(&mut completed, &without_wait);
+    } else {
+        complete(&mut completed, defaults);
+    }
+    let patch = json_patch::diff(&json!({ "spec": spec }), &json!({ "spec": completed }));
+    let mut ops = match serde_json::to_value(patch) {
+        Ok(Value::Array(ops)) => ops,
+        _ => unreachable!("a JSON Patch serialises to a list of operations"),
     };
-    let set = |field: &str| spec.get(field).is_some_and(|v| !v.is_null());
-    let is_wait = |field: &str| kind == FluxKind::Kustomization && field == "wait";
-    let mut ops: Vec<Value> = defaults
-        .iter()
-        .filter(|d| !set(d.field))
-        .filter(|d| !(is_wait(d.field) && wait != WaitDefault::Wanted))
-        .map(|d| json!({ "op": "add", "path": format!("/spec/{}", d.field), "value": d.value }))
-        .collect();
-    let unowned_wait = kind == FluxKind::Kustomization
+    let unowned_wait = is_kustomization
         && spec.get("wait") == Some(&Value::Bool(true))
         && object.get("metadata").is_some_and(|m| field_is_unowned(m, &["spec", "wait"]));
     if unowned_wait && wait != WaitDefault::Wanted {
@@ -129,8 +146,9 @@ mod tests {
     fn adds_only_absent_fields() {
         let p = Policy::default();
         let obj = json!({"spec": {"timeout": "10m", "wait": null}});
-        let ops = default_patch(&p, FluxKind::Kustomization, &obj, WaitDefault::Wanted);
-        assert_eq!(ops, vec![json!({"op": "add", "path": "/spec/wait", "value": true})]);
+        let ops = default_patch(&p, FluxKind::Kustomization, "ns", &obj, WaitDefault::Wanted);
+        // `null` counts as absent: the member is there, so the patch replaces it.
+        assert_eq!(ops, vec![json!({"op": "replace", "path": "/spec/wait", "value": true})]);
     }
 
     #[test]
@@ -159,6 +177,6 @@ mod tests {
     #[test]
     fn helm_releases_get_only_configured_defaults() {
         let p = Policy::default();
-        assert!(default_patch(&p, FluxKind::HelmRelease, &json!({"spec": {}}), WaitDefault::Wanted).is_empty());
+        assert!(default_patch(&p, FluxKind::HelmRelease, "ns", &json!({"spec": {}}), WaitDefault::Wanted).is_empty());
     }
 }

@@ -5,9 +5,11 @@
 //! `kubectl describe` and event-based alerting see them. The replicas elect a poster with a
 //! `coordination.k8s.io` Lease; the holder renews it, and another replica takes over once it has
 //! not been renewed for its duration. A finding is posted once while it lasts: an unchanged
-//! finding is not posted again, one that went away and came back is.
+//! finding is not posted again, one that went away and came back is. Events are aggregated
+//! per object and rule and carry the object's uid (`regarding.uid`), without which
+//! `kubectl describe` does not show them.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -22,7 +24,6 @@ use kube::api::{Api, PostParams};
 use super::Report;
 use crate::object::{FluxKind, ObjectKey};
 use crate::policy::Rule;
-use crate::rules::Finding;
 
 /// Name of the Lease the replicas compete for.
 pub const LEASE_NAME: &str = "fluxgate-audit";
@@ -149,36 +150,55 @@ impl Publisher {
         }
     }
 
-    /// Posts an Event for each finding of `report` not posted yet, on each offending object
-    /// (every member of a cycle), when this replica holds the Lease. Returns how many were posted.
+    /// Posts an Event for each object and rule with findings not posted yet (every member of a
+    /// cycle is an offending object), when this replica holds the Lease. The findings of one
+    /// rule on one object (a dangling target each, several cycles) make one Event, so an object
+    /// naming a thousand missing targets gets one Event, not a thousand. Returns how many were
+    /// posted.
     pub async fn publish(&self, report: &Report) -> usize {
         if !self.is_leader() {
             return 0;
         }
-        let mut wanted: Vec<(Posted, &Finding)> = Vec::new();
+        let mut order: Vec<(Rule, FluxKind, ObjectKey)> = Vec::new();
+        let mut notes: HashMap<(Rule, FluxKind, ObjectKey), Vec<&str>> = HashMap::new();
         for f in &report.findings {
             if reason(f.rule).is_none() {
                 continue;
             }
-            let mut objects = vec![f.object.clone()];
+            let mut objects = vec![&f.object];
             for member in f.cycle.iter().flatten() {
-                if !objects.contains(member) {
-                    objects.push(member.clone());
+                if !objects.contains(&member) {
+                    objects.push(member);
                 }
             }
             for object in objects {
-                wanted.push(((f.rule, f.kind, object, f.message.clone()), f));
+                let key = (f.rule, f.kind, object.clone());
+                let messages = notes.entry(key.clone()).or_default();
+                if messages.is_empty() {
+                    order.push(key);
+                }
+                if !messages.contains(&f.message.as_str()) {
+                    messages.push(&f.message);
+                }
             }
         }
-        let new: Vec<(Posted, &Finding)> = {
+        let wanted: Vec<Posted> = order
+            .into_iter()
+            .map(|key| {
+                let note = notes[&key].join("; ");
+                (key.0, key.1, key.2, note)
+            })
+            .collect();
+        let new: Vec<Posted> = {
             let mut posted = self.posted.lock().unwrap_or_else(|p| p.into_inner());
-            let current: HashSet<&Posted> = wanted.iter().map(|(id, _)| id).collect();
+            let current: HashSet<&Posted> = wanted.iter().collect();
             posted.retain(|id| current.contains(id));
-            wanted.into_iter().filter(|(id, _)| !posted.contains(id)).collect()
+            wanted.iter().filter(|id| !posted.contains(*id)).cloned().collect()
         };
         let mut count = 0;
-        for (id, finding) in new {
-            match self.post(&id.2, finding).await {
+        for id in new {
+            let uid = report.uids.get(&(id.1, id.2.clone())).cloned();
+            match self.post(&id, uid).await {
                 Ok(()) => {
                     count += 1;
                     self.posted.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
@@ -189,14 +209,14 @@ impl Publisher {
         count
     }
 
-    async fn post(&self, object: &ObjectKey, finding: &Finding) -> Result<(), kube::Error> {
+    async fn post(&self, (rule, kind, object, message): &Posted, uid: Option<String>) -> Result<(), kube::Error> {
         let now = Timestamp::now();
         let api: Api<Event> = Api::namespaced(self.client.clone(), &object.namespace);
-        let note: String = finding.message.chars().take(1024).collect();
+        // An Event note holds at most 1 kB.
+        let note: String = message.chars().take(1024).collect();
         let event = Event {
             metadata: ObjectMeta {
-                // Unique per post; event names are not looked up, only listed by object.
-                name: Some(format!("{}.{:x}", object.name, now.as_nanosecond())),
+                name: Some(event_name(&object.name, now.as_nanosecond())),
                 namespace: Some(object.namespace.clone()),
                 ..ObjectMeta::default()
             },
@@ -204,20 +224,35 @@ impl Publisher {
             reporting_controller: Some(REPORTING_CONTROLLER.into()),
             reporting_instance: Some(self.identity.clone()),
             action: Some("Audit".into()),
-            reason: reason(finding.rule).map(str::to_string),
+            reason: reason(*rule).map(str::to_string),
             type_: Some("Warning".into()),
             note: Some(note),
             regarding: Some(ObjectReference {
-                api_version: Some(api_version(finding.kind).into()),
-                kind: Some(finding.kind.as_str().into()),
+                api_version: Some(api_version(*kind).into()),
+                kind: Some(kind.as_str().into()),
                 name: Some(object.name.clone()),
                 namespace: Some(object.namespace.clone()),
+                uid,
                 ..ObjectReference::default()
             }),
             ..Event::default()
         };
         api.create(&PostParams::default(), &event).await.map(|_| ())
     }
+}
+
+/// Longest name of an object (a DNS subdomain).
+const MAX_NAME: usize = 253;
+
+/// A unique Event name for an object: its name, cut so that the name and the time suffix fit
+/// in 253 characters (an object's own name may use all 253), and still a DNS subdomain.
+/// Event names are never looked up, only listed by object, so the cut loses nothing.
+fn event_name(object: &str, nanos: i128) -> String {
+    let suffix = format!("{:x}", nanos.unsigned_abs());
+    let room = MAX_NAME - 1 - suffix.len();
+    let cut = object.char_indices().nth(room).map_or(object, |(i, _)| &object[..i]);
+    let base = cut.trim_end_matches(['.', '-']);
+    format!("{base}.{suffix}")
 }
 
 /// This pod's identity and namespace: the downward API's `POD_NAME`/`POD_NAMESPACE`, else the
@@ -236,4 +271,23 @@ pub fn pod_identity() -> (String, String) {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "fluxgate-system".to_string());
     (name, namespace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_names_fit_whatever_the_object_name() {
+        let now = Timestamp::now().as_nanosecond();
+        assert!(event_name("web", now).starts_with("web."));
+        let long = format!("{}-{}", "a".repeat(240), "b".repeat(12));
+        assert_eq!(long.len(), 253);
+        let name = event_name(&long, now);
+        assert!(name.len() <= MAX_NAME, "{}", name.len());
+        // A cut that lands on a separator drops it: a name part cannot end in '-' or '.'.
+        let dashed = format!("{}-{}", "a".repeat(MAX_NAME - 2 - 16), "b".repeat(20));
+        let name = event_name(&dashed, i128::from(u64::MAX));
+        assert!(!name.contains("-."), "{name}");
+    }
 }

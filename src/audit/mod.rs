@@ -3,14 +3,16 @@
 
 pub mod events;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
 use crate::cache::Cache;
-use crate::object::FluxKind;
+use crate::graph::Graph;
+use crate::live_policy::LivePolicy;
+use crate::object::{FluxKind, ObjectKey};
 use crate::policy::{Policy, Rule};
 use crate::rules::{self, Finding};
 
@@ -22,6 +24,9 @@ pub struct Report {
     pub generated_at: u64,
     pub objects: Objects,
     pub findings: Vec<Finding>,
+    /// The uid of each object a finding names, where the cache knows it (for Events).
+    #[serde(skip)]
+    pub uids: HashMap<(FluxKind, ObjectKey), String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -32,20 +37,33 @@ pub struct Objects {
     pub helm_releases: usize,
 }
 
-/// Scans the cache now.
+/// Scans the cache now. The cache lock is held only to copy out the objects (pointer copies,
+/// no graph work); the graphs are rebuilt and scanned afterwards, so admission never waits
+/// for an audit. Blocking work: call it off the async runtime.
 pub fn scan(cache: &Cache, policy: &Policy) -> Report {
-    let state = cache.lock();
+    let snapshot = cache.lock().snapshot();
     let mut findings = Vec::new();
-    for graph in state.graphs().iter() {
-        findings.extend(rules::audit(graph, policy));
+    let mut counts = [0; 2];
+    let mut uids = HashMap::new();
+    for (kind, objects) in FluxKind::ALL.into_iter().zip(snapshot) {
+        let mut graph = Graph::new(kind);
+        for object in objects {
+            graph.upsert(object);
+        }
+        counts[kind.index()] = graph.len();
+        let found = rules::audit(&graph, policy);
+        for f in &found {
+            for key in std::iter::once(&f.object).chain(f.cycle.iter().flatten()) {
+                if let Some(uid) = graph.get(key).and_then(|o| o.uid.clone()) {
+                    uids.insert((kind, key.clone()), uid);
+                }
+            }
+        }
+        findings.extend(found);
     }
-    let objects = Objects {
-        kustomizations: state.graphs().get(FluxKind::Kustomization).len(),
-        helm_releases: state.graphs().get(FluxKind::HelmRelease).len(),
-    };
-    drop(state);
+    let objects = Objects { kustomizations: counts[0], helm_releases: counts[1] };
     let generated_at = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    Report { generated_at, objects, findings }
+    Report { generated_at, objects, findings, uids }
 }
 
 /// Counts of findings by kind and rule.
@@ -66,12 +84,13 @@ fn id(f: &Finding) -> FindingId {
     (f.rule, f.kind, f.object.to_string(), f.message.clone())
 }
 
-/// Runs the audit every `every`, publishing into `report`, calling `publish` with each new
+/// Runs the audit every `every` with the policy in force at each scan, publishing into
+/// `report`, calling `publish` with each new
 /// report (for metrics), and handing it to `events` (cluster mode) to post as Events. Logs a
 /// line per finding not seen in the previous scan.
 pub async fn run(
     cache: Arc<Cache>,
-    policy: Arc<Policy>,
+    policy: Arc<LivePolicy>,
     report: Arc<RwLock<Report>>,
     every: Duration,
     publish: impl Fn(&Report) + Send + 'static,
@@ -85,7 +104,11 @@ pub async fn run(
         if !cache.is_ready() {
             continue;
         }
-        let next = scan(&cache, &policy);
+        let (c, p) = (cache.clone(), policy.get());
+        let Ok(next) = tokio::task::spawn_blocking(move || scan(&c, &p)).await else {
+            tracing::error!("the audit panicked; trying again at the next interval");
+            continue;
+        };
         let ids: HashSet<FindingId> = next.findings.iter().map(id).collect();
         for f in next.findings.iter().filter(|f| !known.contains(&id(f))) {
             tracing::warn!(rule = %f.rule, kind = %f.kind, object = %f.object, action = f.action.as_str(), "audit finding: {}", f.message);

@@ -6,8 +6,13 @@
 //! - the **overlay**: objects admitted by a non-dry-run request (read-your-writes), so that
 //!   `kubectl apply` of `infra` then `apps` does not see `infra` as missing. An overlay entry
 //!   ends when the source delivers that object (confirming or replacing it), when it deletes
-//!   it, or after [`OVERLAY_TTL`], so a request that a later admission step rejected cannot
-//!   haunt the graph.
+//!   it, or [`OVERLAY_TTL`] after it was admitted *and* the source was current, so a request
+//!   that a later admission step rejected cannot haunt the graph, while an outage of the source
+//!   never makes the replica forget what it admitted.
+//!
+//! Each kind also has a [`KindHealth`]: whether its source is current (complete and followed
+//! live) or lagging (an outage, a relist, a silent watch), and since when. Readiness and every
+//! decision that could be wrong because of missed changes look at it.
 //!
 //! The graph always holds the effective view (overlay over base). Everything sits behind one
 //! mutex: a decision and its recording happen under the same lock, so no interleaving of
@@ -18,6 +23,8 @@ pub mod watch;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 use crate::graph::Graph;
 use crate::object::{FluxKind, FluxObject, ObjectKey};
@@ -59,6 +66,28 @@ struct OverlayEntry {
 
 type Key = (FluxKind, ObjectKey);
 
+/// How one kind's source is doing.
+#[derive(Debug, Clone, Default)]
+pub struct KindHealth {
+    /// Why the source may have missed changes, and since when; `None` while it is current.
+    /// Files and tests that fill the cache directly are always current.
+    pub lagging: Option<(Instant, String)>,
+    /// When the source last showed it was alive: a list, an event or a bookmark.
+    pub last_seen: Option<Instant>,
+    /// Whether a list (initial or relist) is under way.
+    pub relisting: bool,
+    /// The `group/version` watched, once known.
+    pub api_version: Option<String>,
+    /// When the source last became current: overlay entries age from here at the earliest.
+    current_since: Option<Instant>,
+}
+
+impl KindHealth {
+    pub fn is_current(&self) -> bool {
+        self.lagging.is_none()
+    }
+}
+
 /// The cache's state. Reach it through [`Cache::lock`].
 #[derive(Debug, Default)]
 pub struct State {
@@ -66,6 +95,7 @@ pub struct State {
     base: HashMap<Key, Arc<FluxObject>>,
     overlay: HashMap<Key, OverlayEntry>,
     synced: [bool; 2],
+    health: [KindHealth; 2],
 }
 
 impl State {
@@ -134,6 +164,45 @@ impl State {
         self.synced.iter().all(|s| *s)
     }
 
+    /// Whether decisions can rest on the cache: every kind listed and followed live.
+    pub fn is_ready(&self) -> bool {
+        self.is_synced() && self.health.iter().all(KindHealth::is_current)
+    }
+
+    pub fn health(&self, kind: FluxKind) -> &KindHealth {
+        &self.health[kind.index()]
+    }
+
+    /// The source of `kind` may be missing changes from now on (keeps the first reason).
+    pub fn set_lagging(&mut self, kind: FluxKind, reason: impl Into<String>, now: Instant) {
+        let h = &mut self.health[kind.index()];
+        if h.lagging.is_none() {
+            h.lagging = Some((now, reason.into()));
+        }
+    }
+
+    /// The source of `kind` is complete and followed live again.
+    pub fn set_current(&mut self, kind: FluxKind, now: Instant) {
+        let h = &mut self.health[kind.index()];
+        if h.lagging.take().is_some() || h.current_since.is_none() {
+            h.current_since = Some(now);
+        }
+        h.last_seen = Some(now);
+    }
+
+    /// The source of `kind` showed it is alive (an event or a bookmark).
+    pub fn saw(&mut self, kind: FluxKind, now: Instant) {
+        self.health[kind.index()].last_seen = Some(now);
+    }
+
+    pub fn set_relisting(&mut self, kind: FluxKind, relisting: bool) {
+        self.health[kind.index()].relisting = relisting;
+    }
+
+    pub fn set_api_version(&mut self, kind: FluxKind, api_version: Option<String>) {
+        self.health[kind.index()].api_version = api_version;
+    }
+
     /// Records an object admitted by a non-dry-run request.
     pub fn admit(&mut self, object: Arc<FluxObject>, replaced_version: Option<String>, now: Instant) {
         let key = (object.kind, object.key.clone());
@@ -141,15 +210,39 @@ impl State {
         self.graphs.get_mut(object.kind).upsert(object);
     }
 
-    /// Ends overlay entries older than [`OVERLAY_TTL`], putting the source's view back.
+    /// Whether `key` is known only because this replica admitted it, at or before `before`:
+    /// the source has not delivered it.
+    pub fn is_unconfirmed(&self, kind: FluxKind, key: &ObjectKey, before: Instant) -> bool {
+        let k = (kind, key.clone());
+        !self.base.contains_key(&k) && self.overlay.get(&k).is_some_and(|e| e.admitted_at <= before)
+    }
+
+    /// The API server does not have an object this replica admitted (a later step rejected
+    /// it): it stops counting now rather than at its expiry.
+    pub fn forget_unstored(&mut self, kind: FluxKind, key: &ObjectKey) {
+        let k = (kind, key.clone());
+        if self.overlay.remove(&k).is_some() && !self.base.contains_key(&k) {
+            self.graphs.get_mut(kind).remove(key);
+        }
+    }
+
+    /// Ends overlay entries older than [`OVERLAY_TTL`], putting the source's view back. Age
+    /// counts only while the kind's source is current: during an outage or a relist the
+    /// source cannot have confirmed anything, and forgetting an admitted object then is how
+    /// both halves of a cycle got in.
     pub fn expire(&mut self, now: Instant) {
         if self.overlay.is_empty() {
             return;
         }
+        let health = &self.health;
         let expired: Vec<Key> = self
             .overlay
             .iter()
-            .filter(|(_, e)| now.saturating_duration_since(e.admitted_at) >= OVERLAY_TTL)
+            .filter(|((kind, _), e)| {
+                let h = &health[kind.index()];
+                let from = h.current_since.map_or(e.admitted_at, |since| since.max(e.admitted_at));
+                h.is_current() && now.saturating_duration_since(from) >= OVERLAY_TTL
+            })
             .map(|(k, _)| k.clone())
             .collect();
         for key in expired {
@@ -166,6 +259,15 @@ impl State {
         }
     }
 
+    /// Every object of each kind (in [`FluxKind::ALL`] order), as decisions see them now: a
+    /// copy of pointers, cheap enough to take under the lock, for work done outside it.
+    pub fn snapshot(&self) -> [Vec<Arc<FluxObject>>; 2] {
+        FluxKind::ALL.map(|kind| {
+            let graph = self.graphs.get(kind);
+            graph.present_ids().filter_map(|id| graph.object(id).cloned()).collect()
+        })
+    }
+
     /// How many admitted objects wait for the source to confirm them.
     pub fn pending_admissions(&self) -> usize {
         self.overlay.len()
@@ -176,6 +278,10 @@ impl State {
 #[derive(Debug, Default)]
 pub struct Cache {
     state: Mutex<State>,
+    /// Woken whenever a kind's health changes.
+    health_changed: Notify,
+    /// Per kind: a request waits for this kind's source; retry now rather than after back-off.
+    nudge: [Notify; 2],
 }
 
 impl Cache {
@@ -189,8 +295,39 @@ impl Cache {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Whether every kind is listed and current; see [`State::is_ready`].
     pub fn is_ready(&self) -> bool {
-        self.lock().is_synced()
+        self.lock().is_ready()
+    }
+
+    /// Changes kind health under the lock, then wakes whoever waits for it.
+    pub fn update_health<T>(&self, change: impl FnOnce(&mut State) -> T) -> T {
+        let out = change(&mut self.lock());
+        self.health_changed.notify_waiters();
+        out
+    }
+
+    /// Waits at most `limit` for the source of `kind` to be current, asking it to retry at
+    /// once if it is backing off. Returns whether it is current.
+    pub async fn wait_current(&self, kind: FluxKind, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let changed = self.health_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.lock().health(kind).is_current() {
+                return true;
+            }
+            self.nudge[kind.index()].notify_one();
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.lock().health(kind).is_current();
+            }
+        }
+    }
+
+    /// Resolves when a request asks the source of `kind` to retry now.
+    pub async fn nudged(&self, kind: FluxKind) {
+        self.nudge[kind.index()].notified().await;
     }
 }
 
@@ -212,6 +349,24 @@ mod tests {
         s.expire(t0 + Duration::from_secs(59));
         assert!(present(&s, "infra"));
         s.expire(t0 + OVERLAY_TTL);
+        assert!(!present(&s, "infra"));
+    }
+
+    #[test]
+    fn admitted_object_outlives_the_ttl_while_the_source_lags() {
+        let mut s = State::default();
+        let t0 = Instant::now();
+        s.set_current(FluxKind::Kustomization, t0);
+        s.admit(ks("f", "infra", &[]), None, t0);
+        s.set_lagging(FluxKind::Kustomization, "outage", t0 + Duration::from_secs(1));
+        s.expire(t0 + Duration::from_secs(600));
+        assert!(present(&s, "infra"), "an outage does not make the replica forget");
+        // Current again: the entry ages from then, not from its admission.
+        let back = t0 + Duration::from_secs(600);
+        s.set_current(FluxKind::Kustomization, back);
+        s.expire(back + Duration::from_secs(59));
+        assert!(present(&s, "infra"));
+        s.expire(back + OVERLAY_TTL);
         assert!(!present(&s, "infra"));
     }
 

@@ -1,34 +1,60 @@
 //! Cluster mode: feeds the cache from list/watch streams of every Kustomization and HelmRelease.
 //!
-//! One kube-runtime watcher per kind, cluster-wide. An initial list (or a relist after a watch
-//! error or 410 Gone) is collected whole and swapped in at its end, so decisions keep the last
-//! complete snapshot while a relist runs. Watch errors back off exponentially. An object the
-//! rules cannot read is logged and skipped; the stream goes on. A kind whose CRD is not
-//! installed is skipped with a log line (it does not hold readiness back) and looked for again
-//! periodically, so installing Flux after fluxgate works.
+//! One loop per kind, cluster-wide, written against the list and watch calls directly so that
+//! every state the source can be in is visible to the cache's [`KindHealth`](super::KindHealth):
+//!
+//! - A list (initial, or a relist after any trouble) is collected whole and swapped in at its
+//!   end, so decisions keep the last complete snapshot while it runs; the kind is *lagging*
+//!   from the trouble until the list completes, and *current* afterwards.
+//! - The watch asks for bookmarks and a server-side timeout ([`WatchOptions::watch_timeout`]);
+//!   a watch that delivers neither an event, a bookmark nor its end within that timeout plus
+//!   [`WatchOptions::silence_grace`] is silent (a stalled connection) and is replaced.
+//! - 410 Gone relists at once. Other errors back off briefly (the API server is usually on the
+//!   same control plane: 100 ms doubling to [`WatchOptions::max_backoff`], reset by every
+//!   successful list or watch), and a request waiting for the kind cuts the back-off short.
+//! - The served version is found by probing the versions fluxgate knows, newest first; it is
+//!   found again when the watched version answers 404 (a Flux upgrade stopped serving it) and
+//!   every [`WatchOptions::rediscover_every`] (a newer version appeared).
+//!
+//! An object the rules cannot read is logged and skipped; the stream goes on. A kind whose CRD
+//! is not installed is skipped with a log line (it does not hold readiness back) and looked for
+//! again periodically, so installing Flux after fluxgate works.
 
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams};
-use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, Event};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, WatchEvent, WatchParams};
 use serde_json::{Value, json};
 
 use super::Cache;
-use crate::object::{FluxKind, FluxObject};
+use crate::object::{FluxKind, FluxObject, ObjectKey};
 
 /// Tuning of the watch source.
 #[derive(Debug, Clone)]
 pub struct WatchOptions {
     /// How often to look again for a CRD that is not installed.
     pub crd_retry: Duration,
+    /// The server-side timeout of one watch request; the watch is renewed from its last
+    /// resourceVersion when it ends.
+    pub watch_timeout: Duration,
+    /// How long past `watch_timeout` a watch may stay silent before it counts as stalled.
+    pub silence_grace: Duration,
+    /// The longest wait between retries after an error.
+    pub max_backoff: Duration,
+    /// How often to check whether a newer version of a kind is served.
+    pub rediscover_every: Duration,
 }
 
 impl Default for WatchOptions {
     fn default() -> Self {
-        WatchOptions { crd_retry: Duration::from_secs(30) }
+        WatchOptions {
+            crd_retry: Duration::from_secs(30),
+            watch_timeout: Duration::from_secs(10),
+            silence_grace: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(2),
+            rediscover_every: Duration::from_secs(300),
+        }
     }
 }
 
@@ -51,6 +77,10 @@ fn resource(kind: FluxKind, version: &str) -> ApiResource {
     }
 }
 
+fn is_status(error: &kube::Error, code: u16) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == code)
+}
+
 /// The first served version of `kind`, probed with a one-item list (which also proves the
 /// list permission); `None` when no version is served (the CRD is not installed).
 async fn served_resource(client: &kube::Client, kind: FluxKind) -> Result<Option<ApiResource>, kube::Error> {
@@ -59,7 +89,7 @@ async fn served_resource(client: &kube::Client, kind: FluxKind) -> Result<Option
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
         match api.list(&ListParams::default().limit(1)).await {
             Ok(_) => return Ok(Some(ar)),
-            Err(kube::Error::Api(status)) if status.code == 404 => continue,
+            Err(e) if is_status(&e, 404) => continue,
             Err(e) => return Err(e),
         }
     }
@@ -74,7 +104,7 @@ pub fn read_object(kind: FluxKind, object: &DynamicObject) -> Result<(FluxObject
     let name = meta.name.as_deref().unwrap_or_default();
     let namespace = meta.namespace.as_deref().unwrap_or_default();
     let slim = json!({
-        "metadata": { "name": name, "labels": meta.labels, "managedFields": meta.managed_fields },
+        "metadata": { "name": name, "labels": meta.labels, "uid": meta.uid, "managedFields": meta.managed_fields },
         "spec": object.data.get("spec").cloned().unwrap_or(Value::Null),
     });
     let parsed =
@@ -82,88 +112,346 @@ pub fn read_object(kind: FluxKind, object: &DynamicObject) -> Result<(FluxObject
     Ok((parsed, meta.resource_version.clone()))
 }
 
-/// The API resource watched for each kind, once known (the version the cluster serves).
+/// Whether the object is being deleted (`deletionTimestamp` set, finalizers still running).
+/// Such an object counts as gone: it will not be there for a dependent to wait for, and its
+/// own edges go with it.
+fn is_terminating(object: &DynamicObject) -> bool {
+    object.metadata.deletion_timestamp.is_some()
+}
+
+/// The API resource watched for each kind, once known (the version the cluster serves). It
+/// changes when a Flux upgrade stops serving the watched version.
 #[derive(Debug, Default)]
-pub struct Served([OnceLock<ApiResource>; 2]);
+pub struct Served([RwLock<Option<ApiResource>>; 2]);
 
 impl Served {
-    pub fn get(&self, kind: FluxKind) -> Option<&ApiResource> {
-        self.0[kind.index()].get()
+    pub fn get(&self, kind: FluxKind) -> Option<ApiResource> {
+        self.0[kind.index()].read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, kind: FluxKind, resource: Option<ApiResource>) {
+        *self.0[kind.index()].write().unwrap_or_else(|p| p.into_inner()) = resource;
     }
 }
 
 /// Watches both kinds into `cache` until the task is dropped, recording in `served` which
 /// version of each kind it watches.
 pub async fn run(client: kube::Client, cache: Arc<Cache>, served: Arc<Served>, options: WatchOptions) {
-    let tasks = FluxKind::ALL
-        .map(|kind| tokio::spawn(watch_kind(client.clone(), cache.clone(), served.clone(), kind, options.clone())));
+    let tasks = FluxKind::ALL.map(|kind| {
+        let source = Source {
+            client: client.clone(),
+            cache: cache.clone(),
+            served: served.clone(),
+            kind,
+            options: options.clone(),
+        };
+        tokio::spawn(source.run())
+    });
     for t in tasks {
         let _ = t.await;
     }
 }
 
-async fn watch_kind(
+/// Retry delays after errors: short, capped, reset by a success.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+impl Backoff {
+    fn new(max: Duration) -> Backoff {
+        Backoff { next: FIRST_BACKOFF.min(max), max }
+    }
+
+    fn reset(&mut self) {
+        self.next = FIRST_BACKOFF.min(self.max);
+    }
+
+    /// Sleeps the current delay, or less if a request asks the kind to retry now.
+    async fn wait(&mut self, cache: &Cache, kind: FluxKind) {
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = cache.nudged(kind) => {}
+        }
+    }
+}
+
+/// Why the loop over one version stopped.
+enum Stop {
+    /// The version is no longer served (404): find the served one.
+    Gone(String),
+    /// A newer version is served.
+    Newer(ApiResource),
+}
+
+/// One kind's list/watch loop.
+struct Source {
     client: kube::Client,
     cache: Arc<Cache>,
     served: Arc<Served>,
     kind: FluxKind,
     options: WatchOptions,
-) {
-    let mut reported_missing = false;
-    let mut error_backoff = Duration::from_millis(500);
-    let ar = loop {
-        match served_resource(&client, kind).await {
-            Ok(Some(ar)) => break ar,
-            Ok(None) => {
-                if !reported_missing {
-                    tracing::info!(
-                        kind = kind.as_str(),
-                        group = kind.group(),
-                        "CRD not installed: {kind} objects are skipped until it appears"
-                    );
-                    cache.lock().mark_synced(kind);
-                    reported_missing = true;
+}
+
+impl Source {
+    fn lag(&self, reason: String) {
+        let kind = self.kind;
+        self.cache.update_health(|s| s.set_lagging(kind, reason, Instant::now()));
+    }
+
+    async fn run(self) {
+        let kind = self.kind;
+        let mut backoff = Backoff::new(self.options.max_backoff);
+        let mut next: Option<ApiResource> = None;
+        loop {
+            let ar = match next.take() {
+                Some(ar) => ar,
+                None => self.discover(&mut backoff).await,
+            };
+            self.served.set(kind, Some(ar.clone()));
+            self.cache.update_health(|s| s.set_api_version(kind, Some(ar.api_version.clone())));
+            tracing::info!(kind = kind.as_str(), api_version = %ar.api_version, "watching {kind} objects cluster-wide");
+            match self.follow(&ar, &mut backoff).await {
+                Stop::Gone(why) => {
+                    tracing::warn!(kind = kind.as_str(), api_version = %ar.api_version, "{why}; looking for the served version");
+                    self.lag(format!("{} is no longer served", ar.api_version));
+                    // Lookups must not ask a version that answers 404 for everything.
+                    self.served.set(kind, None);
+                    self.cache.update_health(|s| s.set_api_version(kind, None));
                 }
-                tokio::time::sleep(options.crd_retry).await;
-            }
-            Err(e) => {
-                tracing::warn!(kind = kind.as_str(), error = %e, "cannot reach the API server; retrying");
-                tokio::time::sleep(error_backoff).await;
-                error_backoff = (error_backoff * 2).min(Duration::from_secs(30));
+                Stop::Newer(newer) => {
+                    tracing::info!(kind = kind.as_str(), from = %ar.api_version, to = %newer.api_version, "a newer version is served; switching");
+                    self.lag(format!("switching to {}", newer.api_version));
+                    next = Some(newer);
+                }
             }
         }
-    };
-    tracing::info!(kind = kind.as_str(), api_version = %ar.api_version, "watching {kind} objects cluster-wide");
-    let _ = served.0[kind.index()].set(ar.clone());
-    let api: Api<DynamicObject> = Api::all_with(client, &ar);
-    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
-    futures::pin_mut!(stream);
-    let mut listing: Vec<(Arc<FluxObject>, Option<String>)> = Vec::new();
-    while let Some(event) = stream.next().await {
-        match event {
-            Ok(Event::Init) => listing.clear(),
-            Ok(Event::InitApply(o)) => match read_object(kind, &o) {
-                Ok((object, version)) => listing.push((Arc::new(object), version)),
-                Err(e) => tracing::warn!(kind = kind.as_str(), "skipped an object the rules cannot read: {e}"),
-            },
-            Ok(Event::InitDone) => {
-                let n = listing.len();
-                cache.lock().replace_all(kind, std::mem::take(&mut listing));
-                tracing::info!(kind = kind.as_str(), objects = n, "list complete");
+    }
+
+    /// Finds the served version, waiting while the CRD is not installed or the API server
+    /// does not answer.
+    async fn discover(&self, backoff: &mut Backoff) -> ApiResource {
+        let kind = self.kind;
+        let mut reported_missing = false;
+        loop {
+            match served_resource(&self.client, kind).await {
+                Ok(Some(ar)) => {
+                    backoff.reset();
+                    return ar;
+                }
+                Ok(None) => {
+                    backoff.reset();
+                    if !reported_missing {
+                        tracing::info!(
+                            kind = kind.as_str(),
+                            group = kind.group(),
+                            "CRD not installed: {kind} objects are skipped until it appears"
+                        );
+                        // No CRD, no objects: whatever was cached went with it.
+                        self.served.set(kind, None);
+                        self.cache.update_health(|s| {
+                            s.replace_all(kind, Vec::new());
+                            s.set_api_version(kind, None);
+                            s.set_current(kind, Instant::now());
+                        });
+                        reported_missing = true;
+                    }
+                    tokio::time::sleep(self.options.crd_retry).await;
+                }
+                Err(e) => {
+                    tracing::warn!(kind = kind.as_str(), error = %e, "cannot reach the API server; retrying");
+                    self.lag(format!("cannot reach the API server: {e}"));
+                    backoff.wait(&self.cache, kind).await;
+                }
             }
-            Ok(Event::Apply(o)) => match read_object(kind, &o) {
-                Ok((object, version)) => cache.lock().apply(Arc::new(object), version.as_deref()),
-                Err(e) => tracing::warn!(kind = kind.as_str(), "skipped an object the rules cannot read: {e}"),
-            },
-            Ok(Event::Delete(o)) => {
-                let key = crate::object::ObjectKey::new(
-                    o.metadata.namespace.clone().unwrap_or_default(),
-                    o.metadata.name.clone().unwrap_or_default(),
-                );
-                cache.lock().delete(kind, &key);
+        }
+    }
+
+    /// Lists and watches one version until it stops being the one to watch.
+    async fn follow(&self, ar: &ApiResource, backoff: &mut Backoff) -> Stop {
+        let kind = self.kind;
+        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), ar);
+        let mut probed = Instant::now();
+        let silence = self.options.watch_timeout + self.options.silence_grace;
+        let timeout_secs = u32::try_from(self.options.watch_timeout.as_secs().max(1)).unwrap_or(u32::MAX);
+        // 410s since a watch last delivered something: the first relists at once, a second in
+        // a row backs off instead of relisting in a loop.
+        let mut gone_in_a_row = 0u32;
+        'list: loop {
+            if gone_in_a_row > 1 {
+                backoff.wait(&self.cache, kind).await;
             }
-            Err(e) => {
-                tracing::warn!(kind = kind.as_str(), error = %e, "watch error; backing off, the last complete list stays in use")
+            self.cache.update_health(|s| s.set_relisting(kind, true));
+            let listed = self.list(&api).await;
+            let (objects, mut version) = match listed {
+                Ok(listed) => listed,
+                Err(e) => {
+                    self.cache.update_health(|s| s.set_relisting(kind, false));
+                    if is_status(&e, 404) {
+                        return Stop::Gone(format!("list answered 404: {e}"));
+                    }
+                    tracing::warn!(kind = kind.as_str(), error = %e, "list failed; retrying, the last complete list stays in use");
+                    self.lag(format!("list failed: {e}"));
+                    backoff.wait(&self.cache, kind).await;
+                    continue 'list;
+                }
+            };
+            backoff.reset();
+            let n = objects.len();
+            self.cache.update_health(|s| {
+                s.replace_all(kind, objects);
+                s.set_relisting(kind, false);
+                s.set_current(kind, Instant::now());
+            });
+            tracing::info!(kind = kind.as_str(), objects = n, api_version = %ar.api_version, "list complete");
+
+            loop {
+                if probed.elapsed() >= self.options.rediscover_every {
+                    probed = Instant::now();
+                    if let Ok(Some(served)) = served_resource(&self.client, kind).await
+                        && served.version != ar.version
+                    {
+                        return Stop::Newer(served);
+                    }
+                }
+                let params = WatchParams::default().timeout(timeout_secs);
+                let stream = match api.watch(&params, &version).await {
+                    Ok(stream) => stream,
+                    Err(e) if is_status(&e, 404) => return Stop::Gone(format!("watch answered 404: {e}")),
+                    Err(e) if is_status(&e, 410) => {
+                        self.lag("the watched resourceVersion is too old (410 Gone); relisting".into());
+                        gone_in_a_row += 1;
+                        continue 'list;
+                    }
+                    Err(e) => {
+                        tracing::warn!(kind = kind.as_str(), error = %e, "watch failed; relisting after a short back-off");
+                        self.lag(format!("watch failed: {e}"));
+                        backoff.wait(&self.cache, kind).await;
+                        continue 'list;
+                    }
+                };
+                backoff.reset();
+                futures::pin_mut!(stream);
+                loop {
+                    let item = match tokio::time::timeout(silence, stream.next()).await {
+                        Ok(item) => item,
+                        Err(_) => {
+                            tracing::warn!(
+                                kind = kind.as_str(),
+                                seconds = silence.as_secs_f64(),
+                                "the watch delivered nothing, not even a bookmark or its end; reconnecting"
+                            );
+                            self.lag(format!("the watch was silent for {} s", silence.as_secs_f64()));
+                            continue 'list;
+                        }
+                    };
+                    let event = match item {
+                        // The server ended the watch at its timeout: renew it from `version`.
+                        None => break,
+                        Some(Ok(event)) => event,
+                        Some(Err(e)) => {
+                            tracing::warn!(kind = kind.as_str(), error = %e, "watch connection failed; relisting after a short back-off");
+                            self.lag(format!("watch connection failed: {e}"));
+                            backoff.wait(&self.cache, kind).await;
+                            continue 'list;
+                        }
+                    };
+                    let now = Instant::now();
+                    if !matches!(event, WatchEvent::Error(_)) {
+                        gone_in_a_row = 0;
+                    }
+                    match event {
+                        WatchEvent::Added(o) | WatchEvent::Modified(o) if is_terminating(&o) => {
+                            if let Some(v) = &o.metadata.resource_version {
+                                version.clone_from(v);
+                            }
+                            let key = ObjectKey::new(
+                                o.metadata.namespace.clone().unwrap_or_default(),
+                                o.metadata.name.clone().unwrap_or_default(),
+                            );
+                            let mut state = self.cache.lock();
+                            state.delete(kind, &key);
+                            state.saw(kind, now);
+                        }
+                        WatchEvent::Added(o) | WatchEvent::Modified(o) => {
+                            if let Some(v) = &o.metadata.resource_version {
+                                version.clone_from(v);
+                            }
+                            match read_object(kind, &o) {
+                                Ok((object, v)) => {
+                                    let mut state = self.cache.lock();
+                                    state.apply(Arc::new(object), v.as_deref());
+                                    state.saw(kind, now);
+                                }
+                                Err(e) => {
+                                    tracing::warn!(
+                                        kind = kind.as_str(),
+                                        "skipped an object the rules cannot read: {e}"
+                                    );
+                                    self.cache.lock().saw(kind, now);
+                                }
+                            }
+                        }
+                        WatchEvent::Deleted(o) => {
+                            if let Some(v) = &o.metadata.resource_version {
+                                version.clone_from(v);
+                            }
+                            let key = ObjectKey::new(
+                                o.metadata.namespace.clone().unwrap_or_default(),
+                                o.metadata.name.clone().unwrap_or_default(),
+                            );
+                            let mut state = self.cache.lock();
+                            state.delete(kind, &key);
+                            state.saw(kind, now);
+                        }
+                        WatchEvent::Bookmark(b) => {
+                            version = b.metadata.resource_version;
+                            self.cache.lock().saw(kind, now);
+                        }
+                        WatchEvent::Error(status) if status.code == 410 => {
+                            self.lag("the watch expired (410 Gone); relisting".into());
+                            gone_in_a_row += 1;
+                            continue 'list;
+                        }
+                        WatchEvent::Error(status) if status.code == 404 => {
+                            return Stop::Gone(format!("watch ended with 404: {}", status.message));
+                        }
+                        WatchEvent::Error(status) => {
+                            tracing::warn!(kind = kind.as_str(), code = status.code, message = %status.message, "watch error; relisting after a short back-off");
+                            self.lag(format!("watch error {}: {}", status.code, status.message));
+                            backoff.wait(&self.cache, kind).await;
+                            continue 'list;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every object of the kind, page by page, with the list's resourceVersion.
+    async fn list(
+        &self,
+        api: &Api<DynamicObject>,
+    ) -> Result<(Vec<(Arc<FluxObject>, Option<String>)>, String), kube::Error> {
+        let kind = self.kind;
+        let mut params = ListParams::default().limit(500);
+        let mut objects = Vec::new();
+        loop {
+            let page = api.list(&params).await?;
+            for o in page.items.iter().filter(|o| !is_terminating(o)) {
+                match read_object(kind, o) {
+                    Ok((object, version)) => objects.push((Arc::new(object), version)),
+                    Err(e) => tracing::warn!(kind = kind.as_str(), "skipped an object the rules cannot read: {e}"),
+                }
+            }
+            let version = page.metadata.resource_version.clone().unwrap_or_default();
+            match page.metadata.continue_.as_deref() {
+                Some(token) if !token.is_empty() => params = params.continue_token(token),
+                _ => return Ok((objects, version)),
             }
         }
     }
@@ -171,7 +459,8 @@ async fn watch_kind(
 
 /// Looks objects up directly in the API server: the webhook confirms a dangling target this
 /// way before denying, since another replica may have admitted it moments ago and this
-/// replica's watch may not have delivered it yet.
+/// replica's watch may not have delivered it yet. It always asks for the version the watch
+/// currently follows.
 #[derive(Clone)]
 pub struct Lookup {
     client: kube::Client,
@@ -183,16 +472,23 @@ impl Lookup {
         Lookup { client, served }
     }
 
+    /// Whether the version of `kind` to ask for is known (it is not while the CRD is missing
+    /// or a new served version is being looked for).
+    pub fn serves(&self, kind: FluxKind) -> bool {
+        self.served.get(kind).is_some()
+    }
+
     /// The object, if the API server has it. `Ok(None)` when it does not, or when the kind is
     /// not watched (its CRD is missing).
     pub async fn get(
         &self,
         kind: FluxKind,
-        key: &crate::object::ObjectKey,
+        key: &ObjectKey,
     ) -> Result<Option<(FluxObject, Option<String>)>, kube::Error> {
         let Some(ar) = self.served.get(kind) else { return Ok(None) };
-        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &key.namespace, ar);
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &key.namespace, &ar);
         match api.get_opt(&key.name).await? {
+            Some(o) if is_terminating(&o) => Ok(None),
             Some(o) => Ok(read_object(kind, &o).ok()),
             None => Ok(None),
         }

@@ -106,6 +106,10 @@ pub fn run(args: CheckArgs) -> ExitCode {
     match args.format {
         CheckFormat::Json => println!("{}", serde_json::to_string_pretty(&out).expect("output serialises")),
         CheckFormat::Text => print!("{}", text(&out)),
+        CheckFormat::Sarif => {
+            println!("{}", serde_json::to_string_pretty(&super::ci::sarif(&out, &policy)).expect("output serialises"))
+        }
+        CheckFormat::Github => print!("{}", super::ci::github(&out, &summary(&out))),
     }
     ExitCode::from(out.exit_code())
 }
@@ -128,14 +132,19 @@ pub fn text(out: &CheckOutput) -> String {
             s.push_str(&format!("  {e}\n"));
         }
     }
+    s.push_str(&summary(out));
+    s
+}
+
+/// `N objects checked: F findings (D deny, W warn), E read errors`.
+fn summary(out: &CheckOutput) -> String {
     let denies = out.findings.iter().filter(|f| f.finding.is_deny()).count();
-    s.push_str(&format!(
+    format!(
         "{} objects checked: {} findings ({} deny, {} warn), {} read errors\n",
         out.objects,
         out.findings.len(),
         denies,
         out.findings.len() - denies,
         out.errors.len()
-    ));
-    s
+    )
 }

@@ -1,6 +1,7 @@
 //! The command line: `serve`, `check`, `graph`, `certs`.
 
 mod check;
+mod ci;
 mod graph;
 mod serve;
 
@@ -11,6 +12,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 pub use check::{CheckOutput, check_paths};
+pub use ci::{github, sarif};
 pub use graph::{GraphFormat, render_graph};
 
 /// Guards the dependsOn graphs of Flux Kustomizations and HelmReleases.
@@ -42,7 +44,7 @@ pub enum LogFormat {
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Policy file (YAML). Without it the built-in defaults apply.
+    /// Policy file (YAML), re-read when it changes. Without it the built-in defaults apply.
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
     /// Address of the HTTPS webhook.
@@ -73,8 +75,14 @@ pub struct ServeArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CheckFormat {
+    /// Findings grouped by object, then read errors and a summary line.
     Text,
+    /// One JSON object: `objects`, `findings`, `errors`.
     Json,
+    /// SARIF 2.1.0, for code scanning.
+    Sarif,
+    /// GitHub Actions workflow commands (`::error file=F,line=N::...`), annotating the diff.
+    Github,
 }
 
 #[derive(Debug, clap::Args)]

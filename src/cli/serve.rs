@@ -12,6 +12,7 @@ use crate::admission::Webhook;
 use crate::audit::events;
 use crate::cache::Cache;
 use crate::cache::watch::{self as cluster, WatchOptions};
+use crate::live_policy::LivePolicy;
 use crate::manifests;
 use crate::object::FluxKind;
 use crate::policy::Policy;
@@ -22,6 +23,9 @@ const LEASE_DURATION: Duration = Duration::from_secs(30);
 
 /// How often the serving certificate files are re-read.
 const CERT_POLL: Duration = Duration::from_secs(2);
+
+/// How often the policy file is re-read.
+const POLICY_POLL: Duration = Duration::from_secs(2);
 
 pub fn run(args: ServeArgs) -> ExitCode {
     init_logging(args.log_format);
@@ -54,8 +58,8 @@ fn init_logging(format: LogFormat) {
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
     let policy = match &args.policy {
-        Some(path) => Policy::load(path).map_err(|e| e.to_string())?,
-        None => Policy::default(),
+        Some(path) => LivePolicy::load(path).map_err(|e| e.to_string())?,
+        None => LivePolicy::fixed(Arc::new(Policy::default())),
     };
     let cache = Arc::new(Cache::new());
     // rustls needs its process-wide provider before the kube client builds its TLS config.
@@ -92,11 +96,15 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     cert.spawn_watch(CERT_POLL);
     let tls_config = Arc::new(cert.server_config());
 
-    let mut webhook = Webhook::new(cache.clone(), Arc::new(policy));
+    let mut webhook = Webhook::live(cache.clone(), policy.clone());
     if let Some(lookup) = lookup {
         webhook = webhook.with_lookup(lookup);
     }
     let app = App::new(webhook);
+    if args.policy.is_some() {
+        let counting = app.clone();
+        background.push(policy.spawn_watch(POLICY_POLL, move |loaded| counting.metrics.count_policy_reload(loaded)));
+    }
     let webhook_listener = server::bind(args.listen).await.map_err(|e| e.to_string())?;
     let admin_listener = server::bind(args.admin_listen).await.map_err(|e| e.to_string())?;
     tracing::info!(

@@ -16,6 +16,10 @@
 //!
 //! Every update costs the degree of the nodes it touches, never a rebuild, so the admission path
 //! can apply a candidate object, search from it, and put the old one back.
+//!
+//! A node that no object has and no edge touches any more is freed and its id reused, so
+//! evaluating a request leaves nothing behind and names that were only ever mentioned (by a
+//! denied dry-run, an edge since removed) do not accumulate.
 
 mod search;
 
@@ -27,7 +31,7 @@ use std::sync::Arc;
 
 use crate::object::{FluxKind, FluxObject, ObjectKey};
 
-/// Dense id of a node within one [`Graph`]. Ids are never reused.
+/// Dense id of a node within one [`Graph`]. The id of a freed node is given to the next new one.
 pub type NodeId = u32;
 
 /// Why one node waits for another.
@@ -79,6 +83,11 @@ pub struct Graph {
     by_name: HashMap<String, Vec<NodeId>>,
     by_namespace: HashMap<String, Vec<NodeId>>,
     present: usize,
+    /// Nodes that lost an object or an in-edge during the current update: freed at its end if
+    /// nothing refers to them any more.
+    unused: Vec<NodeId>,
+    /// Ids of freed nodes, handed out again by `intern`.
+    free: Vec<NodeId>,
     scratch: RefCell<search::Scratch>,
 }
 
@@ -91,6 +100,18 @@ fn insert_sorted(list: &mut Vec<NodeId>, id: NodeId) {
 fn remove_sorted(list: &mut Vec<NodeId>, id: NodeId) {
     if let Ok(pos) = list.binary_search(&id) {
         list.remove(pos);
+    }
+}
+
+/// Takes `id` out of an index bucket, dropping the bucket when it empties.
+fn unlist(index: &mut HashMap<String, Vec<NodeId>>, bucket: &str, id: NodeId) {
+    if let Some(ids) = index.get_mut(bucket) {
+        if let Some(pos) = ids.iter().position(|&i| i == id) {
+            ids.swap_remove(pos);
+        }
+        if ids.is_empty() {
+            index.remove(bucket);
+        }
     }
 }
 
@@ -128,6 +149,8 @@ impl Graph {
             by_name: HashMap::new(),
             by_namespace: HashMap::new(),
             present: 0,
+            unused: Vec::new(),
+            free: Vec::new(),
             scratch: RefCell::default(),
         }
     }
@@ -145,7 +168,7 @@ impl Graph {
         self.present == 0
     }
 
-    /// Number of node ids handed out, objects and dangling targets alike.
+    /// Number of node ids handed out, objects and dangling targets alike (freed ids included).
     pub fn node_count(&self) -> usize {
         self.nodes.len()
     }
@@ -232,8 +255,17 @@ impl Graph {
         if let Some(&id) = self.index.get(key) {
             return id;
         }
-        let id = NodeId::try_from(self.nodes.len()).expect("more than 2^32 graph nodes");
-        self.nodes.push(Node::new(key.clone()));
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.nodes[id as usize] = Node::new(key.clone());
+                id
+            }
+            None => {
+                let id = NodeId::try_from(self.nodes.len()).expect("more than 2^32 graph nodes");
+                self.nodes.push(Node::new(key.clone()));
+                id
+            }
+        };
         self.index.insert(key.clone(), id);
         self.by_name.entry(key.name.clone()).or_default().push(id);
         self.by_namespace.entry(key.namespace.clone()).or_default().push(id);
@@ -249,6 +281,7 @@ impl Graph {
             self.present += 1;
         }
         self.relink(id, old.as_deref(), Some(&object));
+        self.free_unused();
         old
     }
 
@@ -258,7 +291,32 @@ impl Graph {
         let old = self.nodes[id as usize].object.take()?;
         self.present -= 1;
         self.relink(id, Some(&old), None);
+        self.unused.push(id);
+        self.free_unused();
         Some(old)
+    }
+
+    /// Frees the nodes of `unused` that no object has and no edge touches: their key leaves
+    /// the indexes and their id is handed out again.
+    fn free_unused(&mut self) {
+        while let Some(id) = self.unused.pop() {
+            let n = &self.nodes[id as usize];
+            let referenced = n.object.is_some()
+                || !n.deps.is_empty()
+                || !n.dependents.is_empty()
+                || !n.children.is_empty()
+                || !n.waits.is_empty()
+                || !n.waited_by.is_empty();
+            // A node listed twice is freed once.
+            if referenced || self.index.get(&n.key) != Some(&id) {
+                continue;
+            }
+            let key = std::mem::replace(&mut self.nodes[id as usize].key, ObjectKey::new("", ""));
+            self.index.remove(&key);
+            unlist(&mut self.by_name, &key.name, id);
+            unlist(&mut self.by_namespace, &key.namespace, id);
+            self.free.push(id);
+        }
     }
 
     /// Puts `previous` back in place of whatever the graph holds for `key` now.
@@ -296,6 +354,7 @@ impl Graph {
         for &t in &old_deps {
             if !in_new.contains(t) {
                 remove_sorted(&mut self.nodes[t as usize].dependents, id);
+                self.unused.push(t);
             }
         }
         for &t in &new_deps {
@@ -312,6 +371,7 @@ impl Graph {
             if let Some(parent) = old_owner.and_then(|k| self.id(&k)) {
                 remove_sorted(&mut self.nodes[parent as usize].children, id);
                 self.recompute_waits(parent);
+                self.unused.push(parent);
             }
             if let Some(key) = new_owner {
                 let parent = self.intern(&key);
@@ -339,6 +399,7 @@ impl Graph {
         for &t in &old_waits {
             if new_waits.binary_search(&t).is_err() {
                 remove_sorted(&mut self.nodes[t as usize].waited_by, id);
+                self.unused.push(t);
             }
         }
         for &t in &new_waits {
@@ -377,9 +438,9 @@ pub(crate) mod tests {
         ObjectKey::new(ns, n)
     }
 
+    /// A freed node has no dependents.
     fn dependents_of(g: &Graph, k: &str) -> Vec<ObjectKey> {
-        let id = g.id(&key(k)).unwrap();
-        g.sorted_keys(g.dependents(id).iter().copied())
+        g.id(&key(k)).map(|id| g.sorted_keys(g.dependents(id).iter().copied())).unwrap_or_default()
     }
 
     #[test]
@@ -480,6 +541,29 @@ pub(crate) mod tests {
         parent.wait_unowned = false;
         g.upsert(Arc::new(parent));
         assert_eq!(g.waits(p).len(), 1);
+    }
+
+    #[test]
+    fn nodes_nothing_refers_to_are_freed_and_their_ids_reused() {
+        let mut g = Graph::new(FluxKind::Kustomization);
+        g.upsert(ks("a", "apps", &["infra"]));
+        // A candidate naming a new target, then the old object put back: nothing stays.
+        let previous = g.upsert(ks("a", "apps", &["infra", "ghost"]));
+        g.restore(&key("a/apps"), previous);
+        assert!(g.id(&key("a/ghost")).is_none());
+        assert_eq!(g.node_count(), 3);
+        // The last reference to infra goes with apps.
+        g.remove(&key("a/apps"));
+        assert!(g.id(&key("a/apps")).is_none());
+        assert!(g.id(&key("a/infra")).is_none());
+        // New names take the freed ids.
+        g.upsert(ks("b", "web", &["db"]));
+        assert_eq!(g.node_count(), 3);
+        assert_eq!(dependents_of(&g, "b/db"), vec![key("b/web")]);
+        // A target still named by someone stays, as a dangling node.
+        g.upsert(ks("b", "api", &["db"]));
+        g.remove(&key("b/web"));
+        assert_eq!(dependents_of(&g, "b/db"), vec![key("b/api")]);
     }
 
     #[test]

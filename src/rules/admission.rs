@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::{
     Finding, HintReach, chain_message, count_targets, cross_namespace_message, cycle_message, dangling_message,
-    duplicate_message,
+    duplicate_message, unreadable_message,
 };
 use crate::graph::{Graph, NodeId};
 use crate::object::{FluxObject, ObjectKey};
@@ -59,6 +59,16 @@ pub fn evaluate_upsert(
         });
     }
     findings
+}
+
+/// Whether putting `new` in place of `old` gives the graph an edge it did not have (see
+/// [`new_edges`]). The graph is unchanged afterwards.
+pub fn adds_edges(graph: &mut Graph, new: &Arc<FluxObject>, old: Option<&FluxObject>) -> bool {
+    let previous = graph.upsert(new.clone());
+    let x = graph.id(&new.key).expect("the candidate was just inserted");
+    let (out, incoming) = new_edges(graph, x, old);
+    graph.restore(&new.key, previous);
+    !out.is_empty() || !incoming.is_empty()
 }
 
 /// Findings for a DELETE of `key`: the objects that depend on it would wait forever.
@@ -228,6 +238,15 @@ impl Ctx<'_> {
                 let msg = cross_namespace_message(&object.key, target);
                 self.push(Rule::CrossNamespaceDependsOn, action, Some(target.clone()), None, msg);
             }
+        }
+        for problem in &object.unreadable_depends_on {
+            let introduced = old.is_none_or(|o| !o.unreadable_depends_on.contains(problem));
+            let mut action = self.action(Rule::DanglingDependsOn, introduced);
+            if object.has_owner_labels() && action == Action::Deny {
+                action = Action::Warn;
+            }
+            let msg = unreadable_message(&object.key, problem);
+            self.push(Rule::DanglingDependsOn, action, None, None, msg);
         }
     }
 

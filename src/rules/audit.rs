@@ -1,17 +1,26 @@
 //! Rules over a whole graph: what the periodic audit reports and what `fluxgate check` prints.
 //! Unlike admission, nothing here is "unchanged": every finding takes its rule's action.
 
+use std::collections::HashMap;
+
 use super::{
-    Finding, HintReach, chain_message, count_targets, cross_namespace_message, cycle_message, dangling_message,
-    duplicate_message,
+    Finding, HintReach, chain_message, count_targets, cross_namespace_message, cycle_message, dangling_message_with,
+    duplicate_message, hint, unreadable_message,
 };
-use crate::graph::Graph;
+use crate::graph::{Graph, NodeId};
 use crate::policy::{Action, Policy, Rule};
+
+/// At most this many distinct dangling targets get a hint per audit. A hint may walk every
+/// object, so hints cost O(objects) each; with the cap (and one hint per target, however many
+/// objects name it) an audit stays linear in the graph, where it grew with the square of the
+/// dependents of one deleted object.
+const MAX_AUDIT_HINTS: usize = 100;
 
 /// Every finding in `graph`, sorted by object then rule.
 pub fn audit(graph: &Graph, policy: &Policy) -> Vec<Finding> {
     let kind = graph.kind();
     let mut findings = Vec::new();
+    let mut hints: HashMap<NodeId, Option<String>> = HashMap::new();
     let mut push = |rule: Rule, object: &crate::object::ObjectKey, target, cycle, message: String| {
         let action = policy.action(rule);
         if action != Action::Off {
@@ -42,13 +51,26 @@ pub fn audit(graph: &Graph, policy: &Policy) -> Vec<Finding> {
                 push(Rule::DuplicateDependsOn, &object.key, Some(target.clone()), None, msg);
             }
             if !graph.is_present(dep) {
-                let msg = dangling_message(graph, &object.key, target, Some(HintReach::Everywhere));
+                let full = hints.len() >= MAX_AUDIT_HINTS;
+                let hint = match hints.get(&dep) {
+                    Some(h) => h.clone(),
+                    None if full => None,
+                    None => {
+                        let h = hint(graph, target, HintReach::Everywhere);
+                        hints.insert(dep, h.clone());
+                        h
+                    }
+                };
+                let msg = dangling_message_with(graph, &object.key, target, hint);
                 push(Rule::DanglingDependsOn, &object.key, Some(target.clone()), None, msg);
             }
             if target.namespace != object.key.namespace {
                 let msg = cross_namespace_message(&object.key, target);
                 push(Rule::CrossNamespaceDependsOn, &object.key, Some(target.clone()), None, msg);
             }
+        }
+        for problem in &object.unreadable_depends_on {
+            push(Rule::DanglingDependsOn, &object.key, None, None, unreadable_message(&object.key, problem));
         }
         // A chain is reported once, at its top: the object nothing depends on.
         if policy.action(Rule::MaxDepth) != Action::Off && graph.dependents(id).is_empty() {

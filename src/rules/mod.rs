@@ -5,7 +5,7 @@
 mod admission;
 mod audit;
 
-pub use admission::{evaluate_delete, evaluate_upsert};
+pub use admission::{adds_edges, evaluate_delete, evaluate_upsert};
 pub use audit::audit;
 
 use std::collections::HashMap;
@@ -65,9 +65,19 @@ pub(crate) fn dangling_message(
     target: &ObjectKey,
     reach: Option<HintReach>,
 ) -> String {
+    dangling_message_with(graph, object, target, reach.and_then(|reach| hint(graph, target, reach)))
+}
+
+/// [`dangling_message`] with a hint computed beforehand (the audit computes one per target).
+pub(crate) fn dangling_message_with(
+    graph: &Graph,
+    object: &ObjectKey,
+    target: &ObjectKey,
+    hint: Option<String>,
+) -> String {
     let kind = graph.kind();
     let mut msg = format!("dangling dependsOn: {object} depends on {kind} {target}, which does not exist");
-    if let Some(hint) = reach.and_then(|reach| hint(graph, target, reach)) {
+    if let Some(hint) = hint {
         msg.push_str("; ");
         msg.push_str(&hint);
     }
@@ -82,6 +92,14 @@ pub(crate) enum HintReach {
     /// Also near names in every namespace (a renamed object): a walk over every object, for the
     /// audit and `check`.
     Everywhere,
+}
+
+/// `dangling dependsOn: a spec.dependsOn[0].name must be a non-empty string; ...`: an entry
+/// that names nothing Flux can find, which it waits for forever like a missing target.
+pub(crate) fn unreadable_message(object: &ObjectKey, problem: &crate::object::ObjectError) -> String {
+    format!(
+        "dangling dependsOn: {object} {problem}; Flux cannot find what this entry names and will wait for it forever"
+    )
 }
 
 /// `duplicate dependsOn: a lists b 2 times`.

@@ -6,6 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -33,6 +34,12 @@ pub struct ViolationLabels {
 pub const DURATION_BUCKETS: [f64; 16] =
     [0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `success` or `failure`.
+    pub result: &'static str,
+}
+
 /// Every metric fluxgate exports.
 pub struct Metrics {
     registry: Registry,
@@ -41,6 +48,10 @@ pub struct Metrics {
     pub graph_objects: Family<KindLabels, Gauge>,
     pub violations: Family<ViolationLabels, Gauge>,
     pub cache_ready: Gauge,
+    pub watch_current: Family<KindLabels, Gauge>,
+    pub relists_in_progress: Family<KindLabels, Gauge>,
+    pub last_seen_age: Family<KindLabels, Gauge<f64, AtomicU64>>,
+    pub policy_reloads: Family<ReloadLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -61,8 +72,52 @@ impl Metrics {
         let violations = Family::<ViolationLabels, Gauge>::default();
         registry.register("violations", "Findings of the last audit", violations.clone());
         let cache_ready = Gauge::default();
-        registry.register("cache_ready", "1 once every initial list has completed", cache_ready.clone());
-        Metrics { registry, requests, duration, graph_objects, violations, cache_ready }
+        registry.register(
+            "cache_ready",
+            "1 while every kind is listed and its watch is current (what /readyz reports)",
+            cache_ready.clone(),
+        );
+        let watch_current = Family::<KindLabels, Gauge>::default();
+        registry.register("watch_current", "1 while the kind's list/watch is current", watch_current.clone());
+        let relists_in_progress = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "relists_in_progress",
+            "1 while a list of the kind is under way",
+            relists_in_progress.clone(),
+        );
+        let last_seen_age = Family::<KindLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "watch_last_event_age_seconds",
+            "Seconds since the kind's source last delivered a list, an event or a bookmark",
+            last_seen_age.clone(),
+        );
+        let policy_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "policy_reloads",
+            "Changes of the policy file, put in force or refused",
+            policy_reloads.clone(),
+        );
+        for result in ["success", "failure"] {
+            drop(policy_reloads.get_or_create(&ReloadLabels { result }));
+        }
+        Metrics {
+            registry,
+            requests,
+            duration,
+            graph_objects,
+            violations,
+            cache_ready,
+            watch_current,
+            relists_in_progress,
+            last_seen_age,
+            policy_reloads,
+        }
+    }
+
+    /// Counts a reload of the policy file: `loaded` true when the new policy is in force.
+    pub fn count_policy_reload(&self, loaded: bool) {
+        let result = if loaded { "success" } else { "failure" };
+        self.policy_reloads.get_or_create(&ReloadLabels { result }).inc();
     }
 
     /// The exposition text.

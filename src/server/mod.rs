@@ -254,12 +254,27 @@ async fn handle(app: &App, request: Request, hook: Hook) -> Response {
     axum::Json(response.to_review(&review.api_version, &req.uid)).into_response()
 }
 
+/// `ready` or `not ready`, then one line per kind: the version watched and whether the source
+/// is current. 200 only when every kind is listed and current: a replica whose watch is down,
+/// relisting or silent is taken out of the Service once the probe's failure threshold is reached.
 async fn readyz(State(app): State<Arc<App>>) -> Response {
-    if app.webhook.cache.is_ready() {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "waiting for the initial lists\n").into_response()
+    let state = app.webhook.cache.lock();
+    let ready = state.is_ready();
+    let mut body = String::from(if ready { "ready\n" } else { "not ready\n" });
+    for kind in FluxKind::ALL {
+        let health = state.health(kind);
+        let version = health.api_version.as_ref().map(|v| format!(" ({v})")).unwrap_or_default();
+        let line = match &health.lagging {
+            None if state.is_synced() => format!("{kind}: current{version}\n"),
+            None => format!("{kind}: waiting for the initial lists{version}\n"),
+            Some((since, reason)) => {
+                format!("{kind}: catching up{version}: {reason}, {} s ago\n", since.elapsed().as_secs())
+            }
+        };
+        body.push_str(&line);
     }
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, body).into_response()
 }
 
 async fn metrics_text(State(app): State<Arc<App>>) -> Response {
@@ -268,16 +283,30 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
         for graph in state.graphs().iter() {
             let labels = KindLabels { kind: graph.kind().as_str() };
             app.metrics.graph_objects.get_or_create(&labels).set(graph.len() as i64);
+            let health = state.health(graph.kind());
+            app.metrics.watch_current.get_or_create(&labels).set(i64::from(health.is_current()));
+            app.metrics.relists_in_progress.get_or_create(&labels).set(i64::from(health.relisting));
+            if let Some(seen) = health.last_seen {
+                app.metrics.last_seen_age.get_or_create(&labels).set(seen.elapsed().as_secs_f64());
+            }
         }
-        app.metrics.cache_ready.set(i64::from(state.is_synced()));
+        app.metrics.cache_ready.set(i64::from(state.is_ready()));
     }
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], app.metrics.encode())
         .into_response()
 }
 
+/// `/report`: the last audit and the policy in force now.
+#[derive(serde::Serialize)]
+struct ReportWithPolicy {
+    policy: crate::live_policy::InForce,
+    #[serde(flatten)]
+    report: Report,
+}
+
 async fn report(State(app): State<Arc<App>>) -> Response {
     let report = app.report.read().unwrap_or_else(|p| p.into_inner()).clone();
-    axum::Json(report).into_response()
+    axum::Json(ReportWithPolicy { policy: app.webhook.policy.in_force().as_ref().clone(), report }).into_response()
 }
 
 /// Publishes an audit report into the violation gauges.

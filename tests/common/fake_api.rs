@@ -3,7 +3,10 @@
 //! `limit` items linked by `continue` tokens; `?watch=true` streams
 //! line-delimited watch events after the requested `resourceVersion`; BOOKMARK events; a watch
 //! from a compacted version gets an ERROR event with a 410 `Expired` Status; connections can be
-//! dropped mid-stream. Tests drive it: add, modify, delete, compact, drop, hold lists.
+//! dropped mid-stream; `timeoutSeconds` ends a watch. Tests drive it: add, modify, delete,
+//! compact, drop, hold lists, and the hostile cases of a real control plane: an outage
+//! (connections refused) and a restart whose first watch gets 410, stalled watch connections
+//! (no data, no end), a version that stops being served (404).
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -16,6 +19,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
@@ -34,7 +39,7 @@ struct Resource {
 #[derive(Default)]
 struct Inner {
     rv: u64,
-    /// Watches from a resourceVersion at or below this get 410 Gone.
+    /// Watches from a resourceVersion below this get 410 Gone.
     compacted: u64,
     resources: HashMap<String, Resource>,
     lists_served: usize,
@@ -52,6 +57,10 @@ pub struct FakeApi {
     pub addr: SocketAddr,
     inner: Arc<Mutex<Inner>>,
     hold: watch::Sender<bool>,
+    /// Whether the server accepts connections; turning it off also cuts every open one.
+    up: watch::Sender<bool>,
+    /// While true, every watch connection goes silent: no event, no bookmark, no end.
+    stall: watch::Sender<bool>,
 }
 
 fn plural(kind: &str) -> String {
@@ -80,9 +89,11 @@ impl FakeApi {
             },
         );
         let (hold, _) = watch::channel(false);
+        let (up, _) = watch::channel(true);
+        let (stall, _) = watch::channel(false);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let fake = FakeApi { addr, inner: Arc::new(Mutex::new(inner)), hold };
+        let fake = FakeApi { addr, inner: Arc::new(Mutex::new(inner)), hold, up, stall };
         let app = Router::new()
             .route("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases", axum::routing::post(create_lease))
             .route("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}", get(get_lease).put(replace_lease))
@@ -90,8 +101,40 @@ impl FakeApi {
             .route("/apis/{group}/{version}/{plural}", get(list_or_watch))
             .route("/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}", get(get_object))
             .with_state(fake.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        tokio::spawn(accept_loop(listener, app, fake.up.clone()));
         fake
+    }
+
+    /// An outage: the listening socket closes (new connections are refused) and every open
+    /// connection is cut.
+    pub fn stop(&self) {
+        self.up.send_replace(false);
+        self.inner.lock().unwrap().resources.values_mut().for_each(|r| r.watchers.clear());
+    }
+
+    /// The API server comes back on the same address. Its watch cache starts at the current
+    /// revision, so the first watch from any older resourceVersion gets 410 Gone.
+    pub fn restart(&self) {
+        {
+            let mut inner = self.inner.lock().unwrap();
+            inner.compacted = inner.rv;
+        }
+        self.up.send_replace(true);
+    }
+
+    /// While `stalled`, open and new watch connections deliver nothing and never end (lists
+    /// and GETs still answer); a connection that stalled stays dead.
+    pub fn stall_watches(&self, stalled: bool) {
+        self.stall.send_replace(stalled);
+    }
+
+    /// Serves `kind` (`Kustomization` or `HelmRelease`) at `version` only, as a CRD update
+    /// does: the old version answers 404, and its open watches end.
+    pub fn serve_only(&self, kind: &str, version: &str) {
+        let mut inner = self.inner.lock().unwrap();
+        let res = inner.resources.values_mut().find(|r| r.kind == kind).unwrap();
+        res.version = version.to_string();
+        res.watchers.clear();
     }
 
     /// A kube client for this server.
@@ -253,6 +296,44 @@ impl FakeApi {
     }
 }
 
+/// Accepts connections while `up` is true; when it turns false the listener closes and every
+/// connection is dropped, and when it turns true again the same address is bound anew.
+async fn accept_loop(listener: tokio::net::TcpListener, app: Router, up: watch::Sender<bool>) {
+    let addr = listener.local_addr().unwrap();
+    let mut listener = Some(listener);
+    let mut state = up.subscribe();
+    loop {
+        let _ = state.wait_for(|u| *u).await;
+        let l = match listener.take() {
+            Some(l) => l,
+            None => loop {
+                match tokio::net::TcpListener::bind(addr).await {
+                    Ok(l) => break l,
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                }
+            },
+        };
+        loop {
+            tokio::select! {
+                accepted = l.accept() => {
+                    let Ok((stream, _)) = accepted else { continue };
+                    let service = TowerToHyperService::new(app.clone());
+                    let mut conn_state = up.subscribe();
+                    tokio::spawn(async move {
+                        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                        let conn = builder.serve_connection(TokioIo::new(stream), service);
+                        tokio::select! {
+                            _ = conn => {}
+                            _ = conn_state.wait_for(|u| !*u) => {}
+                        }
+                    });
+                }
+                _ = state.wait_for(|u| !*u) => break,
+            }
+        }
+    }
+}
+
 fn gone() -> Value {
     json!({ "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
             "message": "too old resource version", "reason": "Expired", "code": 410 })
@@ -300,11 +381,12 @@ async fn list_or_watch(
     }
 
     let from: u64 = query.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let timeout = query.get("timeoutSeconds").and_then(|t| t.parse().ok()).map(std::time::Duration::from_secs);
     let (tx, rx) = mpsc::unbounded_channel::<Result<Bytes, std::io::Error>>();
     {
         let mut inner = fake.inner.lock().unwrap();
         inner.watch_versions.push(query.get("resourceVersion").cloned().unwrap_or_default());
-        if from <= inner.compacted {
+        if from < inner.compacted {
             let line = json!({ "type": "ERROR", "object": gone() });
             let _ = tx.send(Ok(Bytes::from(format!("{line}\n"))));
             drop(tx);
@@ -317,7 +399,28 @@ async fn list_or_watch(
             res.watchers.push(tx);
         }
     }
-    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let stall = fake.stall.subscribe();
+    let stream = futures::stream::unfold((rx, stall), move |(mut rx, mut stall)| async move {
+        loop {
+            if *stall.borrow_and_update() {
+                std::future::pending::<()>().await;
+            }
+            let end = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            // A stall wins over data that is ready at the same time.
+            tokio::select! {
+                biased;
+                _ = stall.changed() => {}
+                item = rx.recv() => return item.map(|item| (item, (rx, stall))),
+                () = end => return None,
+            }
+        }
+    });
     Response::builder().header("content-type", "application/json").body(Body::from_stream(stream)).unwrap()
 }
 
@@ -377,6 +480,17 @@ async fn create_event(
     Path(ns): Path<String>,
     axum::Json(mut event): axum::Json<Value>,
 ) -> Response {
+    // As the API server validates it: the name is a DNS subdomain of at most 253 characters.
+    let name = event["metadata"]["name"].as_str().unwrap_or_default();
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && name.split('.').all(|part| {
+            part.starts_with(|c: char| c.is_ascii_alphanumeric()) && part.ends_with(|c: char| c.is_ascii_alphanumeric())
+        });
+    if !valid {
+        return status(422, "Invalid", &format!("Event.events.k8s.io \"{name}\" is invalid: metadata.name"));
+    }
     let mut inner = fake.inner.lock().unwrap();
     event["metadata"]["namespace"] = json!(ns);
     event["metadata"]["resourceVersion"] = json!(next_version(&mut inner));

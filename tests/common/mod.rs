@@ -2,6 +2,7 @@
 //! that drives the webhook router in-process.
 #![allow(dead_code)]
 
+pub mod crd;
 pub mod fake_api;
 pub mod process;
 
