@@ -86,9 +86,9 @@ pub fn write_manifests(dir: &Path, objects: &[Value]) {
     }
 }
 
-/// Resident memory of a process, in bytes (`VmRSS` of `/proc/PID/status`).
-pub fn resident_bytes(pid: u32) -> u64 {
+/// A figure of `/proc/PID/status` in bytes: `VmRSS` (resident now) or `VmHWM` (the peak).
+pub fn status_bytes(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
     line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
 }
