@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs `fluxgate check --format json` on every folder of a fleets corpus and prints one row per
-# repository: objects, findings by rule, read errors, wall time. Fails if a run crashes
+# repository: objects, findings by rule, read errors, objects no cluster applies (notApplied
+# notes), files skipped as not manifests (Helm charts, helmfiles, templates), wall time. Fails if a run crashes
 # (exit codes 0, 1 and 2 are answers; anything else is a crash) or reports a cycle: none of the
 # shared repositories has one.
 set -euo pipefail
@@ -9,7 +10,7 @@ corpus=$2
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 failed=0
-printf '%-40s %8s %6s %9s %6s %6s %6s %7s %8s\n' repository objects cycle dangling cross depth dup errors ms
+printf '%-40s %8s %6s %9s %6s %6s %6s %7s %7s %7s %8s\n' repository objects cycle dangling cross depth dup errors notappl skipped ms
 for dir in "$corpus"/*/; do
   name=$(basename "$dir")
   start=$(date +%s%N)
@@ -28,7 +29,7 @@ d = json.load(open(path))
 count = lambda rule: sum(1 for f in d["findings"] if f["rule"] == rule)
 print(f'{name:<40} {d["objects"]:>8} {count("cycle"):>6} {count("danglingDependsOn"):>9} '
       f'{count("crossNamespaceDependsOn"):>6} {count("maxDepth"):>6} {count("duplicateDependsOn"):>6} '
-      f'{len(d["errors"]):>7} {ms:>8}')
+      f'{len(d["errors"]):>7} {len(d["notApplied"]):>7} {d["skipped"]:>7} {ms:>8}')
 for e in d["errors"]:
     print(f'    read error: {e["file"]}:{e["line"]}: {e["message"]}')
 if count("cycle"):

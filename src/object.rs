@@ -45,6 +45,14 @@ impl FluxKind {
         FluxKind::from_group_kind(group, kind)
     }
 
+    /// The kind whose graph this kind's `dependsOn` never reaches.
+    pub fn other(self) -> FluxKind {
+        match self {
+            FluxKind::Kustomization => FluxKind::HelmRelease,
+            FluxKind::HelmRelease => FluxKind::Kustomization,
+        }
+    }
+
     /// Position in [`FluxKind::ALL`].
     pub fn index(self) -> usize {
         match self {

@@ -174,6 +174,248 @@ fn names_built_by_the_parents_post_build_substitution_resolve() {
     assert_eq!(code, 0, "0-${{CLUSTER_NAME}}-config is 0-prod-config, ${{CACHE_NAME:=redis}} is redis: {json}");
 }
 
+fn not_applied(json: &Value) -> Vec<(String, String)> {
+    json["notApplied"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["object"].as_str().unwrap().to_string(), n["reason"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+#[test]
+fn disabled_and_archived_apps_are_noted_not_denied() {
+    let (code, json) = check_json("unapplied");
+    assert_eq!(code, 0, "nothing applies old or legacy, so nobody waits on their targets: {json}");
+    assert!(findings(&json).is_empty(), "{json}");
+    let notes = not_applied(&json);
+    let reason = |key: &str| notes.iter().find(|(k, _)| k == key).map(|(_, r)| r.as_str()).unwrap_or_default();
+    assert_eq!(notes.len(), 3, "{notes:?}");
+    assert!(
+        reason("flux-system/old").starts_with("left out of ")
+            && reason("flux-system/old").ends_with("apps/kustomization.yaml")
+    );
+    assert_eq!(reason("flux-system/legacy"), "in an archive folder");
+    // What only a disabled Kustomization applies is not applied either.
+    assert!(reason("default/old").starts_with("applied only by a Kustomization that is not applied"));
+    assert_eq!(json["objects"], 3, "flux-system, apps and web are checked");
+
+    // Asked to, check them against the cluster they would join: now their targets are missing.
+    let out = fluxgate(&["check", &fixture("unapplied"), "--format", "json", "--include-unapplied"]);
+    assert_eq!(out.status.code(), Some(1));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut dangling: Vec<(&str, &str)> =
+        findings(&json).iter().map(|f| (f["object"].as_str().unwrap(), f["target"].as_str().unwrap())).collect();
+    dangling.sort();
+    assert_eq!(
+        dangling,
+        [
+            ("default/old", "default/postgres"),
+            ("flux-system/legacy", "flux-system/infrastructure"),
+            ("flux-system/old", "flux-system/database")
+        ]
+    );
+}
+
+#[test]
+fn a_tree_shared_by_two_clusters_is_checked_in_each() {
+    let (code, json) = check_json("shared-tree");
+    // web depends on flux-system (each cluster's own root) and on ${CLUSTER}-config, which each
+    // cluster builds with its own substitution: found in both, so nothing dangles.
+    assert_eq!(code, 0, "{json}");
+    assert!(findings(&json).is_empty(), "{json}");
+    assert!(not_applied(&json).is_empty(), "{json}");
+
+    // A typo in the shared tree is reported once, though both clusters apply it.
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(std::path::Path::new(&fixture("shared-tree")), dir.path());
+    let web = dir.path().join("kubernetes/apps/web/ks.yaml");
+    let text = std::fs::read_to_string(&web).unwrap().replace("- name: flux-system #", "- name: flux-sytem #");
+    std::fs::write(&web, text).unwrap();
+    let out = fluxgate(&["check", dir.path().to_str().unwrap(), "--format", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let f = findings(&json);
+    assert_eq!(f.len(), 1, "{json}");
+    assert_eq!(f[0]["target"], "flux-system/flux-sytem");
+    assert!(f[0]["message"].as_str().unwrap().ends_with("did you mean flux-system/flux-system?"));
+}
+
+#[test]
+fn a_root_depending_on_an_app_of_the_shared_tree_that_depends_on_it_is_a_cycle() {
+    // The missed cycle of the issue: in one cluster, the root flux-system depends on an app
+    // Kustomization that already depends on it, across two files.
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(std::path::Path::new(&fixture("shared-tree")), dir.path());
+    let root = dir.path().join("clusters/staging/flux-system/gotk-sync.yaml");
+    let text = std::fs::read_to_string(&root).unwrap() + "  dependsOn:\n    - name: web\n";
+    std::fs::write(&root, text).unwrap();
+    let out = fluxgate(&["check", dir.path().to_str().unwrap(), "--format", "json"]);
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{json}");
+    let f = findings(&json);
+    assert_eq!(f.len(), 1, "only staging's root has the edge: {json}");
+    assert_eq!(f[0]["rule"], "cycle");
+    assert_eq!(
+        f[0]["cycle"],
+        serde_json::json!(["flux-system/flux-system", "flux-system/web", "flux-system/flux-system"])
+    );
+    assert!(f[0]["file"].as_str().unwrap().ends_with("clusters/staging/flux-system/gotk-sync.yaml"));
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let dst = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&dst).unwrap();
+            copy_dir(&entry.path(), &dst);
+        } else {
+            std::fs::copy(entry.path(), dst).unwrap();
+        }
+    }
+}
+
+#[test]
+fn objects_without_a_namespace_take_the_appliers_target_namespace() {
+    let (code, json) = check_json("applier-namespace");
+    assert_eq!(code, 0, "web depends on db, both land in team-a: {json}");
+    let graph = fluxgate(&["graph", &fixture("applier-namespace"), "--format", "json"]);
+    let g: Value = serde_json::from_slice(&graph.stdout).unwrap();
+    let ids: Vec<&str> = g["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
+    assert!(ids.contains(&"team-a/web") && ids.contains(&"team-a/db"), "{ids:?}");
+}
+
+#[test]
+fn helm_charts_helmfiles_and_templates_are_skipped_not_errors() {
+    let (code, json) = check_json("not-manifests");
+    assert_eq!(code, 0, "{json}");
+    assert!(json["errors"].as_array().unwrap().is_empty(), "{json}");
+    // Chart.yaml and the chart's template, the helmfile, the Jinja template.
+    assert_eq!(json["skipped"], 4, "{json}");
+    assert_eq!(json["objects"], 3);
+
+    // The same templating inside an applied tree is an error, with file and line.
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(std::path::Path::new(&fixture("not-manifests")), dir.path());
+    std::fs::write(
+        dir.path().join("apps/configmap.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\ndata:\n  {% for k in x %}\n",
+    )
+    .unwrap();
+    let out = fluxgate(&["check", dir.path().to_str().unwrap(), "--format", "json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let errors = json["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{json}");
+    assert!(errors[0]["file"].as_str().unwrap().ends_with("apps/configmap.yaml"));
+    assert_eq!(errors[0]["line"], 4);
+}
+
+#[test]
+fn alias_heavy_yaml_loads_and_a_yaml_bomb_is_refused_by_its_expanded_size() {
+    let (code, json) = check_json("alias-heavy");
+    assert_eq!(code, 0, "one anchor used 200 times is legitimate YAML: {json}");
+    assert!(json["errors"].as_array().unwrap().is_empty());
+
+    let (code, json) = check_json("yaml-bomb");
+    assert_eq!(code, 2, "{json}");
+    let errors = json["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{json}");
+    assert!(errors[0]["file"].as_str().unwrap().ends_with("yaml-bomb/bomb.yaml"));
+    assert!(errors[0]["message"].as_str().unwrap().contains("budget"), "{}", errors[0]);
+    // The good file beside it was still checked.
+    assert_eq!(findings(&json)[0]["object"], "default/good");
+}
+
+#[test]
+fn a_reference_to_the_other_kind_says_so_with_the_fix() {
+    let (code, json) = check_json("cross-kind");
+    assert_eq!(code, 1);
+    let f = findings(&json);
+    assert_eq!(f.len(), 2, "{json}");
+    assert_eq!(
+        f[0]["message"],
+        "dangling dependsOn: flux-system/apps depends on Kustomization rook-ceph/rook-ceph-cluster, which does not \
+         exist; a HelmRelease named rook-ceph-cluster exists in rook-ceph; a Kustomization's dependsOn can only name \
+         Kustomizations: name the Kustomization that applies it, or use spec.healthChecks"
+    );
+    assert!(
+        f[1]["message"].as_str().unwrap().ends_with(
+            "a Kustomization named apps exists in flux-system; a HelmRelease's dependsOn can only name HelmReleases: \
+             name a HelmRelease that Kustomization applies, or put the dependsOn on the Kustomization that applies \
+             this HelmRelease"
+        ),
+        "{}",
+        f[1]
+    );
+}
+
+#[test]
+fn a_hint_never_names_the_dependent_nor_a_target_that_would_close_a_cycle() {
+    let (code, json) = check_json("self-hint");
+    assert_eq!(code, 1);
+    let f = findings(&json);
+    assert_eq!(f.len(), 1, "{json}");
+    assert_eq!(
+        f[0]["message"],
+        "dangling dependsOn: vm-jj/vm-jj-secureblue depends on Kustomization vm-jj/vm-jj-secureblue-pvc, which does \
+         not exist"
+    );
+}
+
+#[test]
+fn objects_generated_by_a_resource_set_are_checked() {
+    let (code, json) = check_json("resource-set");
+    assert_eq!(code, 1, "{json}");
+    let f = findings(&json);
+    assert_eq!(f.len(), 1, "web -> api resolves; api -> postgress does not: {json}");
+    assert_eq!(f[0]["object"], "apps/api");
+    assert_eq!(f[0]["target"], "apps/postgress");
+    assert!(f[0]["message"].as_str().unwrap().ends_with("did you mean apps/postgres?"));
+    assert!(f[0]["file"].as_str().unwrap().ends_with("resource-set/apps.yaml"));
+    // The ResourceSet fed by a provider is noted, not guessed at, and not an error.
+    let notes = json["notes"].as_array().unwrap();
+    assert_eq!(notes.len(), 1, "{json}");
+    assert!(notes[0]["message"].as_str().unwrap().contains("ResourceSet previews: inputs from spec.inputsFrom"));
+    assert!(json["errors"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn a_self_including_path_with_target_namespace_applies_a_copy_that_the_original_waits_for() {
+    let (code, json) = check_json("self-target-namespace");
+    assert_eq!(code, 1, "{json}");
+    let f = findings(&json);
+    assert_eq!(f.len(), 1, "{json}");
+    // The copy in podinfo resolves `infra` in its own namespace: it never becomes ready.
+    assert_eq!(f[0]["object"], "podinfo/podinfo");
+    assert_eq!(f[0]["target"], "podinfo/infra");
+    assert!(f[0]["message"].as_str().unwrap().ends_with("a Kustomization named infra exists in namespace flux-system"));
+    assert!(f[0]["file"].as_str().unwrap().ends_with("apps/podinfo/ks.yaml"));
+    // ... and the original, with wait: true, waits for the copy it applied.
+    let graph = fluxgate(&["graph", &fixture("self-target-namespace"), "--format", "json"]);
+    let g: Value = serde_json::from_slice(&graph.stdout).unwrap();
+    let waits: Vec<(&str, &str)> = g["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "wait")
+        .map(|e| (e["from"].as_str().unwrap(), e["to"].as_str().unwrap()))
+        .collect();
+    assert_eq!(waits, [("flux-system/podinfo", "podinfo/podinfo")]);
+
+    // Without targetNamespace the folder applies the Kustomization itself: no copy, and a
+    // Kustomization never waits for itself.
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(std::path::Path::new(&fixture("self-target-namespace")), dir.path());
+    let ks = dir.path().join("apps/podinfo/ks.yaml");
+    let text = std::fs::read_to_string(&ks).unwrap().replace("  targetNamespace: podinfo\n", "");
+    std::fs::write(&ks, text).unwrap();
+    let out = fluxgate(&["check", dir.path().to_str().unwrap(), "--format", "json"]);
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{json}");
+    assert_eq!(json["objects"], 4);
+}
+
 /// The SARIF 2.1.0 JSON schema (`sarif-2.1.0-rtm.5.json`, the schema of the 2.1.0 standard), as
 /// the npm registry's `@microsoft/jest-sarif` package ships it (MIT). It is fetched from the
 /// registry with `npm pack` into `target/sarif-schema/` on first use rather than kept in the

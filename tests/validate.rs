@@ -289,13 +289,29 @@ async fn helm_release_cycles_are_denied_in_their_own_graph() {
 }
 
 #[tokio::test]
-async fn helm_release_depending_on_a_kustomization_name_is_dangling() {
-    // The graphs are never mixed: a HelmRelease can only depend on HelmReleases.
+async fn helm_release_depending_on_a_kustomization_name_is_dangling_with_the_cross_kind_hint() {
+    // The graphs are never mixed: a HelmRelease can only depend on HelmReleases. The webhook
+    // says that the name exists as the other kind, and how to fix it.
     let h = Harness::new(Policy::default(), &[ks(F, "infra", &[])]);
     let msg = denied(&h.validate(&create(&hr(F, "app", &["infra"]))).await);
     assert_eq!(
         msg,
-        "dangling dependsOn: flux-system/app depends on HelmRelease flux-system/infra, which does not exist"
+        "dangling dependsOn: flux-system/app depends on HelmRelease flux-system/infra, which does not exist; a \
+         Kustomization named infra exists in flux-system; a HelmRelease's dependsOn can only name HelmReleases: name \
+         a HelmRelease that Kustomization applies, or put the dependsOn on the Kustomization that applies this \
+         HelmRelease"
+    );
+}
+
+#[tokio::test]
+async fn kustomization_depending_on_a_helm_release_gets_the_cross_kind_hint() {
+    let h = Harness::new(Policy::default(), &[hr("rook-ceph", "rook-ceph-cluster", &[])]);
+    let msg = denied(&h.validate(&create(&ks(F, "apps", &["rook-ceph/rook-ceph-cluster"]))).await);
+    assert_eq!(
+        msg,
+        "dangling dependsOn: flux-system/apps depends on Kustomization rook-ceph/rook-ceph-cluster, which does not \
+         exist; a HelmRelease named rook-ceph-cluster exists in rook-ceph; a Kustomization's dependsOn can only name \
+         Kustomizations: name the Kustomization that applies it, or use spec.healthChecks"
     );
 }
 

@@ -54,7 +54,7 @@ pub fn validate(graphs: &mut Graphs, policy: &Policy, req: &AdmissionRequest) ->
     if policy.is_excluded(&req.namespace) {
         return Ok(Verdict { kind: Some(kind), ..Verdict::untouched() });
     }
-    let graph = graphs.get_mut(kind);
+    let (graph, other) = graphs.split_mut(kind);
     let mut candidate = None;
     let findings = match req.operation {
         Operation::Create | Operation::Update => {
@@ -78,7 +78,7 @@ pub fn validate(graphs: &mut Graphs, policy: &Policy, req: &AdmissionRequest) ->
                 (Operation::Update, Some(v)) => read_object(kind, v, req).ok(),
                 _ => None,
             };
-            let findings = rules::evaluate_upsert(graph, policy, &new, old.as_ref());
+            let findings = rules::evaluate_upsert_with(graph, Some(other), policy, &new, old.as_ref());
             candidate = Some(new);
             findings
         }

@@ -54,6 +54,16 @@ impl Graphs {
     pub fn iter(&self) -> impl Iterator<Item = &Graph> {
         self.0.iter()
     }
+
+    /// The graph of `kind`, to change, and the graph of the other kind, to read (a dangling
+    /// target that exists as the other kind gets a hint saying so).
+    pub fn split_mut(&mut self, kind: FluxKind) -> (&mut Graph, &Graph) {
+        let [ks, hr] = &mut self.0;
+        match kind {
+            FluxKind::Kustomization => (ks, hr),
+            FluxKind::HelmRelease => (hr, ks),
+        }
+    }
 }
 
 #[derive(Debug)]

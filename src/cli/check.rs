@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::{CheckArgs, CheckFormat};
 use crate::cache::Graphs;
-use crate::manifests::{self, LoadError, Loaded};
+use crate::manifests::{self, LoadError, LoadOptions, Loaded, NotApplied};
 use crate::object::{FluxKind, ObjectKey};
 use crate::policy::Policy;
 use crate::rules::{self, Finding};
@@ -29,6 +29,13 @@ pub struct CheckOutput {
     pub objects: usize,
     pub findings: Vec<Located>,
     pub errors: Vec<LoadError>,
+    /// Objects no cluster of the checkout applies: notes, not findings.
+    #[serde(rename = "notApplied")]
+    pub not_applied: Vec<NotApplied>,
+    /// YAML files Flux would not apply as manifests (Helm charts, helmfiles, templates).
+    pub skipped: usize,
+    /// What could not be modelled offline (a ResourceSet's `inputsFrom`): notes, not errors.
+    pub notes: Vec<LoadError>,
 }
 
 impl CheckOutput {
@@ -62,7 +69,12 @@ pub fn build_graphs<'a>(objects: impl IntoIterator<Item = &'a Loaded>) -> (Graph
 /// Loads `paths` and runs the audit rules: on one graph, or on each cluster's graph when the
 /// paths hold several clusters that give one name to different objects.
 pub fn check_paths(paths: &[PathBuf], policy: &Policy) -> CheckOutput {
-    let loaded = manifests::load(paths);
+    check_paths_with(paths, policy, LoadOptions::default())
+}
+
+/// [`check_paths`] with loader options (`--include-unapplied`).
+pub fn check_paths_with(paths: &[PathBuf], policy: &Policy, options: LoadOptions) -> CheckOutput {
+    let loaded = manifests::load_with(paths, options);
     let groups: Vec<Vec<&Loaded>> = if loaded.clusters.is_empty() {
         vec![loaded.objects.iter().collect()]
     } else {
@@ -72,8 +84,8 @@ pub fn check_paths(paths: &[PathBuf], policy: &Policy) -> CheckOutput {
     let mut seen = std::collections::HashSet::new();
     for group in groups {
         let (graphs, places) = build_graphs(group);
-        for graph in graphs.iter() {
-            for finding in rules::audit(graph, policy) {
+        for kind in FluxKind::ALL {
+            for finding in rules::audit_with(graphs.get(kind), Some(graphs.get(kind.other())), policy) {
                 let (file, line) = places.get(&(finding.kind, finding.object.clone())).cloned().unwrap_or_default();
                 // A base shared by several clusters is reported once.
                 if seen.insert((finding.clone(), file.clone(), line)) {
@@ -88,7 +100,14 @@ pub fn check_paths(paths: &[PathBuf], policy: &Policy) -> CheckOutput {
         .map(|l| (l.object.kind, &l.object.key, &l.file))
         .collect::<std::collections::HashSet<_>>()
         .len();
-    CheckOutput { objects, findings, errors: loaded.errors }
+    CheckOutput {
+        objects,
+        findings,
+        errors: loaded.errors,
+        not_applied: loaded.not_applied,
+        skipped: loaded.skipped,
+        notes: loaded.notes,
+    }
 }
 
 pub fn run(args: CheckArgs) -> ExitCode {
@@ -102,7 +121,8 @@ pub fn run(args: CheckArgs) -> ExitCode {
         },
         None => Policy::default(),
     };
-    let out = check_paths(&args.paths, &policy);
+    let options = LoadOptions { include_unapplied: args.include_unapplied };
+    let out = check_paths_with(&args.paths, &policy, options);
     match args.format {
         CheckFormat::Json => println!("{}", serde_json::to_string_pretty(&out).expect("output serialises")),
         CheckFormat::Text => print!("{}", text(&out)),
@@ -126,6 +146,18 @@ pub fn text(out: &CheckOutput) -> String {
         }
         s.push_str(&format!("  {:<4} {}: {}\n", f.finding.action.as_str(), f.finding.rule, f.finding.message));
     }
+    if !out.not_applied.is_empty() {
+        s.push_str("not applied by any cluster (not checked; --include-unapplied checks them):\n");
+        for n in &out.not_applied {
+            s.push_str(&format!("  {} {} ({}:{}): {}\n", n.kind, n.object, n.file.display(), n.line, n.reason));
+        }
+    }
+    if !out.notes.is_empty() {
+        s.push_str("notes:\n");
+        for n in &out.notes {
+            s.push_str(&format!("  {n}\n"));
+        }
+    }
     if !out.errors.is_empty() {
         s.push_str("could not read:\n");
         for e in &out.errors {
@@ -136,15 +168,24 @@ pub fn text(out: &CheckOutput) -> String {
     s
 }
 
-/// `N objects checked: F findings (D deny, W warn), E read errors`.
+/// `N objects checked: F findings (D deny, W warn), E read errors`, then the objects not
+/// applied and the files skipped, when there are any.
 fn summary(out: &CheckOutput) -> String {
     let denies = out.findings.iter().filter(|f| f.finding.is_deny()).count();
-    format!(
-        "{} objects checked: {} findings ({} deny, {} warn), {} read errors\n",
+    let mut s = format!(
+        "{} objects checked: {} findings ({} deny, {} warn), {} read errors",
         out.objects,
         out.findings.len(),
         denies,
         out.findings.len() - denies,
         out.errors.len()
-    )
+    );
+    if !out.not_applied.is_empty() {
+        s.push_str(&format!(", {} not applied", out.not_applied.len()));
+    }
+    if out.skipped > 0 {
+        s.push_str(&format!(", {} files skipped (not manifests)", out.skipped));
+    }
+    s.push('\n');
+    s
 }

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-pub use check::{CheckOutput, check_paths};
+pub use check::{CheckOutput, check_paths, check_paths_with};
 pub use ci::{github, sarif};
 pub use graph::{GraphFormat, render_graph};
 
@@ -96,6 +96,10 @@ pub struct CheckArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: CheckFormat,
+    /// Also check the objects no cluster applies (disabled or archived apps), each against the
+    /// cluster it would join.
+    #[arg(long)]
+    pub include_unapplied: bool,
 }
 
 #[derive(Debug, clap::Args)]

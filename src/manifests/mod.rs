@@ -8,9 +8,10 @@
 //! from every kustomization that no other kustomization includes (a build root) and gives each
 //! file the namespace kustomize would: the outermost `namespace:` on the way down wins.
 
+mod resource_set;
 mod tree;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -53,17 +54,48 @@ pub struct Manifests {
     pub errors: Vec<LoadError>,
     /// How many YAML files were read.
     pub files: usize,
+    /// YAML files Flux would not apply as manifests, left unread or unparsed: Helm chart
+    /// folders (a `Chart.yaml` beside them or above), helmfiles, and templated or otherwise
+    /// unparseable files outside every applied tree that hold no Flux object.
+    pub skipped: usize,
+    /// What could not be modelled offline, without being an error: a `ResourceSet`'s
+    /// `inputsFrom`, a template expression that is not a plain input.
+    pub notes: Vec<LoadError>,
+    /// Flux objects that no cluster of the checkout applies (a disabled or archived app), each
+    /// once, with the reason. They are not checked unless asked ([`LoadOptions`]).
+    pub not_applied: Vec<NotApplied>,
     /// When the paths hold several clusters that give one name to different objects: each
     /// cluster, named by the folder of its roots, with its objects (indices into `objects`),
     /// objects of each cluster (indices into `objects`), to be checked one cluster at a time.
     /// Empty when everything forms one graph.
     pub clusters: Vec<Cluster>,
+    /// Every cluster of the checkout (roots of one folder and what they apply), whether or not
+    /// they must be checked one by one: indices into `objects`.
+    pub groups: Vec<Cluster>,
 }
 
 impl Manifests {
     pub fn count(&self, kind: FluxKind) -> usize {
         self.objects.iter().filter(|o| o.object.kind == kind).count()
     }
+}
+
+/// A Flux object that nothing in the checkout applies.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NotApplied {
+    pub kind: FluxKind,
+    pub object: ObjectKey,
+    pub file: PathBuf,
+    pub line: usize,
+    /// Why Flux would not apply it: `left out of F/kustomization.yaml`, `in an archive folder`.
+    pub reason: String,
+}
+
+/// How [`load_with`] reads a checkout.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// Check objects that no cluster applies too, against the cluster they would join.
+    pub include_unapplied: bool,
 }
 
 /// A document as resolved in one cluster: its index and the parent that applies it there.
@@ -90,20 +122,30 @@ struct KustomizeFile {
     namespace: Option<String>,
     /// Files and folders it includes, resolved against its folder.
     includes: Vec<PathBuf>,
+    /// Patch files it reads (`patches[].path`, `patchesStrategicMerge`): partial objects that
+    /// change others, never objects of their own.
+    patches: Vec<PathBuf>,
 }
 
 /// Reads every Flux Kustomization and HelmRelease under `paths` (files or folders).
 pub fn load(paths: &[PathBuf]) -> Manifests {
+    load_with(paths, LoadOptions::default())
+}
+
+/// [`load`] with options.
+pub fn load_with(paths: &[PathBuf], options: LoadOptions) -> Manifests {
     let mut out = Manifests::default();
     let mut files = Vec::new();
     for path in paths {
-        collect_files(path, true, &mut files, &mut out.errors);
+        out.skipped += collect_files(path, true, &mut files, &mut out.errors);
     }
     files.sort();
     files.dedup();
 
     let mut raws = Vec::new();
     let mut kustomizations: HashMap<PathBuf, KustomizeFile> = HashMap::new();
+    // Parse errors of files that may not be manifests at all: judged once the tree is known.
+    let mut unparsed: Vec<(LoadError, bool)> = Vec::new();
     for file in &files {
         out.files += 1;
         let text = match std::fs::read(file) {
@@ -121,12 +163,20 @@ pub fn load(paths: &[PathBuf]) -> Manifests {
         };
         let is_kustomize_file =
             file.file_name().and_then(|n| n.to_str()).is_some_and(|n| KUSTOMIZATION_FILES.contains(&n));
+        // A file naming a Flux API group is meant as a manifest: it never goes unreported.
+        let flux =
+            is_kustomize_file || text.contains(".toolkit.fluxcd.io/") || text.contains("fluxcd.controlplane.io/");
+        let mut failed = false;
         for doc in split_documents(&text) {
             let value: Value = match parse_document(doc.text) {
                 Ok(v) => v,
                 Err(e) => {
                     let (line, message) = yaml_error(&e, &doc);
-                    out.errors.push(LoadError { file: file.clone(), line, message });
+                    // One report per file that is not known to be a manifest.
+                    if flux || !failed {
+                        unparsed.push((LoadError { file: file.clone(), line, message }, flux));
+                    }
+                    failed = true;
                     continue;
                 }
             };
@@ -138,11 +188,25 @@ pub fn load(paths: &[PathBuf]) -> Manifests {
             for item in list_items(value) {
                 if let Some(kind) = kind_of(&item) {
                     raws.push(RawObject { kind, value: item, file: file.clone(), line: doc.line });
+                } else if resource_set::is_resource_set(&item) {
+                    let (generated, notes) = resource_set::expand(&item);
+                    for value in generated {
+                        if let Some(kind) = kind_of(&value) {
+                            raws.push(RawObject { kind, value, file: file.clone(), line: doc.line });
+                        }
+                    }
+                    out.notes.extend(notes.into_iter().map(|message| LoadError {
+                        file: file.clone(),
+                        line: doc.line,
+                        message,
+                    }));
                 }
             }
         }
     }
 
+    let patches: HashSet<&PathBuf> = kustomizations.values().flat_map(|k| &k.patches).collect();
+    raws.retain(|r| !patches.contains(&r.file));
     let namespaces = resolve_namespaces(&kustomizations);
     let appliers: Vec<tree::Applier<'_>> = raws
         .iter()
@@ -158,13 +222,41 @@ pub fn load(paths: &[PathBuf]) -> Manifests {
             }
         })
         .collect();
-    let tree = tree::build(paths, &files, raws.len(), &|i| raws[i].file.clone(), &appliers, &kustomizations);
+    let mut tree = tree::build(paths, &files, raws.len(), &|i| raws[i].file.clone(), &appliers, &kustomizations);
+    add_target_namespace_copies(&mut raws, &mut tree);
+    let explicit: HashSet<PathBuf> = paths.iter().map(|p| normalize(p)).collect();
+    let mut skipped_files = HashSet::new();
+    for (error, flux) in unparsed {
+        let applied = tree.applied_files.as_ref().is_none_or(|a| a.contains(&error.file));
+        if flux || applied || explicit.contains(&error.file) {
+            out.errors.push(error);
+        } else if skipped_files.insert(error.file.clone()) {
+            out.skipped += 1;
+        }
+    }
+    out.errors.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
     let mut resolver = Resolver { raws: &raws, namespaces: &namespaces, parents: &tree.parents, keys: HashMap::new() };
 
     // One instance of each object per cluster it belongs to, resolved with that cluster's parent.
+    let mut clusters = tree.clusters.clone();
+    if options.include_unapplied {
+        join_clusters(&mut clusters, &tree.not_applied, &|i| raws[i].file.clone());
+    }
+    for (&i, reason) in &tree.not_applied {
+        let raw = &raws[i];
+        if let Ok(object) = resolver.object(i, tree.parents[i].first().copied()) {
+            out.not_applied.push(NotApplied {
+                kind: raw.kind,
+                object: object.key,
+                file: raw.file.clone(),
+                line: raw.line,
+                reason: reason.clone(),
+            });
+        }
+    }
     let mut instances: Vec<Instance> = Vec::new();
     let mut per_cluster: Vec<(PathBuf, Vec<Instance>)> = Vec::new();
-    for (folder, members) in &tree.clusters {
+    for (folder, members) in &clusters {
         let list: Vec<Instance> =
             members.iter().map(|&i| (i, tree.parents[i].iter().copied().find(|p| members.contains(p)))).collect();
         instances.extend(list.iter().copied());
@@ -224,9 +316,93 @@ pub fn load(paths: &[PathBuf]) -> Manifests {
             .filter_map(|inst| resolved.get(inst).copied())
             .collect();
         let all = std::mem::take(&mut out.objects);
-        out.objects = all.into_iter().enumerate().filter(|(n, _)| first.contains(n)).map(|(_, l)| l).collect();
+        let mut renumber: HashMap<usize, usize> = HashMap::new();
+        for (n, l) in all.into_iter().enumerate() {
+            if first.contains(&n) {
+                renumber.insert(n, out.objects.len());
+                out.objects.push(l);
+            }
+        }
+        // Each document's kept object stands for it in every cluster.
+        let kept: HashMap<usize, usize> = instances
+            .iter()
+            .filter_map(|inst| resolved.get(inst).and_then(|n| renumber.get(n)).map(|&k| (inst.0, k)))
+            .collect();
+        out.groups = per_cluster
+            .iter()
+            .map(|(folder, list)| Cluster {
+                folder: folder.clone(),
+                members: list.iter().filter_map(|inst| kept.get(&inst.0).copied()).collect(),
+            })
+            .collect();
+        return out;
     }
+    out.groups = out.clusters.clone();
     out
+}
+
+/// A Kustomization whose `spec.path` holds its own manifest and that sets `targetNamespace`
+/// applies a copy of itself into the target namespace: kustomize's namespace override moves
+/// every object of the folder there, its own manifest included. The copy is another
+/// Kustomization (same spec, `dependsOn` entries without a namespace now meaning the target
+/// namespace), applied and owned by the original, which waits for it when it has
+/// `spec.wait: true`.
+fn add_target_namespace_copies(raws: &mut Vec<RawObject>, tree: &mut tree::Tree) {
+    for &k in &tree.self_applied {
+        let value = &raws[k].value;
+        let own = value.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default();
+        let Some(target) = value
+            .pointer("/spec/targetNamespace")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty() && *t != own && !t.contains("${"))
+        else {
+            continue;
+        };
+        let mut copy = value.clone();
+        copy["metadata"]["namespace"] = Value::String(target.to_string());
+        let index = raws.len();
+        raws.push(RawObject {
+            kind: FluxKind::Kustomization,
+            value: copy,
+            file: raws[k].file.clone(),
+            line: raws[k].line,
+        });
+        tree.parents.push(vec![k]);
+        for members in tree.clusters.values_mut() {
+            if members.contains(&k) {
+                members.insert(index);
+            }
+        }
+        if let Some(reason) = tree.not_applied.get(&k).cloned() {
+            tree.not_applied.insert(index, reason);
+        }
+    }
+}
+
+/// Puts each not-applied object into the clusters it would join: those holding an object
+/// written closest to it (the most leading folders in common), all of them on a tie.
+fn join_clusters(
+    clusters: &mut BTreeMap<PathBuf, BTreeSet<usize>>,
+    not_applied: &BTreeMap<usize, String>,
+    file_of: &dyn Fn(usize) -> PathBuf,
+) {
+    let common = |a: &Path, b: &Path| a.components().zip(b.components()).take_while(|(x, y)| x == y).count();
+    let mut joins: Vec<(PathBuf, usize)> = Vec::new();
+    for &i in not_applied.keys() {
+        let file = file_of(i);
+        let scores: Vec<(&PathBuf, usize)> = clusters
+            .iter()
+            .map(|(folder, members)| (folder, members.iter().map(|&m| common(&file, &file_of(m))).max().unwrap_or(0)))
+            .collect();
+        let best = scores.iter().map(|(_, s)| *s).max().unwrap_or(0);
+        joins.extend(scores.into_iter().filter(|(_, s)| *s == best).map(|(f, _)| (f.clone(), i)));
+    }
+    if clusters.is_empty() {
+        clusters.entry(PathBuf::new()).or_default().extend(not_applied.keys().copied());
+    }
+    for (folder, i) in joins {
+        clusters.get_mut(&folder).expect("joins name existing clusters").insert(i);
+    }
 }
 
 /// Resolves raw documents into objects: post-build substitution and namespace from the parent
@@ -315,13 +491,32 @@ fn namespace_of_file(namespaces: &HashMap<PathBuf, String>, file: &Path) -> Opti
 /// name at the colon. A document that fails for that reason is read again with the colon set
 /// apart, so files Flux accepts load here too.
 pub fn parse_document(text: &str) -> Result<Value, serde_saphyr::Error> {
-    match serde_saphyr::from_str(text) {
+    match serde_saphyr::from_str_with_options(text, yaml_options()) {
         Ok(v) => Ok(v),
         Err(e) => match go_yaml_alias_keys(text) {
-            Some(fixed) => serde_saphyr::from_str(&fixed).map_err(|_| e),
+            Some(fixed) => serde_saphyr::from_str_with_options(&fixed, yaml_options()).map_err(|_| e),
             None => Err(e),
         },
     }
+}
+
+/// Most events one document may expand to through aliases. Real manifests stay far below it
+/// (a rules file reusing one anchor 200 times replays a few thousand events); a "billion laughs"
+/// bomb needs orders of magnitude more and is refused at this bound.
+pub const MAX_ALIAS_EVENTS: usize = 1_000_000;
+
+/// The reader's limits: the bound on expanded size ([`MAX_ALIAS_EVENTS`]) guards against alias
+/// bombs, so the alias-to-anchor ratio heuristic, which refuses legitimate files that use one
+/// anchor many times, is off.
+fn yaml_options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.enforce_alias_anchor_ratio = false;
+    let mut limits = serde_saphyr::options::AliasLimits::default();
+    limits.max_total_replayed_events = MAX_ALIAS_EVENTS;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options.alias_limits = limits;
+    options
 }
 
 /// `text` with every alias used as a block mapping key (`*name:`) written `*name :`, or `None`
@@ -377,33 +572,67 @@ fn is_yaml(path: &Path) -> bool {
         || path.file_name().and_then(|n| n.to_str()) == Some("Kustomization")
 }
 
-fn collect_files(path: &Path, explicit: bool, files: &mut Vec<PathBuf>, errors: &mut Vec<LoadError>) {
+/// Helmfile's own files: Go templates that helmfile renders, never applied by Flux.
+fn is_helmfile(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    name.starts_with("helmfile")
+        || path.parent().and_then(Path::file_name).and_then(|n| n.to_str()).is_some_and(|d| d.starts_with("helmfile"))
+}
+
+/// Collects the YAML files under `path`; returns how many it skipped as not manifests (the
+/// files of Helm chart folders, helmfiles). A file named on the command line is never skipped.
+fn collect_files(path: &Path, explicit: bool, files: &mut Vec<PathBuf>, errors: &mut Vec<LoadError>) -> usize {
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) => {
             errors.push(LoadError { file: path.to_path_buf(), line: 0, message: format!("cannot be read: {e}") });
-            return;
+            return 0;
         }
     };
     if meta.is_file() {
-        // A file named on the command line is read whatever its extension.
-        if explicit || is_yaml(path) {
+        if explicit {
+            // A file named on the command line is read whatever its extension or name.
+            files.push(normalize(path));
+        } else if is_yaml(path) {
+            if is_helmfile(path) {
+                return 1;
+            }
             files.push(normalize(path));
         }
-        return;
+        return 0;
+    }
+    // A Helm chart folder: its templates are rendered by Helm from a HelmRelease, not applied.
+    if !explicit && path.join("Chart.yaml").is_file() {
+        let mut chart = Vec::new();
+        collect_files_below(path, &mut chart);
+        return chart.len();
     }
     let entries = match std::fs::read_dir(path) {
         Ok(e) => e,
         Err(e) => {
             errors.push(LoadError { file: path.to_path_buf(), line: 0, message: format!("cannot be listed: {e}") });
-            return;
+            return 0;
         }
     };
+    let mut skipped = 0;
     for entry in entries.flatten() {
         let p = entry.path();
         let hidden = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
         if !hidden {
-            collect_files(&p, false, files, errors);
+            skipped += collect_files(&p, false, files, errors);
+        }
+    }
+    skipped
+}
+
+/// Every YAML file below `dir`, for counting what a skipped folder holds.
+fn collect_files_below(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            collect_files_below(&p, out);
+        } else if is_yaml(&p) {
+            out.push(p);
         }
     }
 }
@@ -499,7 +728,17 @@ fn read_kustomize_file(value: &Value, dir: &Path) -> KustomizeFile {
             includes.push(normalize(&dir.join(s)));
         }
     }
-    KustomizeFile { namespace, includes }
+    let mut patches = Vec::new();
+    let patch_paths =
+        value.get("patches").and_then(Value::as_array).into_iter().flatten().filter_map(|p| p.get("path"));
+    let strategic = value.get("patchesStrategicMerge").and_then(Value::as_array).into_iter().flatten();
+    for entry in patch_paths.chain(strategic) {
+        // An inline patch (a YAML string with newlines) names no file.
+        if let Some(s) = entry.as_str().filter(|s| !s.contains('\n')) {
+            patches.push(normalize(&dir.join(s)));
+        }
+    }
+    KustomizeFile { namespace, includes, patches }
 }
 
 /// `a/b/../c` as `a/c`, without touching the file system (links are not followed).

@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use super::{KustomizeFile, normalize};
+use super::{KUSTOMIZATION_FILES, KustomizeFile, normalize};
 
 /// A Flux Kustomization as the tree needs it.
 pub(super) struct Applier<'a> {
@@ -33,6 +33,23 @@ pub(super) struct Tree {
     pub parents: Vec<Vec<usize>>,
     /// Object indices per cluster, clusters named by their roots' folder.
     pub clusters: BTreeMap<PathBuf, BTreeSet<usize>>,
+    /// Objects that no cluster applies, with the reason.
+    pub not_applied: BTreeMap<usize, String>,
+    /// Kustomizations whose `spec.path` applies their own manifest (the bootstrap
+    /// `flux-system`, or an app folder holding its own Kustomization).
+    pub self_applied: Vec<usize>,
+    /// Every file some Kustomization's `spec.path` applies; `None` when no `spec.path` of the
+    /// checkout resolves (then every file read counts as applied).
+    pub applied_files: Option<HashSet<PathBuf>>,
+}
+
+/// Folders Flux users keep retired manifests in: never applied, whatever they hold.
+fn is_archive(file: &Path) -> bool {
+    file.parent().into_iter().flat_map(Path::components).any(|c| {
+        let name = c.as_os_str().to_string_lossy().to_ascii_lowercase();
+        let name = name.trim_start_matches(['.', '_']);
+        name == "archive" || name == "archived"
+    })
 }
 
 /// Files and subfolders of each folder that was read.
@@ -143,7 +160,13 @@ pub(super) fn build(
 ) -> Tree {
     let folders = Folders::new(files);
     let mut parents: Vec<Vec<usize>> = vec![Vec::new(); count];
+    let mut applied_files = None;
+    let mut self_applied = Vec::new();
+    // Folders some Kustomization builds, with the files of those Kustomizations: a
+    // kustomization.yaml there decides what is applied.
+    let mut applied_dirs: HashMap<PathBuf, Vec<PathBuf>> = HashMap::new();
     if let Some((root, source)) = source_root(inputs, appliers, &folders) {
+        let all_applied = applied_files.insert(HashSet::new());
         let mut by_file: HashMap<PathBuf, Vec<usize>> = HashMap::new();
         for i in 0..count {
             by_file.entry(file_of(i)).or_default().push(i);
@@ -155,12 +178,20 @@ pub(super) fn build(
                 continue;
             }
             let mut applied = HashSet::new();
-            build_files(&dir, &folders, kustomizations, &mut applied, &mut HashSet::new());
+            let mut seen = HashSet::new();
+            build_files(&dir, &folders, kustomizations, &mut applied, &mut seen);
+            for d in seen {
+                applied_dirs.entry(d).or_default().push(file_of(a.index));
+            }
+            all_applied.extend(applied.iter().map(|f| f.to_path_buf()));
             for file in applied {
                 for &o in by_file.get(file).into_iter().flatten() {
-                    // The bootstrap Kustomization applies the folder holding itself.
+                    // The bootstrap Kustomization applies the folder holding itself: no parent of
+                    // its own.
                     if o != a.index {
                         parents[o].push(a.index);
+                    } else {
+                        self_applied.push(o);
                     }
                 }
             }
@@ -174,9 +205,60 @@ pub(super) fn build(
             children[p].push(o);
         }
     }
+    // An object nothing applies is a cluster's root, unless Flux would never apply it: a
+    // `kustomization.yaml` above it leaves it out (a disabled app), or it is archived.
+    let mut not_applied: BTreeMap<usize, String> = BTreeMap::new();
+    let mut builds: HashMap<PathBuf, HashSet<&Path>> = HashMap::new();
+    for o in (0..count).filter(|&o| parents[o].is_empty()) {
+        let file = file_of(o);
+        if is_archive(&file) {
+            not_applied.insert(o, "in an archive folder".into());
+            continue;
+        }
+        // The nearest kustomization.yaml above the file that some Kustomization builds. The
+        // reason names one that a Kustomization written outside its folder builds, when there
+        // is one: a Kustomization applying its own folder through a kustomization.yaml that
+        // leaves it out is disabled one level up.
+        let applied: Vec<&Path> = file
+            .ancestors()
+            .skip(1)
+            .filter(|d| kustomizations.contains_key(*d) && applied_dirs.contains_key(*d))
+            .collect();
+        let Some(&dir) = applied.first() else { continue };
+        let named = applied.iter().copied().find(|d| applied_dirs[*d].iter().any(|f| !f.starts_with(d))).unwrap_or(dir);
+        let build = builds.entry(dir.to_path_buf()).or_insert_with(|| {
+            let mut out = HashSet::new();
+            build_files(dir, &folders, kustomizations, &mut out, &mut HashSet::new());
+            out
+        });
+        // A kustomization.yaml that applies nothing (`resources: []`) disables nothing.
+        if !build.is_empty() && !build.contains(file.as_path()) {
+            let k = KUSTOMIZATION_FILES
+                .iter()
+                .map(|n| named.join(n))
+                .find(|p| folders.files.get(named).is_some_and(|fs| fs.contains(&p.as_path())))
+                .unwrap_or_else(|| named.join("kustomization.yaml"));
+            not_applied.insert(o, format!("left out of {}", k.display()));
+        }
+    }
+
     let mut clusters: BTreeMap<PathBuf, BTreeSet<usize>> = BTreeMap::new();
     let mut reached = vec![false; count];
-    let mut roots: Vec<usize> = (0..count).filter(|&o| parents[o].is_empty()).collect();
+    // What only a not-applied Kustomization applies is not applied either.
+    let mut stack: Vec<usize> = not_applied.keys().copied().collect();
+    while let Some(o) = stack.pop() {
+        if !reached[o] {
+            reached[o] = true;
+            for &c in &children[o] {
+                if !reached[c] && parents[c].iter().all(|p| not_applied.contains_key(p) || reached[*p]) {
+                    let why = format!("applied only by a Kustomization that is not applied ({})", file_of(o).display());
+                    not_applied.entry(c).or_insert(why);
+                    stack.push(c);
+                }
+            }
+        }
+    }
+    let mut roots: Vec<usize> = (0..count).filter(|&o| parents[o].is_empty() && !reached[o]).collect();
     loop {
         for &r in &roots {
             let folder = file_of(r).parent().map(Path::to_path_buf).unwrap_or_default();
@@ -195,7 +277,9 @@ pub(super) fn build(
             None => break,
         }
     }
-    Tree { parents, clusters }
+    // Objects reached from the roots after all (applied by a root too) are applied.
+    not_applied.retain(|o, _| !clusters.values().any(|m| m.contains(o)));
+    Tree { parents, clusters, not_applied, self_applied, applied_files }
 }
 
 /// Replaces `${VAR}`, `${VAR:=default}`, `${VAR:-default}` and `${VAR=default}` the way Flux's

@@ -30,9 +30,21 @@ pub fn evaluate_upsert(
     new: &Arc<FluxObject>,
     old: Option<&FluxObject>,
 ) -> Vec<Finding> {
+    evaluate_upsert_with(graph, None, policy, new, old)
+}
+
+/// [`evaluate_upsert`] knowing the graph of the other kind, `other`: a dangling target that
+/// exists as the other kind gets the hint that says so.
+pub fn evaluate_upsert_with(
+    graph: &mut Graph,
+    other: Option<&Graph>,
+    policy: &Policy,
+    new: &Arc<FluxObject>,
+    old: Option<&FluxObject>,
+) -> Vec<Finding> {
     let previous = graph.upsert(new.clone());
     let x = graph.id(&new.key).expect("the candidate was just inserted");
-    let mut ctx = Ctx { graph, policy, object: new, findings: Vec::new() };
+    let mut ctx = Ctx { graph, other, policy, object: new, findings: Vec::new() };
 
     ctx.cycles(x, old);
     ctx.targets(x, old);
@@ -103,6 +115,7 @@ pub fn evaluate_delete(graph: &Graph, policy: &Policy, key: &ObjectKey) -> Vec<F
 
 struct Ctx<'a> {
     graph: &'a Graph,
+    other: Option<&'a Graph>,
     policy: &'a Policy,
     object: &'a FluxObject,
     findings: Vec<Finding>,
@@ -229,7 +242,7 @@ impl Ctx<'_> {
                 // nobody will read to the end does not need them.
                 hinted += 1;
                 let reach = if hinted <= MAX_HINTS { Some(HintReach::Indexed) } else { None };
-                let msg = dangling_message(g, &object.key, target, reach);
+                let msg = dangling_message(g, self.other, &object.key, target, reach);
                 self.push(Rule::DanglingDependsOn, action, Some(target.clone()), None, msg);
             }
 

@@ -10,17 +10,25 @@ use super::{
 use crate::graph::{Graph, NodeId};
 use crate::policy::{Action, Policy, Rule};
 
-/// At most this many distinct dangling targets get a hint per audit. A hint may walk every
-/// object, so hints cost O(objects) each; with the cap (and one hint per target, however many
-/// objects name it) an audit stays linear in the graph, where it grew with the square of the
-/// dependents of one deleted object.
+/// At most this many hints are computed per audit. A hint may walk every object, so hints cost
+/// O(objects) each; with the cap an audit stays linear in the graph, where it grew with the
+/// square of the dependents of one deleted object. Past the cap, a dangling reference reuses the
+/// hint computed for another dependent of the same target (unless that hint names the reference's
+/// own object), so every dependent of one deleted object still gets a hint.
 const MAX_AUDIT_HINTS: usize = 100;
 
 /// Every finding in `graph`, sorted by object then rule.
 pub fn audit(graph: &Graph, policy: &Policy) -> Vec<Finding> {
+    audit_with(graph, None, policy)
+}
+
+/// [`audit`] knowing the graph of the other kind, `other`: a dangling target that exists as
+/// the other kind gets the hint that says so.
+pub fn audit_with(graph: &Graph, other: Option<&Graph>, policy: &Policy) -> Vec<Finding> {
     let kind = graph.kind();
     let mut findings = Vec::new();
-    let mut hints: HashMap<NodeId, Option<String>> = HashMap::new();
+    let mut hints: HashMap<(NodeId, NodeId), Option<String>> = HashMap::new();
+    let mut by_target: HashMap<NodeId, Option<String>> = HashMap::new();
     let mut push = |rule: Rule, object: &crate::object::ObjectKey, target, cycle, message: String| {
         let action = policy.action(rule);
         if action != Action::Off {
@@ -51,16 +59,21 @@ pub fn audit(graph: &Graph, policy: &Policy) -> Vec<Finding> {
                 push(Rule::DuplicateDependsOn, &object.key, Some(target.clone()), None, msg);
             }
             if !graph.is_present(dep) {
-                let full = hints.len() >= MAX_AUDIT_HINTS;
-                let hint = match hints.get(&dep) {
-                    Some(h) => h.clone(),
-                    None if full => None,
-                    None => {
-                        let h = hint(graph, target, HintReach::Everywhere);
-                        hints.insert(dep, h.clone());
-                        h
-                    }
-                };
+                let hint =
+                    match hints.get(&(id, dep)) {
+                        Some(h) => h.clone(),
+                        None if hints.len() < MAX_AUDIT_HINTS => {
+                            let h = hint(graph, other, &object.key, target, HintReach::Everywhere);
+                            hints.insert((id, dep), h.clone());
+                            by_target.entry(dep).or_insert_with(|| h.clone());
+                            h
+                        }
+                        // Past the budget, the hint found for another dependent of the same target,
+                        // unless it names this object itself.
+                        None => by_target.get(&dep).cloned().flatten().filter(|h| {
+                            !h.contains(&format!(" {}?", object.key)) && !h.ends_with(&object.key.to_string())
+                        }),
+                    };
                 let msg = dangling_message_with(graph, &object.key, target, hint);
                 push(Rule::DanglingDependsOn, &object.key, Some(target.clone()), None, msg);
             }

@@ -5,8 +5,8 @@
 mod admission;
 mod audit;
 
-pub use admission::{adds_edges, evaluate_delete, evaluate_upsert};
-pub use audit::audit;
+pub use admission::{adds_edges, evaluate_delete, evaluate_upsert, evaluate_upsert_with};
+pub use audit::{audit, audit_with};
 
 use std::collections::HashMap;
 
@@ -59,13 +59,15 @@ pub(crate) fn cycle_message(graph: &Graph, cycle: &[NodeId], prefix: &str) -> St
 }
 
 /// The message of a dangling `dependsOn`; with a `reach`, a hint when a likely target exists.
+/// `other` is the graph of the other kind, for a target that exists as that kind.
 pub(crate) fn dangling_message(
     graph: &Graph,
+    other: Option<&Graph>,
     object: &ObjectKey,
     target: &ObjectKey,
     reach: Option<HintReach>,
 ) -> String {
-    dangling_message_with(graph, object, target, reach.and_then(|reach| hint(graph, target, reach)))
+    dangling_message_with(graph, object, target, reach.and_then(|reach| hint(graph, other, object, target, reach)))
 }
 
 /// [`dangling_message`] with a hint computed beforehand (the audit computes one per target).
@@ -127,13 +129,33 @@ pub(crate) fn count_targets(list: &[ObjectKey]) -> HashMap<&ObjectKey, usize> {
     counts
 }
 
-/// Where the author probably meant to point: the same name in another namespace first (a wrong
-/// or missing `namespace:` is the common mistake), else a near name in the same namespace, else
-/// (with [`HintReach::Everywhere`]) a near name in any namespace.
-pub(crate) fn hint(graph: &Graph, target: &ObjectKey, reach: HintReach) -> Option<String> {
+/// Where the author probably meant to point. First, an object of the other kind with the
+/// target's key: Flux resolves `dependsOn` within one kind, so such a reference waits forever
+/// (a common real mistake). Then the same name in another namespace (a wrong or missing
+/// `namespace:`), a near name in the same namespace, and (with [`HintReach::Everywhere`]) a near
+/// name in any namespace. A hint never names the dependent itself, nor an object that already
+/// depends on it (following that hint would close a cycle).
+pub(crate) fn hint(
+    graph: &Graph,
+    other: Option<&Graph>,
+    object: &ObjectKey,
+    target: &ObjectKey,
+    reach: HintReach,
+) -> Option<String> {
     let kind = graph.kind();
+    if let Some(other) = other
+        && other.get(target).is_some()
+    {
+        return Some(cross_kind_hint(kind, other.kind(), target));
+    }
+    let from = graph.id(object);
+    let usable = |id: NodeId| match from {
+        Some(from) => id != from && graph.find_path([id], false, |n| n == from).is_none(),
+        None => true,
+    };
     let mut elsewhere: Vec<&str> = graph
         .named(&target.name)
+        .filter(|&id| usable(id))
         .map(|id| graph.key(id).namespace.as_str())
         .filter(|ns| *ns != target.namespace)
         .collect();
@@ -144,32 +166,39 @@ pub(crate) fn hint(graph: &Graph, target: &ObjectKey, reach: HintReach) -> Optio
         let noun = if elsewhere.len() == 1 { "namespace" } else { "namespaces" };
         return Some(format!("a {kind} named {} exists in {noun} {}{more}", target.name, shown.join(", ")));
     }
-    let mut best: Option<(usize, &str)> = None;
-    for id in graph.in_namespace(&target.namespace) {
-        let name = graph.key(id).name.as_str();
-        if let Some(score) = nearness(&target.name, name)
-            && best.is_none_or(|(s, n)| (score, name) < (s, n))
-        {
-            best = Some((score, name));
+    let nearest = |ids: &mut dyn Iterator<Item = NodeId>| -> Option<NodeId> {
+        let mut scored: Vec<(usize, &ObjectKey, NodeId)> =
+            ids.filter_map(|id| nearness(&target.name, &graph.key(id).name).map(|s| (s, graph.key(id), id))).collect();
+        scored.sort_unstable();
+        scored.into_iter().map(|(_, _, id)| id).find(|&id| usable(id))
+    };
+    if let Some(id) = nearest(&mut graph.in_namespace(&target.namespace)) {
+        return Some(format!("did you mean {}?", graph.key(id)));
+    }
+    if reach == HintReach::Everywhere
+        && let Some(id) = nearest(&mut graph.present_ids())
+    {
+        return Some(format!("did you mean {}?", graph.key(id)));
+    }
+    // Last, the same name as the other kind in another namespace.
+    let other = other?;
+    let id = other.named(&target.name).find(|&id| other.is_present(id))?;
+    Some(cross_kind_hint(kind, other.kind(), other.key(id)))
+}
+
+/// The hint for a `dependsOn` that names an object of the other kind, with the fix.
+fn cross_kind_hint(kind: FluxKind, other: FluxKind, found: &ObjectKey) -> String {
+    let fix = match kind {
+        FluxKind::Kustomization => "name the Kustomization that applies it, or use spec.healthChecks",
+        FluxKind::HelmRelease => {
+            "name a HelmRelease that Kustomization applies, or put the dependsOn on the Kustomization that applies \
+             this HelmRelease"
         }
-    }
-    if let Some((_, name)) = best {
-        return Some(format!("did you mean {}/{name}?", target.namespace));
-    }
-    if reach == HintReach::Indexed {
-        return None;
-    }
-    // Last, a near name anywhere: a renamed object in another namespace.
-    let mut best: Option<(usize, &crate::object::ObjectKey)> = None;
-    for id in graph.present_ids() {
-        let key = graph.key(id);
-        if let Some(score) = nearness(&target.name, &key.name)
-            && best.is_none_or(|(s, k)| (score, key) < (s, k))
-        {
-            best = Some((score, key));
-        }
-    }
-    best.map(|(_, key)| format!("did you mean {key}?"))
+    };
+    format!(
+        "a {other} named {} exists in {}; a {kind}'s dependsOn can only name {kind}s: {fix}",
+        found.name, found.namespace
+    )
 }
 
 /// A distance for names that look like a typo or an abbreviation of each other; `None` when
@@ -197,33 +226,87 @@ fn nearness(wanted: &str, candidate: &str) -> Option<usize> {
 mod tests {
     use super::*;
     use crate::graph::tests::ks;
+    use crate::object::FluxObject;
+    use std::sync::Arc;
 
     #[test]
     fn hints_prefer_the_same_name_elsewhere_then_near_names() {
+        let web = ObjectKey::new("flux-system", "web");
         let mut g = Graph::new(FluxKind::Kustomization);
         g.upsert(ks("infra-system", "infra", &[]));
         g.upsert(ks("flux-system", "infrastructure", &[]));
         g.upsert(ks("flux-system", "cert-manager", &[]));
         assert_eq!(
-            hint(&g, &ObjectKey::new("flux-system", "infra"), HintReach::Everywhere).unwrap(),
+            hint(&g, None, &web, &ObjectKey::new("flux-system", "infra"), HintReach::Everywhere).unwrap(),
             "a Kustomization named infra exists in namespace infra-system"
         );
         assert_eq!(
-            hint(&g, &ObjectKey::new("flux-system", "infrastucture"), HintReach::Everywhere).unwrap(),
+            hint(&g, None, &web, &ObjectKey::new("flux-system", "infrastucture"), HintReach::Everywhere).unwrap(),
             "did you mean flux-system/infrastructure?"
         );
         assert_eq!(
-            hint(&g, &ObjectKey::new("flux-system", "certmanager"), HintReach::Everywhere).unwrap(),
+            hint(&g, None, &web, &ObjectKey::new("flux-system", "certmanager"), HintReach::Everywhere).unwrap(),
             "did you mean flux-system/cert-manager?"
         );
-        assert_eq!(hint(&g, &ObjectKey::new("flux-system", "apps"), HintReach::Everywhere), None);
+        assert_eq!(hint(&g, None, &web, &ObjectKey::new("flux-system", "apps"), HintReach::Everywhere), None);
         // A renamed object in another namespace is found last, and only when asked to look there.
         g.upsert(ks("kubevirt", "zz-vm-kubevirt-app", &[]));
-        assert_eq!(hint(&g, &ObjectKey::new("vm", "vm-kubevirt-app"), HintReach::Indexed), None);
+        assert_eq!(hint(&g, None, &web, &ObjectKey::new("vm", "vm-kubevirt-app"), HintReach::Indexed), None);
         assert_eq!(
-            hint(&g, &ObjectKey::new("vm", "vm-kubevirt-app"), HintReach::Everywhere).unwrap(),
+            hint(&g, None, &web, &ObjectKey::new("vm", "vm-kubevirt-app"), HintReach::Everywhere).unwrap(),
             "did you mean kubevirt/zz-vm-kubevirt-app?"
         );
+    }
+
+    #[test]
+    fn hints_never_name_the_dependent_nor_close_a_cycle() {
+        // The real Biohazard case: vm-jj-secureblue depends on its missing -pvc sibling.
+        let mut g = Graph::new(FluxKind::Kustomization);
+        g.upsert(ks("vm-jj", "vm-jj-secureblue", &["vm-jj-secureblue-pvc"]));
+        let me = ObjectKey::new("vm-jj", "vm-jj-secureblue");
+        let pvc = ObjectKey::new("vm-jj", "vm-jj-secureblue-pvc");
+        assert_eq!(hint(&g, None, &me, &pvc, HintReach::Everywhere), None);
+        // A near name that already depends on the dependent would close a cycle: the next
+        // nearest is named instead.
+        g.upsert(ks("vm-jj", "vm-jj-secureblue-pv", &["vm-jj-secureblue"]));
+        g.upsert(ks("vm-jj", "vm-jj-secureblue-pvcs", &[]));
+        assert_eq!(
+            hint(&g, None, &me, &pvc, HintReach::Everywhere).unwrap(),
+            "did you mean vm-jj/vm-jj-secureblue-pvcs?"
+        );
+        // Same name elsewhere, but that one depends on the dependent: no hint from it.
+        let mut g = Graph::new(FluxKind::Kustomization);
+        g.upsert(ks("apps", "web", &["infra"]));
+        g.upsert(ks("infra-system", "infra", &["apps/web"]));
+        let h = hint(&g, None, &ObjectKey::new("apps", "web"), &ObjectKey::new("apps", "infra"), HintReach::Everywhere);
+        assert_eq!(h, None);
+    }
+
+    #[test]
+    fn a_target_of_the_other_kind_gets_the_cross_kind_hint() {
+        let mut ks_graph = Graph::new(FluxKind::Kustomization);
+        ks_graph.upsert(ks("rook-ceph", "rook-ceph-cluster-app", &[]));
+        let mut hr_graph = Graph::new(FluxKind::HelmRelease);
+        let hr = |ns: &str, name: &str| {
+            Arc::new(FluxObject::new(FluxKind::HelmRelease, ObjectKey::new(ns, name), Vec::new()))
+        };
+        hr_graph.upsert(hr("rook-ceph", "rook-ceph-cluster"));
+        let me = ObjectKey::new("flux-system", "apps");
+        let target = ObjectKey::new("rook-ceph", "rook-ceph-cluster");
+        assert_eq!(
+            hint(&ks_graph, Some(&hr_graph), &me, &target, HintReach::Indexed).unwrap(),
+            "a HelmRelease named rook-ceph-cluster exists in rook-ceph; a Kustomization's dependsOn can only name \
+             Kustomizations: name the Kustomization that applies it, or use spec.healthChecks"
+        );
+        // The other way round, and in another namespace than the one written.
+        let h = hint(
+            &hr_graph,
+            Some(&ks_graph),
+            &ObjectKey::new("db", "pg"),
+            &ObjectKey::new("db", "rook-ceph-cluster-app"),
+            HintReach::Indexed,
+        );
+        assert!(h.unwrap().starts_with("a Kustomization named rook-ceph-cluster-app exists in rook-ceph; a HelmRelease's dependsOn can only name HelmReleases"));
     }
 
     #[test]
