@@ -129,6 +129,26 @@ async fn readiness_flips_only_after_every_initial_list() {
 }
 
 #[tokio::test]
+async fn an_initial_list_in_pages_is_read_whole() {
+    let fake = FakeApi::start(true).await;
+    // More than one page of the watcher's list (500 items), the last one short.
+    for i in 0..1203 {
+        fake.apply(ks(F, &format!("app-{i:04}"), if i > 0 { &["app-0000"] } else { &[] }));
+    }
+    let c = Cluster::watch(&fake);
+    eventually("the initial lists", || c.cache.is_ready()).await;
+    assert_eq!(c.cache.lock().graphs().get(FluxKind::Kustomization).len(), 1203);
+    assert!(c.has(FluxKind::Kustomization, F, "app-1202"));
+    // Two one-item probes, three pages of Kustomizations, one of HelmReleases.
+    assert!(fake.lists_served() >= 6, "the list came in pages: {} lists", fake.lists_served());
+    // Every page reached the graph: the first app has every other one as a dependent.
+    let state = c.cache.lock();
+    let graph = state.graphs().get(FluxKind::Kustomization);
+    let first = graph.id(&ObjectKey::new(F, "app-0000")).unwrap();
+    assert_eq!(graph.dependents(first).len(), 1202);
+}
+
+#[tokio::test]
 async fn decisions_follow_adds_updates_and_deletes() {
     let fake = FakeApi::start(true).await;
     let c = Cluster::watch(&fake);

@@ -7,6 +7,10 @@
 //! the kustomize `kustomization.yaml` that includes the file. The loader follows `resources:`
 //! from every kustomization that no other kustomization includes (a build root) and gives each
 //! file the namespace kustomize would: the outermost `namespace:` on the way down wins.
+//!
+//! Only what Flux would apply is checked: files of Helm chart folders and helmfiles are not
+//! manifests, and a file that does not parse is an error only inside an applied tree or when it
+//! names a Flux API group (elsewhere it is a template of some other tool, skipped and counted).
 
 mod resource_set;
 mod tree;
@@ -172,8 +176,17 @@ pub fn load_with(paths: &[PathBuf], options: LoadOptions) -> Manifests {
             is_kustomize_file || text.contains(".toolkit.fluxcd.io/") || text.contains("fluxcd.controlplane.io/");
         let mut failed = false;
         for doc in split_documents(&text) {
-            let value: Value = match parse_document(doc.text) {
-                Ok(v) => v,
+            // A document naming no Flux API group holds no Flux object: it is only checked to be
+            // YAML, without building its value (CRD bundles and dashboards are most of the bytes).
+            let holds_flux = is_kustomize_file || is_flux_text(doc.text);
+            let parsed = if holds_flux {
+                parse_document(doc.text).map(Some)
+            } else {
+                parse_as::<serde::de::IgnoredAny>(doc.text).map(|_| None)
+            };
+            let value: Value = match parsed {
+                Ok(Some(v)) => v,
+                Ok(None) => continue,
                 Err(e) => {
                     let (line, message) = yaml_error(&e, &doc);
                     // One report per file that is not known to be a manifest.
@@ -496,6 +509,11 @@ fn namespace_of_file(namespaces: &HashMap<PathBuf, String>, file: &Path) -> Opti
 /// name at the colon. A document that fails for that reason is read again with the colon set
 /// apart, so files Flux accepts load here too.
 pub fn parse_document(text: &str) -> Result<Value, serde_saphyr::Error> {
+    parse_as(text)
+}
+
+/// [`parse_document`] into any type (`IgnoredAny` to check the syntax only).
+fn parse_as<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, serde_saphyr::Error> {
     match serde_saphyr::from_str_with_options(text, yaml_options()) {
         Ok(v) => Ok(v),
         Err(e) => match go_yaml_alias_keys(text) {
@@ -503,6 +521,11 @@ pub fn parse_document(text: &str) -> Result<Value, serde_saphyr::Error> {
             None => Err(e),
         },
     }
+}
+
+/// Whether `text` names a Flux API group: every Flux object and ResourceSet does.
+fn is_flux_text(text: &str) -> bool {
+    text.contains("toolkit.fluxcd.io/") || text.contains("fluxcd.controlplane.io/")
 }
 
 /// Most events one document may expand to through aliases. Real manifests stay far below it

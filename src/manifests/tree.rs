@@ -11,6 +11,12 @@
 //! `postBuild.substitute` apply to it, and whose `spec.wait` waits for it), and groups objects
 //! into clusters: the objects reached from the roots (objects no Kustomization applies) of one
 //! folder. A repository holding several clusters that reuse names is checked cluster by cluster.
+//!
+//! Not every object nothing applies is a root: real repositories disable an app by leaving its
+//! file out of the folder's `kustomization.yaml`, and keep retired ones in an `archive/` folder.
+//! Checked as little clusters of their own, such objects would report every dependency as
+//! missing; they are set apart as not applied, with the reason, and so is whatever only they
+//! apply.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};

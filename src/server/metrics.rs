@@ -28,6 +28,12 @@ pub struct ViolationLabels {
     pub rule: &'static str,
 }
 
+/// Upper bounds of the decision time histogram, in seconds: 1-2.5-5 steps from 10 µs to 1 s.
+/// Decisions take micro-seconds; the upper buckets show lock waits and a busy machine. Written
+/// out rather than computed so that the `le` labels read as the round numbers they are.
+pub const DURATION_BUCKETS: [f64; 16] =
+    [0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
     /// `success` or `failure`.
@@ -74,8 +80,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("fluxgate");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("admission_requests", "Admission requests answered", requests.clone());
-        // From 10 µs to about 0.3 s: decisions are micro-seconds, the tail shows lock waits.
-        let duration = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.00001, 2.8, 11));
+        let duration = Histogram::new(DURATION_BUCKETS);
         registry.register("admission_duration_seconds", "Time to decide an admission request", duration.clone());
         let graph_objects = Family::<KindLabels, Gauge>::default();
         registry.register("graph_objects", "Objects in the dependsOn graph", graph_objects.clone());
@@ -167,5 +172,32 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duration_buckets_are_round_from_10_us_to_1_s() {
+        let metrics = Metrics::new();
+        metrics.duration.observe(0.0003);
+        let text = metrics.encode();
+        let bounds: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("fluxgate_admission_duration_seconds_bucket"))
+            .map(|l| l.split("le=\"").nth(1).and_then(|rest| rest.split('"').next()).unwrap())
+            .collect();
+        assert_eq!(
+            bounds,
+            [
+                "0.00001", "0.000025", "0.00005", "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01",
+                "0.025", "0.05", "0.1", "0.25", "0.5", "1.0", "+Inf"
+            ]
+        );
+        // The observation lands in the bucket that bounds it, and in every one above.
+        assert!(text.contains("fluxgate_admission_duration_seconds_bucket{le=\"0.00025\"} 0"), "{text}");
+        assert!(text.contains("fluxgate_admission_duration_seconds_bucket{le=\"0.0005\"} 1"), "{text}");
     }
 }

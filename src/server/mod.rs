@@ -18,7 +18,7 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -115,21 +115,63 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
 
+/// At most this many bytes of an oversized body are read and thrown away after its 413.
+pub const MAX_DISCARD_BYTES: usize = 16 * 1024 * 1024;
+
 /// The body, or the error response for a body that is too large, too slow, or broken.
 async fn read_body(request: Request) -> Result<axum::body::Bytes, Response> {
-    let too_large = || error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds {MAX_BODY_BYTES} bytes"));
     let declared =
         request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let version = request.version();
+    let mut body = request.into_body();
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(too_large());
+        return Err(too_large(body, version));
     }
-    let body = Limited::new(request.into_body(), MAX_BODY_BYTES);
-    match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
+    let mut collected = Vec::new();
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                if collected.len() + data.len() > MAX_BODY_BYTES {
+                    return Ok(false);
+                }
+                collected.extend_from_slice(&data);
+            }
+        }
+        Ok::<_, axum::Error>(true)
+    };
+    match tokio::time::timeout(BODY_TIMEOUT, read).await {
         Err(_) => Err(error(StatusCode::REQUEST_TIMEOUT, "request body not received in time")),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
         Ok(Err(e)) => Err(error(StatusCode::BAD_REQUEST, format!("request body could not be read: {e}"))),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Ok(false)) => Err(too_large(body, version)),
+        Ok(Ok(true)) => Ok(collected.into()),
     }
+}
+
+/// The 413 for an oversized body. A client that sends its whole body before reading (most
+/// HTTP/1.1 clients) would read a connection reset instead of this answer if the connection
+/// closed with its bytes unread, so the rest of the body is read and thrown away in the
+/// background, bounded by [`MAX_DISCARD_BYTES`] and [`BODY_TIMEOUT`]. An HTTP/1.1 connection is
+/// then closed (`Connection: close`): what follows the body on it cannot be trusted to be framed.
+fn too_large(mut body: Body, version: axum::http::Version) -> Response {
+    tokio::spawn(async move {
+        let mut discarded = 0usize;
+        let drain = async {
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Ok(data) = frame.into_data() {
+                    discarded += data.len();
+                    if discarded > MAX_DISCARD_BYTES {
+                        break;
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(BODY_TIMEOUT, drain).await;
+    });
+    let mut response = error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds {MAX_BODY_BYTES} bytes"));
+    if version < axum::http::Version::HTTP_2 {
+        response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    }
+    response
 }
 
 async fn handle(app: &App, request: Request, hook: Hook) -> Response {
@@ -329,6 +371,11 @@ pub async fn serve_tls(
             // The guard `wait_for` returns is not Send: drop it inside the branch's future.
             _ = async { shutdown.wait_for(|stop| *stop).await.map(|_| ()) } => break,
         };
+        // HTTP/2 writes a response as several frames; with Nagle's algorithm the later ones wait
+        // for the client's delayed ACK (40 ms on Linux) before they leave.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
         let acceptor = acceptor.clone();
         let router = router.clone();
         let watcher = graceful.watcher();

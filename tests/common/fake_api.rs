@@ -1,5 +1,6 @@
 //! A fake Kubernetes API server for the two Flux kinds, speaking the real list/watch wire
-//! protocol over HTTP on loopback: lists carry a `resourceVersion`; `?watch=true` streams
+//! protocol over HTTP on loopback: lists carry a `resourceVersion` and come in pages of
+//! `limit` items linked by `continue` tokens; `?watch=true` streams
 //! line-delimited watch events after the requested `resourceVersion`; BOOKMARK events; a watch
 //! from a compacted version gets an ERROR event with a 410 `Expired` Status; connections can be
 //! dropped mid-stream; `timeoutSeconds` ends a watch. Tests drive it: add, modify, delete,
@@ -365,9 +366,17 @@ async fn list_or_watch(
         inner.lists_served += 1;
         let rv = inner.rv;
         let res = &inner.resources[&key];
-        let items: Vec<Value> = res.objects.values().cloned().collect();
+        // Pages as the API server cuts them for `limit`: the `continue` token is the offset of
+        // the next item here (opaque to clients).
+        let offset: usize = query.get("continue").and_then(|c| c.parse().ok()).unwrap_or(0);
+        let limit: usize = query.get("limit").and_then(|l| l.parse().ok()).filter(|&l| l > 0).unwrap_or(usize::MAX);
+        let items: Vec<Value> = res.objects.values().skip(offset).take(limit).cloned().collect();
+        let mut metadata = json!({ "resourceVersion": rv.to_string() });
+        if offset + items.len() < res.objects.len() {
+            metadata["continue"] = json!((offset + items.len()).to_string());
+        }
         let body = json!({ "apiVersion": format!("{group}/{version}"), "kind": format!("{}List", res.kind),
-                           "metadata": { "resourceVersion": rv.to_string() }, "items": items });
+                           "metadata": metadata, "items": items });
         return axum::Json(body).into_response();
     }
 

@@ -152,6 +152,8 @@ impl Client {
         }];
         let connector = TlsConnector::from(Arc::new(config));
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // As the API server's Go client does: without it, HTTP/2 frames wait for delayed ACKs.
+        tcp.set_nodelay(true).unwrap();
         let tls =
             connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.expect("TLS handshake verifies");
         let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);

@@ -1,0 +1,94 @@
+//! What the serving benchmarks share: a synthetic fleet shaped like the real ones, written as
+//! manifests, and the `fluxgate serve` binary started on it.
+#![allow(dead_code)]
+
+use std::io::Write as _;
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+/// A Kustomization as Flux's sources hold it.
+pub fn kustomization(ns: &str, name: &str, deps: &[(String, String)], owner: Option<(&str, &str)>) -> Value {
+    let deps: Vec<Value> = deps
+        .iter()
+        .map(
+            |(dns, dname)| {
+                if dns == ns { json!({ "name": dname }) } else { json!({ "name": dname, "namespace": dns }) }
+            },
+        )
+        .collect();
+    let mut o = json!({
+        "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+        "kind": "Kustomization",
+        "metadata": { "name": name, "namespace": ns, "uid": format!("uid-{ns}-{name}"), "resourceVersion": "100" },
+        "spec": {
+            "interval": "10m", "prune": true, "path": format!("./{ns}/{name}"), "timeout": "5m", "wait": false,
+            "sourceRef": { "kind": "GitRepository", "name": "flux-system", "namespace": "flux-system" },
+            "dependsOn": deps,
+        },
+    });
+    if let Some((pns, pname)) = owner {
+        o["metadata"]["labels"] = json!({
+            "kustomize.toolkit.fluxcd.io/name": pname,
+            "kustomize.toolkit.fluxcd.io/namespace": pns,
+        });
+    }
+    o
+}
+
+/// A layered fleet of about `total` Kustomizations: a platform chain in `flux-system`, tenants of
+/// 50 apps, each tenant with a hub depending on the platform (a cross-namespace edge), each app on
+/// its hub and on 0-2 earlier apps of its tenant; every app carries the owner labels of its
+/// tenant's parent Kustomization. Deterministic.
+pub fn fleet(total: usize) -> Vec<Value> {
+    const PER_TENANT: usize = 50;
+    let mut seed = 0x2545F4914F6CDD1Du64;
+    let mut rand = move |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n.max(1) as u64) as usize
+    };
+    let f = "flux-system".to_string();
+    let platform = ["crds", "operators", "storage", "networking", "observability"];
+    let mut objects = Vec::with_capacity(total);
+    for (i, p) in platform.iter().enumerate().take(total) {
+        let deps = if i == 0 { vec![] } else { vec![(f.clone(), platform[i - 1].to_string())] };
+        objects.push(kustomization(&f, p, &deps, None));
+    }
+    let mut t = 0;
+    while objects.len() < total {
+        let ns = format!("tenant-{t:05}");
+        objects.push(kustomization(&ns, "hub", &[(f.clone(), "observability".into())], None));
+        for a in 0..PER_TENANT.min(total - objects.len()) {
+            let mut deps = vec![(ns.clone(), "hub".to_string())];
+            for _ in 0..rand(3) {
+                let dep = (ns.clone(), format!("app-{:03}", rand(a)));
+                if a > 0 && !deps.contains(&dep) {
+                    deps.push(dep);
+                }
+            }
+            objects.push(kustomization(&ns, &format!("app-{a:03}"), &deps, Some((&f, &format!("tenant-{t:05}")))));
+        }
+        t += 1;
+    }
+    objects
+}
+
+/// Writes `objects` as multi-document manifests under `dir`, 1,000 to a file.
+pub fn write_manifests(dir: &Path, objects: &[Value]) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (i, chunk) in objects.chunks(1000).enumerate() {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(dir.join(format!("fleet-{i:04}.yaml"))).unwrap());
+        for o in chunk {
+            writeln!(file, "---\n{o}").unwrap();
+        }
+    }
+}
+
+/// A figure of `/proc/PID/status` in bytes: `VmRSS` (resident now) or `VmHWM` (the peak).
+pub fn status_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
