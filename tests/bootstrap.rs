@@ -365,20 +365,12 @@ fn example_fleet_under_the_root() -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_fleet_bootstrapped_by_flux_is_admitted_through_the_binary_twice() {
-    use common::process::{Client, Http, ServeProcess, write_certs};
+    use common::process::{Client, Http, ServeProcess};
 
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = write_certs(&dir.path().join("certs"));
     let empty = dir.path().join("cluster");
     std::fs::create_dir_all(&empty).unwrap();
-    let server = ServeProcess::start(&[
-        "--manifests",
-        empty.to_str().unwrap(),
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ]);
+    let (server, ca) = ServeProcess::start_tls(dir.path(), &["--manifests", empty.to_str().unwrap()]);
     let mut conn = Client::new(&ca).connect(server.webhook, Http::Two).await;
     let mut stored: std::collections::BTreeMap<String, Value> = Default::default();
     let mut requests = 0;

@@ -17,21 +17,13 @@ struct Setup {
 
 fn start(manifests: &[(&str, Vec<Value>)]) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = write_certs(&dir.path().join("certs"));
     let fleet = dir.path().join("fleet");
     std::fs::create_dir_all(&fleet).unwrap();
     for (file, objects) in manifests {
         let text: Vec<String> = objects.iter().map(|o| serde_json::to_string(o).unwrap()).collect();
         std::fs::write(fleet.join(file), text.join("\n---\n")).unwrap();
     }
-    let server = ServeProcess::start(&[
-        "--manifests",
-        fleet.to_str().unwrap(),
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ]);
+    let (server, ca) = ServeProcess::start_tls(dir.path(), &["--manifests", fleet.to_str().unwrap()]);
     Setup { client: Client::new(&ca), server, _dir: dir }
 }
 

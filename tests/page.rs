@@ -96,15 +96,7 @@ fn body_number(dom: &str, attr: &str) -> f64 {
 async fn status_page_draws_every_object_its_root_causes_and_filters() {
     let dump = root("examples/status-dump.yaml");
     let dir = tempfile::tempdir().unwrap();
-    let (_, cert, key) = common::process::write_certs(&dir.path().join("certs"));
-    let server = ServeProcess::start(&[
-        "--manifests",
-        dump.to_str().unwrap(),
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ]);
+    let (server, _) = ServeProcess::start_tls(dir.path(), &["--manifests", dump.to_str().unwrap()]);
     let (_, body) = admin_get(server.admin, "/status").await;
     let report: Value = serde_json::from_str(&body).unwrap();
     let url = format!("http://{}/", server.admin);
@@ -275,15 +267,7 @@ async fn status_page_stays_readable_at_3000_objects() {
     let dir = tempfile::tempdir().unwrap();
     let dump = dir.path().join("big.json");
     std::fs::write(&dump, big_dump().to_string()).unwrap();
-    let (_, cert, key) = common::process::write_certs(&dir.path().join("certs"));
-    let server = ServeProcess::start(&[
-        "--manifests",
-        dump.to_str().unwrap(),
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ]);
+    let (server, _) = ServeProcess::start_tls(dir.path(), &["--manifests", dump.to_str().unwrap()]);
     let url = format!("http://{}/", server.admin);
     let dom = tokio::task::spawn_blocking(move || chromium(&url, &["--dump-dom"])).await.unwrap();
     assert_eq!(attr_values(&dom, "data-id").len(), 3001, "every object is drawn (healthy groups collapsed)");

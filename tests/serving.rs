@@ -287,22 +287,16 @@ struct Seen {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_reloads_through_a_configmap_swap_under_load_and_a_broken_one_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = write_certs(&dir.path().join("certs"));
     let strict = b"rules: { danglingDependsOn: deny }\n".to_vec();
     let lenient = b"rules: { danglingDependsOn: warn }\ndefaults: { kustomization: { timeout: 10m } }\n".to_vec();
     let mut volume = Volume::new(&dir.path().join("policy"), &[("policy.yaml", strict.clone())]);
     let empty = dir.path().join("no-manifests");
     std::fs::create_dir_all(&empty).unwrap();
-    let server = ServeProcess::start(&[
-        "--manifests",
-        empty.to_str().unwrap(),
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-        "--policy",
-        volume.path("policy.yaml").to_str().unwrap(),
-    ]);
+    let policy = volume.path("policy.yaml");
+    let (server, ca) = ServeProcess::start_tls(
+        dir.path(),
+        &["--manifests", empty.to_str().unwrap(), "--policy", policy.to_str().unwrap()],
+    );
     let report = |text: String| serde_json::from_str::<serde_json::Value>(&text).unwrap();
     let policy_in_force = report(admin_get(server.admin, "/report").await.1)["policy"].clone();
     assert_eq!(policy_in_force["sha256"], sha256(&strict));

@@ -33,6 +33,15 @@ impl ServeProcess {
         ServeProcess::start_with_env(extra, &[])
     }
 
+    /// Writes a CA and a serving certificate under `dir/certs` and starts `fluxgate serve` with
+    /// them and `extra` arguments. Returns the server and the CA certificate file.
+    pub fn start_tls(dir: &Path, extra: &[&str]) -> (ServeProcess, PathBuf) {
+        let (ca, cert, key) = write_certs(&dir.join("certs"));
+        let mut args = vec!["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        (ServeProcess::start(&args), ca)
+    }
+
     /// Like [`ServeProcess::start`], with extra environment variables.
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> ServeProcess {
         let mut args =
