@@ -129,8 +129,9 @@ pub struct GraphArgs {
     pub kind: KindArg,
 }
 
+/// Where `status` and `why` read the objects from, and how they print.
 #[derive(Debug, clap::Args)]
-pub struct StatusArgs {
+pub struct StatusView {
     /// Read the objects from this file (the output of `kubectl get
     /// kustomizations,helmreleases -A -o yaml`) instead of listing them in the kubeconfig's
     /// cluster.
@@ -145,6 +146,12 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub view: StatusView,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct WhyArgs {
     /// Name of the Kustomization or HelmRelease.
     pub name: String,
@@ -154,17 +161,8 @@ pub struct WhyArgs {
     /// Its kind (both kinds when not given).
     #[arg(long, value_enum)]
     pub kind: Option<KindArg>,
-    /// Read the objects from this file (the output of `kubectl get
-    /// kustomizations,helmreleases -A -o yaml`) instead of listing them in the kubeconfig's
-    /// cluster.
-    #[arg(long, value_name = "FILE")]
-    pub from: Option<PathBuf>,
-    /// Output format.
-    #[arg(long, value_enum, default_value = "text")]
-    pub format: StatusFormat,
-    /// Colour the states.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub color: Color,
+    #[command(flatten)]
+    pub view: StatusView,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

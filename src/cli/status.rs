@@ -257,13 +257,13 @@ fn kind_of(arg: KindArg) -> FluxKind {
 /// `fluxgate status`: 0 when nothing is stuck, 1 when an object is failed, waiting or stale, 2
 /// when the objects cannot be read.
 pub fn run_status(args: StatusArgs) -> ExitCode {
-    let report = match report_or_exit(args.from.as_deref(), "status") {
+    let report = match report_or_exit(args.view.from.as_deref(), "status") {
         Ok(r) => r,
         Err(code) => return code,
     };
-    match args.format {
+    match args.view.format {
         StatusFormat::Json => println!("{}", serde_json::to_string_pretty(&report).expect("report serialises")),
-        StatusFormat::Text => print!("{}", render_status(&report, use_color(args.color))),
+        StatusFormat::Text => print!("{}", render_status(&report, use_color(args.view.color))),
     }
     let stuck = report.kinds.iter().flat_map(|k| &k.objects).any(ObjectReport::is_stuck);
     if stuck { ExitCode::from(1) } else { ExitCode::SUCCESS }
@@ -272,7 +272,7 @@ pub fn run_status(args: StatusArgs) -> ExitCode {
 /// `fluxgate why NAME`: 0 when the object is not stuck, 1 when it is, 2 when the objects cannot
 /// be read or no object has that name.
 pub fn run_why(args: WhyArgs) -> ExitCode {
-    let report = match report_or_exit(args.from.as_deref(), "why") {
+    let report = match report_or_exit(args.view.from.as_deref(), "why") {
         Ok(r) => r,
         Err(code) => return code,
     };
@@ -288,10 +288,10 @@ pub fn run_why(args: WhyArgs) -> ExitCode {
         eprintln!("fluxgate why: no Kustomization or HelmRelease named {}{place}", args.name);
         return ExitCode::from(2);
     }
-    match args.format {
+    match args.view.format {
         StatusFormat::Json => println!("{}", serde_json::to_string_pretty(&matches).expect("objects serialise")),
         StatusFormat::Text => {
-            let color = use_color(args.color);
+            let color = use_color(args.view.color);
             let text: Vec<String> = matches.iter().map(|o| render_why(o, color)).collect();
             print!("{}", text.join("\n"));
         }
