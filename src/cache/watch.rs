@@ -366,54 +366,30 @@ impl Source {
                     if !matches!(event, WatchEvent::Error(_)) {
                         gone_in_a_row = 0;
                     }
+                    if let WatchEvent::Added(o) | WatchEvent::Modified(o) | WatchEvent::Deleted(o) = &event
+                        && let Some(v) = &o.metadata.resource_version
+                    {
+                        version.clone_from(v);
+                    }
                     match event {
+                        // An object being deleted counts as gone, like a deleted one.
                         WatchEvent::Added(o) | WatchEvent::Modified(o) if is_terminating(&o) => {
-                            if let Some(v) = &o.metadata.resource_version {
-                                version.clone_from(v);
-                            }
-                            let key = ObjectKey::new(
-                                o.metadata.namespace.clone().unwrap_or_default(),
-                                o.metadata.name.clone().unwrap_or_default(),
-                            );
-                            self.cache.status().forget(kind, &key);
-                            let mut state = self.cache.lock();
-                            state.delete(kind, &key);
-                            state.saw(kind, now);
+                            self.forget(kind, &o, now)
                         }
-                        WatchEvent::Added(o) | WatchEvent::Modified(o) => {
-                            if let Some(v) = &o.metadata.resource_version {
-                                version.clone_from(v);
+                        WatchEvent::Deleted(o) => self.forget(kind, &o, now),
+                        WatchEvent::Added(o) | WatchEvent::Modified(o) => match read_object(kind, &o) {
+                            Ok((object, v)) => {
+                                let object = Arc::new(object);
+                                self.cache.status().record_watched(&o, object.clone());
+                                let mut state = self.cache.lock();
+                                state.apply(object, v.as_deref());
+                                state.saw(kind, now);
                             }
-                            match read_object(kind, &o) {
-                                Ok((object, v)) => {
-                                    let object = Arc::new(object);
-                                    self.cache.status().record_watched(&o, object.clone());
-                                    let mut state = self.cache.lock();
-                                    state.apply(object, v.as_deref());
-                                    state.saw(kind, now);
-                                }
-                                Err(e) => {
-                                    tracing::warn!(
-                                        kind = kind.as_str(),
-                                        "skipped an object the rules cannot read: {e}"
-                                    );
-                                    self.cache.lock().saw(kind, now);
-                                }
+                            Err(e) => {
+                                tracing::warn!(kind = kind.as_str(), "skipped an object the rules cannot read: {e}");
+                                self.cache.lock().saw(kind, now);
                             }
-                        }
-                        WatchEvent::Deleted(o) => {
-                            if let Some(v) = &o.metadata.resource_version {
-                                version.clone_from(v);
-                            }
-                            let key = ObjectKey::new(
-                                o.metadata.namespace.clone().unwrap_or_default(),
-                                o.metadata.name.clone().unwrap_or_default(),
-                            );
-                            self.cache.status().forget(kind, &key);
-                            let mut state = self.cache.lock();
-                            state.delete(kind, &key);
-                            state.saw(kind, now);
-                        }
+                        },
                         WatchEvent::Bookmark(b) => {
                             version = b.metadata.resource_version;
                             self.cache.lock().saw(kind, now);
@@ -439,6 +415,18 @@ impl Source {
     }
 
     /// Every object of the kind, page by page, with the list's resourceVersion.
+    /// The watch says `o` is gone (deleted, or being deleted): drop it and its status.
+    fn forget(&self, kind: FluxKind, o: &DynamicObject, now: Instant) {
+        let key = ObjectKey::new(
+            o.metadata.namespace.clone().unwrap_or_default(),
+            o.metadata.name.clone().unwrap_or_default(),
+        );
+        self.cache.status().forget(kind, &key);
+        let mut state = self.cache.lock();
+        state.delete(kind, &key);
+        state.saw(kind, now);
+    }
+
     async fn list(
         &self,
         api: &Api<DynamicObject>,
