@@ -9,7 +9,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -164,17 +163,7 @@ fn fluxgate_graph(repo: &Path, format: &str) -> String {
 /// zoom (Graphviz's SVG is in points: 1 pt = 4/3 px), after checking that no label shows a
 /// literal `\n`.
 fn graphviz_sizes(source: &str) -> Vec<(f64, f64)> {
-    let mut child = Command::new("dot")
-        .arg("-Tsvg")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("Graphviz dot is installed (.ci/run installs Debian's graphviz)");
-    child.stdin.take().unwrap().write_all(source.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "dot rejected the graph: {}", String::from_utf8_lossy(&out.stderr));
-    let svg = String::from_utf8(out.stdout).unwrap();
+    let svg = common::graphviz::dot_svg(source);
     assert!(!svg.contains("\\n"), "a label shows a literal \\n");
     assert!(!svg.contains("scale(0"), "Graphviz shrank the drawing");
     svg.split("<svg ")

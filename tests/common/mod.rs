@@ -4,6 +4,7 @@
 
 pub mod crd;
 pub mod fake_api;
+pub mod graphviz;
 pub mod process;
 
 use std::sync::Arc;
