@@ -16,6 +16,7 @@ use fluxgate::admission::{AdmissionReview, Webhook};
 use fluxgate::cache::Cache;
 use fluxgate::object::{FluxKind, FluxObject, ObjectKey};
 use fluxgate::policy::Policy;
+use fluxgate::status::ObjectStatus;
 use serde_json::{Value, json};
 
 const TENANTS: usize = 200;
@@ -55,7 +56,7 @@ fn cluster() -> (Arc<Cache>, Vec<Arc<FluxObject>>) {
 }
 
 /// A watched object with a Ready condition, as the API server sends it.
-fn watched(object: &FluxObject, ready: bool, n: u64) -> kube::api::DynamicObject {
+fn watched(object: &FluxObject, ready: bool, n: u64) -> fluxgate::slim::SlimObject {
     let deps: Vec<Value> =
         object.depends_on.iter().map(|d| json!({"name": d.name, "namespace": d.namespace})).collect();
     let (status, reason) = if ready { ("True", "ReconciliationSucceeded") } else { ("False", "DependencyNotReady") };
@@ -129,9 +130,9 @@ fn main() {
                     let event = watched(object, !n.is_multiple_of(3), n);
                     // What watch.rs does for a MODIFIED event.
                     let (parsed, version) =
-                        fluxgate::cache::watch::read_object(FluxKind::Kustomization, &event).unwrap();
+                        fluxgate::cache::watch::read_object(FluxKind::Kustomization, &event.0).unwrap();
                     let parsed = Arc::new(parsed);
-                    cache.status().record_watched(&event, parsed.clone());
+                    cache.status().record(parsed.clone(), ObjectStatus::from_value(&event.0));
                     cache.lock().apply(parsed, version.as_deref());
                 }
                 if Instant::now() >= next_report {

@@ -9,6 +9,7 @@
 //! - [`admission`]: AdmissionReview in, response out (validation and mutation);
 //! - [`cache`]: the objects the webhook knows, with read-your-writes;
 //! - [`manifests`]: Flux objects read from YAML files and folders;
+//! - [`slim`]: objects decoded into only the fields fluxgate reads (the load paths);
 //! - [`server`]: the HTTPS webhook and the admin port;
 //! - [`status`]: live dependency status, states and root causes of stuck objects;
 //! - [`audit`]: the periodic whole-graph scan behind `/report`;
@@ -28,4 +29,5 @@ pub mod object;
 pub mod policy;
 pub mod rules;
 pub mod server;
+pub mod slim;
 pub mod status;

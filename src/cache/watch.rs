@@ -24,11 +24,16 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams, WatchEvent, WatchParams};
-use serde_json::{Value, json};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta;
+use kube::Resource as _;
+use kube::api::{Api, ApiResource, DynamicObject, GetParams, ListParams, WatchEvent, WatchParams};
+use kube::core::Request;
+use serde_json::Value;
 
 use super::Cache;
 use crate::object::{FluxKind, FluxObject, ObjectKey};
+use crate::slim::SlimObject;
+use crate::status::ObjectStatus;
 
 /// Tuning of the watch source.
 #[derive(Debug, Clone)]
@@ -96,27 +101,48 @@ pub(crate) async fn served_resource(client: &kube::Client, kind: FluxKind) -> Re
     Ok(None)
 }
 
-/// Reads a watched object into what the cache keeps, with its resourceVersion. Only the
-/// fields the rules need are looked at (managedFields only to learn whether `spec.wait` is
-/// owned); status is never copied.
-pub fn read_object(kind: FluxKind, object: &DynamicObject) -> Result<(FluxObject, Option<String>), String> {
-    let meta = &object.metadata;
-    let name = meta.name.as_deref().unwrap_or_default();
-    let namespace = meta.namespace.as_deref().unwrap_or_default();
-    let slim = json!({
-        "metadata": { "name": name, "labels": meta.labels, "uid": meta.uid, "managedFields": meta.managed_fields },
-        "spec": object.data.get("spec").cloned().unwrap_or(Value::Null),
-    });
+/// A string field of an API object's `metadata`.
+fn meta<'a>(object: &'a Value, field: &str) -> Option<&'a str> {
+    object.get("metadata").and_then(|m| m.get(field)).and_then(Value::as_str)
+}
+
+/// Reads an object of the API server (a list item or a watch event's object, whole or
+/// [slim](crate::slim)) into what the cache keeps, with its resourceVersion.
+pub fn read_object(kind: FluxKind, object: &Value) -> Result<(FluxObject, Option<String>), String> {
+    let name = meta(object, "name").unwrap_or_default();
+    let namespace = meta(object, "namespace").unwrap_or_default();
     let parsed =
-        FluxObject::from_value(kind, &slim, namespace, name).map_err(|e| format!("{namespace}/{name}: {e}"))?;
-    Ok((parsed, meta.resource_version.clone()))
+        FluxObject::from_value(kind, object, namespace, name).map_err(|e| format!("{namespace}/{name}: {e}"))?;
+    Ok((parsed, meta(object, "resourceVersion").map(str::to_string)))
 }
 
 /// Whether the object is being deleted (`deletionTimestamp` set, finalizers still running).
 /// Such an object counts as gone: it will not be there for a dependent to wait for, and its
 /// own edges go with it.
-fn is_terminating(object: &DynamicObject) -> bool {
-    object.metadata.deletion_timestamp.is_some()
+fn is_terminating(object: &Value) -> bool {
+    object.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null())
+}
+
+/// One page of a list, its items decoded slim: a page of 500 objects never exists as 500 whole
+/// objects.
+#[derive(serde::Deserialize)]
+pub(crate) struct Page {
+    #[serde(default)]
+    pub metadata: ListMeta,
+    #[serde(default)]
+    pub items: Option<Vec<SlimObject>>,
+}
+
+/// Lists one page of `ar`, cluster-wide.
+pub(crate) async fn list_page(
+    client: &kube::Client,
+    ar: &ApiResource,
+    params: &ListParams,
+) -> Result<Page, kube::Error> {
+    let mut request =
+        Request::new(DynamicObject::url_path(ar, None)).list(params).map_err(kube::Error::BuildRequest)?;
+    request.extensions_mut().insert("list");
+    client.request::<Page>(request).await
 }
 
 /// The API resource watched for each kind, once known (the version the cluster serves). It
@@ -275,7 +301,7 @@ impl Source {
     /// Lists and watches one version until it stops being the one to watch.
     async fn follow(&self, ar: &ApiResource, backoff: &mut Backoff) -> Stop {
         let kind = self.kind;
-        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), ar);
+        let watch = Request::new(DynamicObject::url_path(ar, None));
         let mut probed = Instant::now();
         let silence = self.options.watch_timeout + self.options.silence_grace;
         let timeout_secs = u32::try_from(self.options.watch_timeout.as_secs().max(1)).unwrap_or(u32::MAX);
@@ -287,7 +313,7 @@ impl Source {
                 backoff.wait(&self.cache, kind).await;
             }
             self.cache.update_health(|s| s.set_relisting(kind, true));
-            let listed = self.list(&api).await;
+            let listed = self.list(ar).await;
             let (objects, mut version) = match listed {
                 Ok(listed) => listed,
                 Err(e) => {
@@ -321,7 +347,12 @@ impl Source {
                     }
                 }
                 let params = WatchParams::default().timeout(timeout_secs);
-                let stream = match api.watch(&params, &version).await {
+                let request = watch.watch(&params, &version).map_err(kube::Error::BuildRequest);
+                let stream = match request {
+                    Ok(request) => self.client.request_events::<SlimObject>(request).await,
+                    Err(e) => Err(e),
+                };
+                let stream = match stream {
                     Ok(stream) => stream,
                     Err(e) if is_status(&e, 404) => return Stop::Gone(format!("watch answered 404: {e}")),
                     Err(e) if is_status(&e, 410) => {
@@ -367,20 +398,20 @@ impl Source {
                         gone_in_a_row = 0;
                     }
                     if let WatchEvent::Added(o) | WatchEvent::Modified(o) | WatchEvent::Deleted(o) = &event
-                        && let Some(v) = &o.metadata.resource_version
+                        && let Some(v) = meta(&o.0, "resourceVersion")
                     {
-                        version.clone_from(v);
+                        v.clone_into(&mut version);
                     }
                     match event {
                         // An object being deleted counts as gone, like a deleted one.
-                        WatchEvent::Added(o) | WatchEvent::Modified(o) if is_terminating(&o) => {
-                            self.forget(kind, &o, now)
+                        WatchEvent::Added(o) | WatchEvent::Modified(o) if is_terminating(&o.0) => {
+                            self.forget(kind, &o.0, now)
                         }
-                        WatchEvent::Deleted(o) => self.forget(kind, &o, now),
-                        WatchEvent::Added(o) | WatchEvent::Modified(o) => match read_object(kind, &o) {
+                        WatchEvent::Deleted(o) => self.forget(kind, &o.0, now),
+                        WatchEvent::Added(o) | WatchEvent::Modified(o) => match read_object(kind, &o.0) {
                             Ok((object, v)) => {
                                 let object = Arc::new(object);
-                                self.cache.status().record_watched(&o, object.clone());
+                                self.cache.status().record(object.clone(), ObjectStatus::from_value(&o.0));
                                 let mut state = self.cache.lock();
                                 state.apply(object, v.as_deref());
                                 state.saw(kind, now);
@@ -414,33 +445,27 @@ impl Source {
         }
     }
 
-    /// Every object of the kind, page by page, with the list's resourceVersion.
     /// The watch says `o` is gone (deleted, or being deleted): drop it and its status.
-    fn forget(&self, kind: FluxKind, o: &DynamicObject, now: Instant) {
-        let key = ObjectKey::new(
-            o.metadata.namespace.clone().unwrap_or_default(),
-            o.metadata.name.clone().unwrap_or_default(),
-        );
+    fn forget(&self, kind: FluxKind, o: &Value, now: Instant) {
+        let key = ObjectKey::new(meta(o, "namespace").unwrap_or_default(), meta(o, "name").unwrap_or_default());
         self.cache.status().forget(kind, &key);
         let mut state = self.cache.lock();
         state.delete(kind, &key);
         state.saw(kind, now);
     }
 
-    async fn list(
-        &self,
-        api: &Api<DynamicObject>,
-    ) -> Result<(Vec<(Arc<FluxObject>, Option<String>)>, String), kube::Error> {
+    /// Every object of the kind, page by page, with the list's resourceVersion.
+    async fn list(&self, ar: &ApiResource) -> Result<(Vec<(Arc<FluxObject>, Option<String>)>, String), kube::Error> {
         let kind = self.kind;
         let mut params = ListParams::default().limit(500);
         let mut objects = Vec::new();
         loop {
-            let page = api.list(&params).await?;
-            for o in page.items.iter().filter(|o| !is_terminating(o)) {
+            let page = list_page(&self.client, ar, &params).await?;
+            for o in page.items.iter().flatten().map(|o| &o.0).filter(|o| !is_terminating(o)) {
                 match read_object(kind, o) {
                     Ok((object, version)) => {
                         let object = Arc::new(object);
-                        self.cache.status().record_watched(o, object.clone());
+                        self.cache.status().record(object.clone(), ObjectStatus::from_value(o));
                         objects.push((object, version))
                     }
                     Err(e) => tracing::warn!(kind = kind.as_str(), "skipped an object the rules cannot read: {e}"),
@@ -484,11 +509,14 @@ impl Lookup {
         key: &ObjectKey,
     ) -> Result<Option<(FluxObject, Option<String>)>, kube::Error> {
         let Some(ar) = self.served.get(kind) else { return Ok(None) };
-        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &key.namespace, &ar);
-        match api.get_opt(&key.name).await? {
-            Some(o) if is_terminating(&o) => Ok(None),
-            Some(o) => Ok(read_object(kind, &o).ok()),
-            None => Ok(None),
+        let request = Request::new(DynamicObject::url_path(&ar, Some(&key.namespace)))
+            .get(&key.name, &GetParams::default())
+            .map_err(kube::Error::BuildRequest)?;
+        match self.client.request::<SlimObject>(request).await {
+            Ok(o) if is_terminating(&o.0) => Ok(None),
+            Ok(o) => Ok(read_object(kind, &o.0).ok()),
+            Err(kube::Error::Api(status)) if status.is_not_found() => Ok(None),
+            Err(e) => Err(e),
         }
     }
 }

@@ -10,10 +10,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::ValueEnum;
-use kube::api::{Api, DynamicObject, ListParams};
+use kube::api::ListParams;
 
 use super::{KindArg, StatusArgs, WhyArgs};
-use crate::cache::watch::{read_object, served_resource};
+use crate::cache::watch::{list_page, read_object, served_resource};
 use crate::manifests;
 use crate::object::{FluxKind, FluxObject, ObjectKey};
 use crate::status::{self, Cause, ObjectReport, ObjectStatus, State, StatusReport, format_chain};
@@ -84,13 +84,20 @@ async fn list_cluster() -> Result<HashMap<FluxKind, Objects>, String> {
         else {
             continue;
         };
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-        let list = api.list(&ListParams::default()).await.map_err(|e| format!("cannot list {kind} objects: {e}"))?;
+        let mut params = ListParams::default().limit(500);
         let mut objects = Vec::new();
-        for item in &list.items {
-            match read_object(kind, item) {
-                Ok((object, _)) => objects.push((Arc::new(object), ObjectStatus::from_dynamic(item))),
-                Err(e) => eprintln!("skipped a {kind} the rules cannot read: {e}"),
+        loop {
+            let page =
+                list_page(&client, &ar, &params).await.map_err(|e| format!("cannot list {kind} objects: {e}"))?;
+            for item in page.items.iter().flatten().map(|o| &o.0) {
+                match read_object(kind, item) {
+                    Ok((object, _)) => objects.push((Arc::new(object), ObjectStatus::from_value(item))),
+                    Err(e) => eprintln!("skipped a {kind} the rules cannot read: {e}"),
+                }
+            }
+            match page.metadata.continue_.filter(|token| !token.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => break,
             }
         }
         out.insert(kind, objects);
