@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::object::{FluxKind, FluxObject, ObjectKey, kind_of};
+use crate::slim::SlimObject;
 use crate::status::ObjectStatus;
 
 /// Namespace of a namespaced object that nothing gives one, as for any Kubernetes object.
@@ -120,6 +121,7 @@ pub struct Cluster {
 /// A raw Flux document before its namespace is known.
 struct RawObject {
     kind: FluxKind,
+    /// Slim ([`SlimObject`]): only what the loader and the readers look at.
     value: Value,
     file: PathBuf,
     line: usize,
@@ -154,74 +156,14 @@ pub fn load_with(paths: &[PathBuf], options: LoadOptions) -> Manifests {
     let mut kustomizations: HashMap<PathBuf, KustomizeFile> = HashMap::new();
     // Parse errors of files that may not be manifests at all: judged once the tree is known.
     let mut unparsed: Vec<(LoadError, bool)> = Vec::new();
-    for file in &files {
-        out.files += 1;
-        let text = match std::fs::read(file) {
-            Ok(bytes) => match String::from_utf8(bytes) {
-                Ok(t) => t,
-                Err(_) => {
-                    out.errors.push(LoadError { file: file.clone(), line: 1, message: "not UTF-8 text".into() });
-                    continue;
-                }
-            },
-            Err(e) => {
-                out.errors.push(LoadError { file: file.clone(), line: 1, message: format!("cannot be read: {e}") });
-                continue;
-            }
-        };
-        let is_kustomize_file =
-            file.file_name().and_then(|n| n.to_str()).is_some_and(|n| KUSTOMIZATION_FILES.contains(&n));
-        // A file naming a Flux API group is meant as a manifest: it never goes unreported.
-        let flux =
-            is_kustomize_file || text.contains(".toolkit.fluxcd.io/") || text.contains("fluxcd.controlplane.io/");
-        let mut failed = false;
-        for doc in split_documents(&text) {
-            // A document naming no Flux API group holds no Flux object: it is only checked to be
-            // YAML, without building its value (CRD bundles and dashboards are most of the bytes).
-            let holds_flux = is_kustomize_file || is_flux_text(doc.text);
-            let parsed = if holds_flux {
-                parse_document(doc.text).map(Some)
-            } else {
-                parse_as::<serde::de::IgnoredAny>(doc.text).map(|_| None)
-            };
-            let value: Value = match parsed {
-                Ok(Some(v)) => v,
-                Ok(None) => continue,
-                Err(e) => {
-                    let (line, message) = yaml_error(&e, &doc);
-                    // One report per file that is not known to be a manifest.
-                    if flux || !failed {
-                        unparsed.push((LoadError { file: file.clone(), line, message }, flux));
-                    }
-                    failed = true;
-                    continue;
-                }
-            };
-            if is_kustomize_file && is_kustomize_config(&value) {
-                let dir = file.parent().unwrap_or(Path::new("."));
-                kustomizations.insert(dir.to_path_buf(), read_kustomize_file(&value, dir));
-                continue;
-            }
-            for item in list_items(value) {
-                if let Some(kind) = kind_of(&item) {
-                    raws.push(RawObject { kind, value: item, file: file.clone(), line: doc.line });
-                } else if resource_set::is_resource_set(&item) {
-                    let (generated, notes) = resource_set::expand(&item);
-                    for value in generated {
-                        if let Some(kind) = kind_of(&value) {
-                            raws.push(RawObject { kind, value, file: file.clone(), line: doc.line });
-                        }
-                    }
-                    out.notes.extend(notes.into_iter().map(|message| LoadError {
-                        file: file.clone(),
-                        line: doc.line,
-                        message,
-                    }));
-                }
-            }
-        }
+    out.files += files.len();
+    for read in read_files(&files) {
+        out.errors.extend(read.error);
+        raws.extend(read.raws);
+        kustomizations.extend(read.kustomizations);
+        unparsed.extend(read.unparsed);
+        out.notes.extend(read.notes);
     }
-
     let patches: HashSet<&PathBuf> = kustomizations.values().flat_map(|k| &k.patches).collect();
     raws.retain(|r| !patches.contains(&r.file));
     let namespaces = resolve_namespaces(&kustomizations);
@@ -357,6 +299,144 @@ pub fn load_with(paths: &[PathBuf], options: LoadOptions) -> Manifests {
     }
     out.groups = out.clusters.clone();
     out
+}
+
+/// What one file holds, read on its own (files are read in parallel).
+#[derive(Default)]
+struct FileRead {
+    /// The file could not be read at all.
+    error: Option<LoadError>,
+    raws: Vec<RawObject>,
+    /// Its kustomize configuration, by folder (a file may repeat it: the last one counts).
+    kustomizations: Vec<(PathBuf, KustomizeFile)>,
+    unparsed: Vec<(LoadError, bool)>,
+    notes: Vec<LoadError>,
+}
+
+/// Reads `files`, spread over the machine's cores, and gives their contents in the order of
+/// `files` (the result does not depend on the number of threads).
+fn read_files(files: &[PathBuf]) -> Vec<FileRead> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(files.len()).max(1);
+    if threads == 1 {
+        return files.iter().map(|f| read_file(f)).collect();
+    }
+    // Interleaved, so that one folder of large files does not land on one thread.
+    let mut slots: Vec<Option<FileRead>> = std::iter::repeat_with(|| None).take(files.len()).collect();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    files
+                        .iter()
+                        .enumerate()
+                        .skip(t)
+                        .step_by(threads)
+                        .map(|(i, f)| (i, read_file(f)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for worker in workers {
+            // A panic in a reader is a bug: let it surface as it would on one thread.
+            let read = worker.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            for (i, r) in read {
+                slots[i] = Some(r);
+            }
+        }
+    });
+    slots.into_iter().map(|r| r.expect("every file is read by one thread")).collect()
+}
+
+/// How a document is parsed.
+enum Parse {
+    /// It names no Flux API group: only checked to be YAML.
+    Check,
+    /// Whole: a kustomize configuration, or a ResourceSet whose templates are expanded.
+    Whole,
+    /// Into the fields fluxgate reads ([`SlimObject`]).
+    Slim,
+}
+
+/// Splits one file into documents and reads each: Flux objects (slim), kustomize
+/// configurations, ResourceSets expanded; parse errors kept to be judged with the tree.
+fn read_file(file: &Path) -> FileRead {
+    let mut read = FileRead::default();
+    let error = |message: String| LoadError { file: file.to_path_buf(), line: 1, message };
+    let text = match std::fs::read(file) {
+        Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(_) => {
+                read.error = Some(error("not UTF-8 text".into()));
+                return read;
+            }
+        },
+        Err(e) => {
+            read.error = Some(error(format!("cannot be read: {e}")));
+            return read;
+        }
+    };
+    let is_kustomize_file = file.file_name().and_then(|n| n.to_str()).is_some_and(|n| KUSTOMIZATION_FILES.contains(&n));
+    // A file naming a Flux API group is meant as a manifest: it never goes unreported.
+    let flux = is_kustomize_file || text.contains(".toolkit.fluxcd.io/") || text.contains("fluxcd.controlplane.io/");
+    let mut failed = false;
+    for doc in split_documents(&text) {
+        // A document naming no Flux API group holds no Flux object: it is only checked to be
+        // YAML, without building its value (CRD bundles and dashboards are most of the bytes).
+        let how = if is_kustomize_file || doc.text.contains(resource_set::GROUP) {
+            Parse::Whole
+        } else if is_flux_text(doc.text) {
+            Parse::Slim
+        } else {
+            Parse::Check
+        };
+        let parsed = match how {
+            Parse::Check => parse_as::<serde::de::IgnoredAny>(doc.text).map(|_| None),
+            Parse::Whole => parse_document(doc.text).map(|v| Some((v, false))),
+            Parse::Slim => parse_as::<SlimObject>(doc.text).map(|v| Some((v.0, true))),
+        };
+        let (value, slim) = match parsed {
+            Ok(Some(v)) => v,
+            Ok(None) => continue,
+            Err(e) => {
+                let (line, message) = yaml_error(&e, &doc);
+                // One report per file that is not known to be a manifest.
+                if flux || !failed {
+                    read.unparsed.push((LoadError { file: file.to_path_buf(), line, message }, flux));
+                }
+                failed = true;
+                continue;
+            }
+        };
+        if is_kustomize_file && is_kustomize_config(&value) {
+            let dir = file.parent().unwrap_or(Path::new("."));
+            read.kustomizations.push((dir.to_path_buf(), read_kustomize_file(&value, dir)));
+            continue;
+        }
+        let raw = |kind, value: Value, slim: bool| RawObject {
+            kind,
+            value: if slim { value } else { SlimObject::from_value(value).0 },
+            file: file.to_path_buf(),
+            line: doc.line,
+        };
+        for item in list_items(value) {
+            if let Some(kind) = kind_of(&item) {
+                read.raws.push(raw(kind, item, slim));
+            } else if resource_set::is_resource_set(&item) {
+                let (generated, notes) = resource_set::expand(&item);
+                for value in generated {
+                    if let Some(kind) = kind_of(&value) {
+                        read.raws.push(raw(kind, value, false));
+                    }
+                }
+                read.notes.extend(notes.into_iter().map(|message| LoadError {
+                    file: file.to_path_buf(),
+                    line: doc.line,
+                    message,
+                }));
+            }
+        }
+    }
+    read
 }
 
 /// A Kustomization whose `spec.path` holds its own manifest and that sets `targetNamespace`

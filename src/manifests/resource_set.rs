@@ -11,7 +11,8 @@
 
 use serde_json::{Map, Value};
 
-const GROUP: &str = "fluxcd.controlplane.io/";
+/// The API group of flux-operator, as it appears in `apiVersion`.
+pub(super) const GROUP: &str = "fluxcd.controlplane.io/";
 
 /// Whether `value` is a flux-operator ResourceSet.
 pub(super) fn is_resource_set(value: &Value) -> bool {
