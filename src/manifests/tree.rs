@@ -19,7 +19,8 @@
 //! apply.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::ffi::OsStr;
+use std::path::{Component, Path, PathBuf};
 
 use super::{KUSTOMIZATION_FILES, KustomizeFile, normalize};
 
@@ -138,11 +139,20 @@ fn source_root<'s>(
     let mut best: Option<(usize, PathBuf, (&str, &str))> = None;
     for source in sources {
         for root in &candidates {
+            // Every folder above a file that was read is known, so a path whose first folder is
+            // not a known child of the root cannot resolve: a cheap test that spares building
+            // the path for each of a hundred thousand Kustomizations and each candidate root.
+            let children: HashSet<&OsStr> =
+                folders.children.get(root.as_path()).into_iter().flatten().filter_map(|d| d.file_name()).collect();
+            let may_resolve = |p: &str| match first_folder(p) {
+                Some(first) => children.contains(first),
+                None => true,
+            };
             let score = appliers
                 .iter()
                 .filter(|a| a.source.is_none_or(|s| s == source))
                 .filter_map(|a| a.path)
-                .filter(|p| !p.contains("${"))
+                .filter(|p| !p.contains("${") && may_resolve(p))
                 .filter(|p| folders.knows(&normalize(&root.join(p))))
                 .count();
             let deeper = |r: &PathBuf| root.components().count() > r.components().count();
@@ -152,6 +162,18 @@ fn source_root<'s>(
         }
     }
     best.map(|(_, r, s)| (r, s))
+}
+
+/// The first folder of a relative path that only goes down (`./apps/web` gives `apps`);
+/// `None` when the path is absolute, goes up (`..`) or names nothing.
+fn first_folder(path: &str) -> Option<&OsStr> {
+    let mut components = Path::new(path).components().filter(|c| *c != Component::CurDir);
+    let first = components.next();
+    let down = Path::new(path).components().all(|c| matches!(c, Component::CurDir | Component::Normal(_)));
+    match first {
+        Some(Component::Normal(name)) if down => Some(name),
+        _ => None,
+    }
 }
 
 /// Builds the relation for `count` objects, of which `appliers` are Flux Kustomizations;
@@ -323,6 +345,15 @@ pub(super) fn substitute(text: &str, vars: &HashMap<String, String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_folders_of_paths_that_only_go_down() {
+        assert_eq!(first_folder("./apps/web"), Some(OsStr::new("apps")));
+        assert_eq!(first_folder("apps"), Some(OsStr::new("apps")));
+        assert_eq!(first_folder("./a/../b"), None);
+        assert_eq!(first_folder("/abs/path"), None);
+        assert_eq!(first_folder("./"), None);
+    }
 
     #[test]
     fn substitution_follows_flux() {
