@@ -121,10 +121,46 @@ pub struct Cluster {
 /// A raw Flux document before its namespace is known.
 struct RawObject {
     kind: FluxKind,
-    /// Slim ([`SlimObject`]): only what the loader and the readers look at.
-    value: Value,
+    /// The document decoded slim ([`SlimObject`]) and kept as compact JSON text, parsed again
+    /// when it is resolved: a hundred thousand documents cost their text, not a tree of maps
+    /// each (a small `Value` object is over half a kilobyte).
+    json: Box<str>,
+    /// `spec.path` and `spec.sourceRef` (kind, name): what the tree reads.
+    path: Option<String>,
+    source: Option<(Option<String>, String)>,
+    /// `spec.targetNamespace` as written (before any substitution).
+    target_namespace: Option<String>,
+    /// `spec.postBuild.substitute`, the variables it gives the documents it applies.
+    substitute: Option<HashMap<String, String>>,
+    /// The status written in the document (before any substitution).
+    status: ObjectStatus,
     file: PathBuf,
     line: usize,
+}
+
+impl RawObject {
+    fn new(kind: FluxKind, slim: &Value, file: &Path, line: usize) -> RawObject {
+        let text = |p: &str| slim.pointer(p).and_then(Value::as_str).map(str::to_string);
+        let substitute = slim.pointer("/spec/postBuild/substitute").and_then(Value::as_object).map(|vars| {
+            vars.iter().map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string))).collect()
+        });
+        RawObject {
+            kind,
+            json: slim.to_string().into_boxed_str(),
+            path: text("/spec/path"),
+            source: text("/spec/sourceRef/name").map(|name| (text("/spec/sourceRef/kind"), name)),
+            target_namespace: text("/spec/targetNamespace"),
+            substitute,
+            status: ObjectStatus::from_value(slim),
+            file: file.to_path_buf(),
+            line,
+        }
+    }
+
+    /// The slim document. Its text was written from a `Value`, so it always reads back.
+    fn value(&self) -> Value {
+        serde_json::from_str(&self.json).unwrap_or_else(|e| unreachable!("a Value's JSON text reads back: {e}"))
+    }
 }
 
 /// What a kustomize `kustomization.yaml` says about namespaces.
@@ -157,7 +193,7 @@ pub fn load_with(paths: &[PathBuf], options: LoadOptions) -> Manifests {
     // Parse errors of files that may not be manifests at all: judged once the tree is known.
     let mut unparsed: Vec<(LoadError, bool)> = Vec::new();
     out.files += files.len();
-    for read in read_files(&files) {
+    for read in parallel_map(&files, |f| read_file(f)) {
         out.errors.extend(read.error);
         raws.extend(read.raws);
         kustomizations.extend(read.kustomizations);
@@ -171,14 +207,10 @@ pub fn load_with(paths: &[PathBuf], options: LoadOptions) -> Manifests {
         .iter()
         .enumerate()
         .filter(|(_, r)| r.kind == FluxKind::Kustomization)
-        .map(|(index, r)| {
-            let field = |p: &str| r.value.pointer(p).and_then(Value::as_str);
-            tree::Applier {
-                index,
-                path: field("/spec/path"),
-                source: field("/spec/sourceRef/name")
-                    .map(|name| (field("/spec/sourceRef/kind").unwrap_or("GitRepository"), name)),
-            }
+        .map(|(index, r)| tree::Applier {
+            index,
+            path: r.path.as_deref(),
+            source: r.source.as_ref().map(|(kind, name)| (kind.as_deref().unwrap_or("GitRepository"), name.as_str())),
         })
         .collect();
     let mut tree = tree::build(paths, &files, raws.len(), &|i| raws[i].file.clone(), &appliers, &kustomizations);
@@ -194,7 +226,7 @@ pub fn load_with(paths: &[PathBuf], options: LoadOptions) -> Manifests {
         }
     }
     out.errors.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
-    let mut resolver = Resolver { raws: &raws, namespaces: &namespaces, parents: &tree.parents, keys: HashMap::new() };
+    let resolver = Resolver::new(&raws, &namespaces, &tree.parents);
 
     // One instance of each object per cluster it belongs to, resolved with that cluster's parent.
     let mut clusters = tree.clusters.clone();
@@ -226,13 +258,13 @@ pub fn load_with(paths: &[PathBuf], options: LoadOptions) -> Manifests {
 
     let mut resolved: HashMap<Instance, usize> = HashMap::new();
     let mut first_error: HashSet<usize> = HashSet::new();
-    for &(i, parent) in &instances {
+    let objects = parallel_map(&instances, |&(i, parent)| resolver.object(i, parent));
+    for (&(i, parent), object) in instances.iter().zip(objects) {
         let raw = &raws[i];
-        match resolver.object(i, parent) {
+        match object {
             Ok(object) => {
                 resolved.insert((i, parent), out.objects.len());
-                let status = ObjectStatus::from_value(&raw.value);
-                out.objects.push(Loaded { object, file: raw.file.clone(), line: raw.line, status });
+                out.objects.push(Loaded { object, file: raw.file.clone(), line: raw.line, status: raw.status.clone() });
             }
             Err(e) => {
                 if first_error.insert(i) {
@@ -313,38 +345,32 @@ struct FileRead {
     notes: Vec<LoadError>,
 }
 
-/// Reads `files`, spread over the machine's cores, and gives their contents in the order of
-/// `files` (the result does not depend on the number of threads).
-fn read_files(files: &[PathBuf]) -> Vec<FileRead> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(files.len()).max(1);
-    if threads == 1 {
-        return files.iter().map(|f| read_file(f)).collect();
+/// `f` of every item, spread over the machine's cores, in the order of `items` (the result does
+/// not depend on the number of threads).
+fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(items.len());
+    if threads <= 1 {
+        return items.iter().map(f).collect();
     }
-    // Interleaved, so that one folder of large files does not land on one thread.
-    let mut slots: Vec<Option<FileRead>> = std::iter::repeat_with(|| None).take(files.len()).collect();
+    // Interleaved, so that a run of large items (one folder of big files) is shared out.
+    let mut slots: Vec<Option<R>> = std::iter::repeat_with(|| None).take(items.len()).collect();
     std::thread::scope(|scope| {
+        let f = &f;
         let workers: Vec<_> = (0..threads)
             .map(|t| {
                 scope.spawn(move || {
-                    files
-                        .iter()
-                        .enumerate()
-                        .skip(t)
-                        .step_by(threads)
-                        .map(|(i, f)| (i, read_file(f)))
-                        .collect::<Vec<_>>()
+                    items.iter().enumerate().skip(t).step_by(threads).map(|(i, x)| (i, f(x))).collect::<Vec<_>>()
                 })
             })
             .collect();
         for worker in workers {
-            // A panic in a reader is a bug: let it surface as it would on one thread.
-            let read = worker.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-            for (i, r) in read {
+            // A panic in a worker is a bug: let it surface as it would on one thread.
+            for (i, r) in worker.join().unwrap_or_else(|p| std::panic::resume_unwind(p)) {
                 slots[i] = Some(r);
             }
         }
     });
-    slots.into_iter().map(|r| r.expect("every file is read by one thread")).collect()
+    slots.into_iter().map(|r| r.expect("every item is mapped by one thread")).collect()
 }
 
 /// How a document is parsed.
@@ -392,7 +418,7 @@ fn read_file(file: &Path) -> FileRead {
         let parsed = match how {
             Parse::Check => parse_as::<serde::de::IgnoredAny>(doc.text).map(|_| None),
             Parse::Whole => parse_document(doc.text).map(|v| Some((v, false))),
-            Parse::Slim => parse_as::<SlimObject>(doc.text).map(|v| Some((v.0, true))),
+            Parse::Slim => parse_slim(doc.text).map(|v| Some((v.0, true))),
         };
         let (value, slim) = match parsed {
             Ok(Some(v)) => v,
@@ -412,11 +438,9 @@ fn read_file(file: &Path) -> FileRead {
             read.kustomizations.push((dir.to_path_buf(), read_kustomize_file(&value, dir)));
             continue;
         }
-        let raw = |kind, value: Value, slim: bool| RawObject {
-            kind,
-            value: if slim { value } else { SlimObject::from_value(value).0 },
-            file: file.to_path_buf(),
-            line: doc.line,
+        let raw = |kind, value: Value, slim: bool| {
+            let value = if slim { value } else { SlimObject::from_value(value).0 };
+            RawObject::new(kind, &value, file, doc.line)
         };
         for item in list_items(value) {
             if let Some(kind) = kind_of(&item) {
@@ -447,24 +471,15 @@ fn read_file(file: &Path) -> FileRead {
 /// `spec.wait: true`.
 fn add_target_namespace_copies(raws: &mut Vec<RawObject>, tree: &mut tree::Tree) {
     for &k in &tree.self_applied {
-        let value = &raws[k].value;
-        let own = value.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default();
-        let Some(target) = value
-            .pointer("/spec/targetNamespace")
-            .and_then(Value::as_str)
-            .filter(|t| !t.is_empty() && *t != own && !t.contains("${"))
+        let mut copy = raws[k].value();
+        let own = copy.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default();
+        let Some(target) = raws[k].target_namespace.clone().filter(|t| !t.is_empty() && *t != own && !t.contains("${"))
         else {
             continue;
         };
-        let mut copy = value.clone();
-        copy["metadata"]["namespace"] = Value::String(target.to_string());
+        copy["metadata"]["namespace"] = Value::String(target);
         let index = raws.len();
-        raws.push(RawObject {
-            kind: FluxKind::Kustomization,
-            value: copy,
-            file: raws[k].file.clone(),
-            line: raws[k].line,
-        });
+        raws.push(RawObject::new(FluxKind::Kustomization, &copy, &raws[k].file.clone(), raws[k].line));
         tree.parents.push(vec![k]);
         for members in tree.clusters.values_mut() {
             if members.contains(&k) {
@@ -508,26 +523,26 @@ fn join_clusters(
 struct Resolver<'a> {
     raws: &'a [RawObject],
     namespaces: &'a HashMap<PathBuf, String>,
-    parents: &'a [Vec<usize>],
+    /// The key of every Kustomization that applies something, as its own parent resolves it.
     keys: HashMap<usize, Option<ObjectKey>>,
 }
 
-impl Resolver<'_> {
+impl<'a> Resolver<'a> {
+    fn new(raws: &'a [RawObject], namespaces: &'a HashMap<PathBuf, String>, parents: &[Vec<usize>]) -> Resolver<'a> {
+        let mut resolver = Resolver { raws, namespaces, keys: HashMap::new() };
+        let appliers: BTreeSet<usize> = parents.iter().flatten().copied().collect();
+        resolver.keys = appliers.into_iter().map(|p| (p, resolver.key(p, parents[p].first().copied()))).collect();
+        resolver
+    }
+
     /// The document of `i` after its parent's substitution, and its namespace.
-    fn substituted(&mut self, i: usize, parent: Option<usize>) -> (Value, String) {
+    fn substituted(&self, i: usize, parent: Option<usize>) -> (Value, String) {
         let raw = &self.raws[i];
-        let mut value = raw.value.clone();
+        let mut value = raw.value();
         let parent_raw = parent.map(|p| &self.raws[p]);
-        if let Some(vars) =
-            parent_raw.and_then(|p| p.value.pointer("/spec/postBuild/substitute")).and_then(Value::as_object)
-        {
-            let vars: HashMap<String, String> = vars
-                .iter()
-                .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string)))
-                .collect();
-            let text = value.to_string();
-            let replaced = tree::substitute(&text, &vars);
-            if replaced != text
+        if let Some(vars) = parent_raw.and_then(|p| p.substitute.as_ref()) {
+            let replaced = tree::substitute(&raw.json, vars);
+            if *replaced != *raw.json
                 && let Ok(v) = serde_json::from_str(&replaced)
             {
                 value = v;
@@ -540,39 +555,27 @@ impl Resolver<'_> {
             .map(str::to_string)
             .or_else(|| namespace_of_file(self.namespaces, &raw.file))
             .or_else(|| {
-                parent_raw
-                    .and_then(|p| p.value.pointer("/spec/targetNamespace"))
-                    .and_then(Value::as_str)
-                    .filter(|ns| !ns.is_empty() && !ns.contains("${"))
-                    .map(str::to_string)
+                parent_raw.and_then(|p| p.target_namespace.clone()).filter(|ns| !ns.is_empty() && !ns.contains("${"))
             })
             .unwrap_or_else(|| FALLBACK_NAMESPACE.to_string());
         (value, namespace)
     }
 
-    /// The key of Kustomization `i` as its own parent resolves it.
-    fn key(&mut self, i: usize) -> Option<ObjectKey> {
-        if let Some(k) = self.keys.get(&i) {
-            return k.clone();
-        }
-        // Guard against Kustomizations applying one another in a loop.
-        self.keys.insert(i, None);
-        let parent = self.parents[i].first().copied();
+    /// The key of Kustomization `i` as `parent` (its own first parent) resolves it.
+    fn key(&self, i: usize, parent: Option<usize>) -> Option<ObjectKey> {
         let (value, namespace) = self.substituted(i, parent);
         let name = value.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
-        let key = (!name.is_empty()).then(|| ObjectKey::new(namespace, name));
-        self.keys.insert(i, key.clone());
-        key
+        (!name.is_empty()).then(|| ObjectKey::new(namespace, name))
     }
 
-    fn object(&mut self, i: usize, parent: Option<usize>) -> Result<FluxObject, String> {
+    fn object(&self, i: usize, parent: Option<usize>) -> Result<FluxObject, String> {
         let (value, namespace) = self.substituted(i, parent);
         let mut object =
             FluxObject::from_value(self.raws[i].kind, &value, &namespace, "").map_err(|e| e.to_string())?;
         if object.owner.is_none()
             && let Some(p) = parent
         {
-            object.owner = self.key(p);
+            object.owner = self.keys.get(&p).cloned().flatten();
         }
         Ok(object)
     }
@@ -601,6 +604,20 @@ fn parse_as<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, serde_saphy
             None => Err(e),
         },
     }
+}
+
+/// Parses a Flux document slim. A document written as JSON (as generators and
+/// `kubectl get -o json` write them) is read by the JSON parser, many times faster than the YAML
+/// one; anything else, or JSON it refuses, is read as YAML. JSON is YAML, and reads the same
+/// through either but for duplicate keys: the YAML reader refuses them, the JSON reader keeps the
+/// last.
+fn parse_slim(text: &str) -> Result<SlimObject, serde_saphyr::Error> {
+    if text.trim_start().starts_with('{')
+        && let Ok(slim) = serde_json::from_str(text)
+    {
+        return Ok(slim);
+    }
+    parse_as(text)
 }
 
 /// Whether `text` names a Flux API group: every Flux object and ResourceSet does.
