@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -29,8 +30,9 @@ struct Resource {
     installed: bool,
     version: String,
     kind: String,
-    /// (namespace, name) -> object.
-    objects: BTreeMap<(String, String), Value>,
+    /// (namespace, name) -> object, and its JSON text (a list page copies text: a page of a
+    /// list of 100,000 objects costs the same as the first one).
+    objects: BTreeMap<(String, String), (Value, String)>,
     /// (resourceVersion, type, object), oldest first.
     events: Vec<(u64, String, Value)>,
     watchers: Vec<mpsc::UnboundedSender<Result<Bytes, std::io::Error>>>,
@@ -174,7 +176,7 @@ impl FakeApi {
         if kind == "DELETED" {
             res.objects.remove(&id);
         } else {
-            res.objects.insert(id, object.clone());
+            res.objects.insert(id, (object.clone(), object.to_string()));
         }
         res.events.push((rv, kind.to_string(), object.clone()));
         let line = json!({ "type": kind, "object": object });
@@ -206,7 +208,8 @@ impl FakeApi {
             object["metadata"]["namespace"].as_str().unwrap().to_string(),
             object["metadata"]["name"].as_str().unwrap().to_string(),
         );
-        inner.resources.get_mut(&format!("{group}/{plural}")).unwrap().objects.insert(id, object);
+        let text = object.to_string();
+        inner.resources.get_mut(&format!("{group}/{plural}")).unwrap().objects.insert(id, (object, text));
     }
 
     /// Deletes an object (DELETED to watchers).
@@ -366,18 +369,27 @@ async fn list_or_watch(
         inner.lists_served += 1;
         let rv = inner.rv;
         let res = &inner.resources[&key];
-        // Pages as the API server cuts them for `limit`: the `continue` token is the offset of
-        // the next item here (opaque to clients).
-        let offset: usize = query.get("continue").and_then(|c| c.parse().ok()).unwrap_or(0);
+        // Pages as the API server cuts them for `limit`: as etcd does, the `continue` token
+        // names the last key served (`namespace/name`, opaque to clients), and the next page
+        // starts after it.
+        let after = query.get("continue").and_then(|c| c.split_once('/'));
         let limit: usize = query.get("limit").and_then(|l| l.parse().ok()).filter(|&l| l > 0).unwrap_or(usize::MAX);
-        let items: Vec<Value> = res.objects.values().skip(offset).take(limit).cloned().collect();
+        let mut rest = match after {
+            Some((ns, name)) => res.objects.range((Excluded((ns.to_string(), name.to_string())), Unbounded)),
+            None => res.objects.range::<(String, String), _>(..),
+        };
+        let page: Vec<_> = rest.by_ref().take(limit).collect();
         let mut metadata = json!({ "resourceVersion": rv.to_string() });
-        if offset + items.len() < res.objects.len() {
-            metadata["continue"] = json!((offset + items.len()).to_string());
+        if let (Some(((ns, name), _)), Some(_)) = (page.last(), rest.next()) {
+            metadata["continue"] = json!(format!("{ns}/{name}"));
         }
-        let body = json!({ "apiVersion": format!("{group}/{version}"), "kind": format!("{}List", res.kind),
-                           "metadata": metadata, "items": items });
-        return axum::Json(body).into_response();
+        let items: Vec<&str> = page.iter().map(|(_, (_, text))| text.as_str()).collect();
+        let head = json!({ "apiVersion": format!("{group}/{version}"), "kind": format!("{}List", res.kind),
+                           "metadata": metadata });
+        let head = head.to_string();
+        // `{...head fields..., "items": [item, ...]}`, the items as stored.
+        let body = format!("{},\"items\":[{}]}}", &head[..head.len() - 1], items.join(","));
+        return ([("content-type", "application/json")], body).into_response();
     }
 
     let from: u64 = query.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -508,7 +520,7 @@ async fn get_object(
         return status(404, "NotFound", "the server could not find the requested resource");
     };
     match res.objects.get(&(ns, name.clone())) {
-        Some(o) => axum::Json(o.clone()).into_response(),
+        Some((o, _)) => axum::Json(o.clone()).into_response(),
         None => status(404, "NotFound", &format!("{plural}.{group} \"{name}\" not found")),
     }
 }
