@@ -119,12 +119,18 @@ pub struct Cluster {
 }
 
 /// A raw Flux document before its namespace is known.
+///
+/// The document itself is decoded slim ([`SlimObject`]) and kept as compact JSON text, parsed
+/// again when it is resolved: a hundred thousand documents cost their text, not a tree of maps
+/// each (a small `Value` object is over half a kilobyte). The texts of one file's documents
+/// share one buffer ([`Texts`]): a few large allocations that go back to the system when the
+/// load ends, where a hundred thousand small ones would leave the heap at its peak.
 struct RawObject {
     kind: FluxKind,
-    /// The document decoded slim ([`SlimObject`]) and kept as compact JSON text, parsed again
-    /// when it is resolved: a hundred thousand documents cost their text, not a tree of maps
-    /// each (a small `Value` object is over half a kilobyte).
-    json: Box<str>,
+    /// Index of its file in the files read, which is also the index of its text buffer.
+    file: usize,
+    /// Its slim JSON in its file's text buffer.
+    span: std::ops::Range<usize>,
     /// `spec.path` and `spec.sourceRef` (kind, name): what the tree reads.
     path: Option<String>,
     source: Option<(Option<String>, String)>,
@@ -132,34 +138,41 @@ struct RawObject {
     target_namespace: Option<String>,
     /// `spec.postBuild.substitute`, the variables it gives the documents it applies.
     substitute: Option<HashMap<String, String>>,
-    /// The status written in the document (before any substitution).
-    status: ObjectStatus,
-    file: PathBuf,
     line: usize,
 }
 
+/// The slim JSON texts of the documents of each file read, indexed like the files.
+type Texts = [String];
+
 impl RawObject {
-    fn new(kind: FluxKind, slim: &Value, file: &Path, line: usize) -> RawObject {
-        let text = |p: &str| slim.pointer(p).and_then(Value::as_str).map(str::to_string);
+    /// Records `slim`, a document of file number `file`, appending its text to `text`, that
+    /// file's buffer.
+    fn new(kind: FluxKind, slim: &Value, file: usize, line: usize, text: &mut String) -> RawObject {
+        let start = text.len();
+        text.push_str(&slim.to_string());
+        let field = |p: &str| slim.pointer(p).and_then(Value::as_str).map(str::to_string);
         let substitute = slim.pointer("/spec/postBuild/substitute").and_then(Value::as_object).map(|vars| {
             vars.iter().map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string))).collect()
         });
         RawObject {
             kind,
-            json: slim.to_string().into_boxed_str(),
-            path: text("/spec/path"),
-            source: text("/spec/sourceRef/name").map(|name| (text("/spec/sourceRef/kind"), name)),
-            target_namespace: text("/spec/targetNamespace"),
+            file,
+            span: start..text.len(),
+            path: field("/spec/path"),
+            source: field("/spec/sourceRef/name").map(|name| (field("/spec/sourceRef/kind"), name)),
+            target_namespace: field("/spec/targetNamespace"),
             substitute,
-            status: ObjectStatus::from_value(slim),
-            file: file.to_path_buf(),
             line,
         }
     }
 
+    fn json<'t>(&self, texts: &'t Texts) -> &'t str {
+        &texts[self.file][self.span.clone()]
+    }
+
     /// The slim document. Its text was written from a `Value`, so it always reads back.
-    fn value(&self) -> Value {
-        serde_json::from_str(&self.json).unwrap_or_else(|e| unreachable!("a Value's JSON text reads back: {e}"))
+    fn value(&self, texts: &Texts) -> Value {
+        serde_json::from_str(self.json(texts)).unwrap_or_else(|e| unreachable!("a Value's JSON text reads back: {e}"))
     }
 }
 
@@ -189,19 +202,22 @@ pub fn load_with(paths: &[PathBuf], options: LoadOptions) -> Manifests {
     files.dedup();
 
     let mut raws = Vec::new();
+    let mut texts: Vec<String> = Vec::with_capacity(files.len());
     let mut kustomizations: HashMap<PathBuf, KustomizeFile> = HashMap::new();
     // Parse errors of files that may not be manifests at all: judged once the tree is known.
     let mut unparsed: Vec<(LoadError, bool)> = Vec::new();
     out.files += files.len();
-    for read in parallel_map(&files, |f| read_file(f)) {
+    let numbered: Vec<(usize, &PathBuf)> = files.iter().enumerate().collect();
+    for read in parallel_map(&numbered, |&(i, f)| read_file(f, i)) {
         out.errors.extend(read.error);
         raws.extend(read.raws);
+        texts.push(read.texts);
         kustomizations.extend(read.kustomizations);
         unparsed.extend(read.unparsed);
         out.notes.extend(read.notes);
     }
     let patches: HashSet<&PathBuf> = kustomizations.values().flat_map(|k| &k.patches).collect();
-    raws.retain(|r| !patches.contains(&r.file));
+    raws.retain(|r| !patches.contains(&files[r.file]));
     let namespaces = resolve_namespaces(&kustomizations);
     let appliers: Vec<tree::Applier<'_>> = raws
         .iter()
@@ -213,8 +229,8 @@ pub fn load_with(paths: &[PathBuf], options: LoadOptions) -> Manifests {
             source: r.source.as_ref().map(|(kind, name)| (kind.as_deref().unwrap_or("GitRepository"), name.as_str())),
         })
         .collect();
-    let mut tree = tree::build(paths, &files, raws.len(), &|i| raws[i].file.clone(), &appliers, &kustomizations);
-    add_target_namespace_copies(&mut raws, &mut tree);
+    let mut tree = tree::build(paths, &files, raws.len(), &|i| files[raws[i].file].clone(), &appliers, &kustomizations);
+    add_target_namespace_copies(&mut raws, &mut texts, &mut tree);
     let explicit: HashSet<PathBuf> = paths.iter().map(|p| normalize(p)).collect();
     let mut skipped_files = HashSet::new();
     for (error, flux) in unparsed {
@@ -226,20 +242,20 @@ pub fn load_with(paths: &[PathBuf], options: LoadOptions) -> Manifests {
         }
     }
     out.errors.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
-    let resolver = Resolver::new(&raws, &namespaces, &tree.parents);
+    let resolver = Resolver::new(&raws, &texts, &files, &namespaces, &tree.parents);
 
     // One instance of each object per cluster it belongs to, resolved with that cluster's parent.
     let mut clusters = tree.clusters.clone();
     if options.include_unapplied {
-        join_clusters(&mut clusters, &tree.not_applied, &|i| raws[i].file.clone());
+        join_clusters(&mut clusters, &tree.not_applied, &|i| files[raws[i].file].clone());
     }
     for (&i, reason) in &tree.not_applied {
         let raw = &raws[i];
-        if let Ok(object) = resolver.object(i, tree.parents[i].first().copied()) {
+        if let Ok((object, _)) = resolver.object(i, tree.parents[i].first().copied()) {
             out.not_applied.push(NotApplied {
                 kind: raw.kind,
                 object: object.key,
-                file: raw.file.clone(),
+                file: files[raw.file].clone(),
                 line: raw.line,
                 reason: reason.clone(),
             });
@@ -262,14 +278,14 @@ pub fn load_with(paths: &[PathBuf], options: LoadOptions) -> Manifests {
     for (&(i, parent), object) in instances.iter().zip(objects) {
         let raw = &raws[i];
         match object {
-            Ok(object) => {
+            Ok((object, status)) => {
                 resolved.insert((i, parent), out.objects.len());
-                out.objects.push(Loaded { object, file: raw.file.clone(), line: raw.line, status: raw.status.clone() });
+                out.objects.push(Loaded { object, file: files[raw.file].clone(), line: raw.line, status });
             }
             Err(e) => {
                 if first_error.insert(i) {
                     out.errors.push(LoadError {
-                        file: raw.file.clone(),
+                        file: files[raw.file].clone(),
                         line: raw.line,
                         message: format!("{}: {e}", raw.kind),
                     });
@@ -339,6 +355,8 @@ struct FileRead {
     /// The file could not be read at all.
     error: Option<LoadError>,
     raws: Vec<RawObject>,
+    /// The slim JSON texts of its Flux documents, one after the other.
+    texts: String,
     /// Its kustomize configuration, by folder (a file may repeat it: the last one counts).
     kustomizations: Vec<(PathBuf, KustomizeFile)>,
     unparsed: Vec<(LoadError, bool)>,
@@ -385,7 +403,7 @@ enum Parse {
 
 /// Splits one file into documents and reads each: Flux objects (slim), kustomize
 /// configurations, ResourceSets expanded; parse errors kept to be judged with the tree.
-fn read_file(file: &Path) -> FileRead {
+fn read_file(file: &Path, index: usize) -> FileRead {
     let mut read = FileRead::default();
     let error = |message: String| LoadError { file: file.to_path_buf(), line: 1, message };
     let text = match std::fs::read(file) {
@@ -438,18 +456,18 @@ fn read_file(file: &Path) -> FileRead {
             read.kustomizations.push((dir.to_path_buf(), read_kustomize_file(&value, dir)));
             continue;
         }
-        let raw = |kind, value: Value, slim: bool| {
+        let mut raw = |kind, value: Value, slim: bool| {
             let value = if slim { value } else { SlimObject::from_value(value).0 };
-            RawObject::new(kind, &value, file, doc.line)
+            read.raws.push(RawObject::new(kind, &value, index, doc.line, &mut read.texts));
         };
         for item in list_items(value) {
             if let Some(kind) = kind_of(&item) {
-                read.raws.push(raw(kind, item, slim));
+                raw(kind, item, slim);
             } else if resource_set::is_resource_set(&item) {
                 let (generated, notes) = resource_set::expand(&item);
                 for value in generated {
                     if let Some(kind) = kind_of(&value) {
-                        read.raws.push(raw(kind, value, false));
+                        raw(kind, value, false);
                     }
                 }
                 read.notes.extend(notes.into_iter().map(|message| LoadError {
@@ -469,9 +487,9 @@ fn read_file(file: &Path) -> FileRead {
 /// Kustomization (same spec, `dependsOn` entries without a namespace now meaning the target
 /// namespace), applied and owned by the original, which waits for it when it has
 /// `spec.wait: true`.
-fn add_target_namespace_copies(raws: &mut Vec<RawObject>, tree: &mut tree::Tree) {
+fn add_target_namespace_copies(raws: &mut Vec<RawObject>, texts: &mut [String], tree: &mut tree::Tree) {
     for &k in &tree.self_applied {
-        let mut copy = raws[k].value();
+        let mut copy = raws[k].value(texts);
         let own = copy.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default();
         let Some(target) = raws[k].target_namespace.clone().filter(|t| !t.is_empty() && *t != own && !t.contains("${"))
         else {
@@ -479,7 +497,8 @@ fn add_target_namespace_copies(raws: &mut Vec<RawObject>, tree: &mut tree::Tree)
         };
         copy["metadata"]["namespace"] = Value::String(target);
         let index = raws.len();
-        raws.push(RawObject::new(FluxKind::Kustomization, &copy, &raws[k].file.clone(), raws[k].line));
+        let (file, line) = (raws[k].file, raws[k].line);
+        raws.push(RawObject::new(FluxKind::Kustomization, &copy, file, line, &mut texts[file]));
         tree.parents.push(vec![k]);
         for members in tree.clusters.values_mut() {
             if members.contains(&k) {
@@ -522,27 +541,36 @@ fn join_clusters(
 /// Kustomization that applies them, owner from that parent.
 struct Resolver<'a> {
     raws: &'a [RawObject],
+    texts: &'a Texts,
+    files: &'a [PathBuf],
     namespaces: &'a HashMap<PathBuf, String>,
     /// The key of every Kustomization that applies something, as its own parent resolves it.
     keys: HashMap<usize, Option<ObjectKey>>,
 }
 
 impl<'a> Resolver<'a> {
-    fn new(raws: &'a [RawObject], namespaces: &'a HashMap<PathBuf, String>, parents: &[Vec<usize>]) -> Resolver<'a> {
-        let mut resolver = Resolver { raws, namespaces, keys: HashMap::new() };
+    fn new(
+        raws: &'a [RawObject],
+        texts: &'a Texts,
+        files: &'a [PathBuf],
+        namespaces: &'a HashMap<PathBuf, String>,
+        parents: &[Vec<usize>],
+    ) -> Resolver<'a> {
+        let mut resolver = Resolver { raws, texts, files, namespaces, keys: HashMap::new() };
         let appliers: BTreeSet<usize> = parents.iter().flatten().copied().collect();
         resolver.keys = appliers.into_iter().map(|p| (p, resolver.key(p, parents[p].first().copied()))).collect();
         resolver
     }
 
-    /// The document of `i` after its parent's substitution, and its namespace.
-    fn substituted(&self, i: usize, parent: Option<usize>) -> (Value, String) {
+    /// The document of `i` (`value`, as written) after its parent's substitution, and its
+    /// namespace.
+    fn substituted(&self, i: usize, mut value: Value, parent: Option<usize>) -> (Value, String) {
         let raw = &self.raws[i];
-        let mut value = raw.value();
         let parent_raw = parent.map(|p| &self.raws[p]);
         if let Some(vars) = parent_raw.and_then(|p| p.substitute.as_ref()) {
-            let replaced = tree::substitute(&raw.json, vars);
-            if *replaced != *raw.json
+            let text = raw.json(self.texts);
+            let replaced = tree::substitute(text, vars);
+            if replaced != text
                 && let Ok(v) = serde_json::from_str(&replaced)
             {
                 value = v;
@@ -553,7 +581,7 @@ impl<'a> Resolver<'a> {
             .and_then(Value::as_str)
             .filter(|ns| !ns.is_empty())
             .map(str::to_string)
-            .or_else(|| namespace_of_file(self.namespaces, &raw.file))
+            .or_else(|| namespace_of_file(self.namespaces, &self.files[raw.file]))
             .or_else(|| {
                 parent_raw.and_then(|p| p.target_namespace.clone()).filter(|ns| !ns.is_empty() && !ns.contains("${"))
             })
@@ -563,13 +591,16 @@ impl<'a> Resolver<'a> {
 
     /// The key of Kustomization `i` as `parent` (its own first parent) resolves it.
     fn key(&self, i: usize, parent: Option<usize>) -> Option<ObjectKey> {
-        let (value, namespace) = self.substituted(i, parent);
+        let (value, namespace) = self.substituted(i, self.raws[i].value(self.texts), parent);
         let name = value.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
         (!name.is_empty()).then(|| ObjectKey::new(namespace, name))
     }
 
-    fn object(&self, i: usize, parent: Option<usize>) -> Result<FluxObject, String> {
-        let (value, namespace) = self.substituted(i, parent);
+    /// Object `i` as `parent` applies it, and the status written in its document.
+    fn object(&self, i: usize, parent: Option<usize>) -> Result<(FluxObject, ObjectStatus), String> {
+        let written = self.raws[i].value(self.texts);
+        let status = ObjectStatus::from_value(&written);
+        let (value, namespace) = self.substituted(i, written, parent);
         let mut object =
             FluxObject::from_value(self.raws[i].kind, &value, &namespace, "").map_err(|e| e.to_string())?;
         if object.owner.is_none()
@@ -577,7 +608,7 @@ impl<'a> Resolver<'a> {
         {
             object.owner = self.keys.get(&p).cloned().flatten();
         }
-        Ok(object)
+        Ok((object, status))
     }
 }
 
