@@ -23,7 +23,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta;
 use kube::Resource as _;
 use kube::api::{Api, ApiResource, DynamicObject, GetParams, ListParams, WatchEvent, WatchParams};
@@ -457,10 +457,25 @@ impl Source {
     /// Every object of the kind, page by page, with the list's resourceVersion.
     async fn list(&self, ar: &ApiResource) -> Result<(Vec<(Arc<FluxObject>, Option<String>)>, String), kube::Error> {
         let kind = self.kind;
-        let mut params = ListParams::default().limit(500);
+        // Each page is asked for as soon as the previous one names it, on a task of its own, so
+        // that the API server cuts it and the client decodes it while this one is read into the
+        // cache. Dropping the handle (a failed page, a dropped list) cancels the request.
+        let fetch = |params: ListParams| {
+            let (client, ar) = (self.client.clone(), ar.clone());
+            let (task, page) = async move { list_page(&client, &ar, &params).await }.remote_handle();
+            tokio::spawn(task);
+            page
+        };
+        let first = ListParams::default().limit(500);
+        let mut next = Some(fetch(first.clone()));
         let mut objects = Vec::new();
-        loop {
-            let page = list_page(&self.client, ar, &params).await?;
+        let mut version = String::new();
+        while let Some(pending) = next.take() {
+            let page = pending.await?;
+            version = page.metadata.resource_version.clone().unwrap_or_default();
+            if let Some(token) = page.metadata.continue_.as_deref().filter(|t| !t.is_empty()) {
+                next = Some(fetch(first.clone().continue_token(token)));
+            }
             for o in page.items.iter().flatten().map(|o| &o.0).filter(|o| !is_terminating(o)) {
                 match read_object(kind, o) {
                     Ok((object, version)) => {
@@ -471,12 +486,8 @@ impl Source {
                     Err(e) => tracing::warn!(kind = kind.as_str(), "skipped an object the rules cannot read: {e}"),
                 }
             }
-            let version = page.metadata.resource_version.clone().unwrap_or_default();
-            match page.metadata.continue_.as_deref() {
-                Some(token) if !token.is_empty() => params = params.continue_token(token),
-                _ => return Ok((objects, version)),
-            }
         }
+        Ok((objects, version))
     }
 }
 
