@@ -4,6 +4,7 @@
 //! values) is dropped when an object is read, which keeps the cache small on large clusters.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -84,15 +85,24 @@ impl fmt::Display for FluxKind {
 }
 
 /// A node of a graph: `namespace/name`.
+///
+/// Both parts are shared strings: the graph hands every object that names a node the node's
+/// own copies (see [`crate::graph::Graph::share_keys`]), so a name mentioned by many objects is
+/// held once, and a clone costs two reference counts.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectKey {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl ObjectKey {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        ObjectKey { namespace: namespace.into(), name: name.into() }
+    pub fn new(namespace: impl AsRef<str>, name: impl AsRef<str>) -> Self {
+        ObjectKey { namespace: Arc::from(namespace.as_ref()), name: Arc::from(name.as_ref()) }
+    }
+
+    /// A key made of parts already shared (no copy of the strings).
+    pub fn from_shared(namespace: Arc<str>, name: Arc<str>) -> Self {
+        ObjectKey { namespace, name }
     }
 }
 

@@ -91,7 +91,7 @@ fn reaches(edges: &Edges, from: &Key, to: &Key) -> bool {
 
 fn graph_edges(g: &Graph) -> Edges {
     let mut edges = Edges::new();
-    for id in 0..g.node_count() as u32 {
+    for id in g.node_ids() {
         for (t, _) in g.out_edges(id) {
             edges.insert((g.key(id).clone(), g.key(t).clone()));
         }

@@ -92,7 +92,7 @@ pub fn evaluate_delete(graph: &Graph, policy: &Policy, key: &ObjectKey) -> Vec<F
     let Some(id) = graph.id(key) else {
         return Vec::new();
     };
-    let dependents = graph.sorted_keys(graph.dependents(id).iter().copied().filter(|&d| d != id));
+    let dependents = graph.sorted_keys(graph.dependents(id).filter(|&d| d != id));
     if dependents.is_empty() {
         return Vec::new();
     }
@@ -282,7 +282,7 @@ impl Ctx<'_> {
 fn new_edges(g: &Graph, x: NodeId, old: Option<&FluxObject>) -> (Vec<NodeId>, Vec<NodeId>) {
     let Some(old) = old else {
         let out = g.out_edges(x).map(|(t, _)| t).collect();
-        let incoming = g.dependents(x).iter().chain(g.waited_by(x)).copied().collect();
+        let incoming = g.dependents(x).chain(g.waited_by(x)).collect();
         return (out, incoming);
     };
     let old_explicit: HashSet<NodeId> = old.depends_on.iter().filter_map(|k| g.id(k)).collect();
@@ -292,7 +292,7 @@ fn new_edges(g: &Graph, x: NodeId, old: Option<&FluxObject>) -> (Vec<NodeId>, Ve
     let old_waits: HashSet<NodeId> = if old.wait && old.wait_unowned {
         HashSet::new()
     } else if old.wait {
-        g.children(x).iter().copied().collect()
+        g.children(x).collect()
     } else {
         old.health_check_kustomizations.iter().filter_map(|k| g.id(k)).filter(|&t| t != x).collect()
     };
@@ -301,15 +301,13 @@ fn new_edges(g: &Graph, x: NodeId, old: Option<&FluxObject>) -> (Vec<NodeId>, Ve
     // owner is new when the old labels did not make `x` that owner's child.
     let incoming = g
         .waited_by(x)
-        .iter()
-        .copied()
         .filter(|&p| {
             // A self-edge is an out-edge too, judged above against the old out-edges.
             if p == x {
                 return false;
             }
             // The edge existed already if the parent lists `x` in its own dependsOn.
-            if g.deps(p).contains(&x) {
+            if g.deps(p).any(|d| d == x) {
                 return false;
             }
             let Some(parent) = g.object(p) else {

@@ -387,8 +387,7 @@ pub fn worst_case(
     for &id in &order {
         let slowest = graph
             .deps(id)
-            .iter()
-            .filter_map(|d| best.get(d).map(|(t, _)| (*t, *d)))
+            .filter_map(|d| best.get(&d).map(|(t, _)| (*t, d)))
             .max_by(|a, b| a.0.cmp(&b.0).then_with(|| graph.key(b.1).cmp(graph.key(a.1))));
         let total = budget(graph.key(id)) + slowest.map_or(Duration::ZERO, |(t, _)| t);
         best.insert(id, (total, slowest.map(|(_, d)| d)));
@@ -510,15 +509,16 @@ pub fn analyze(
                 since: status.ready.as_ref().and_then(|r| r.last_transition_time.clone()),
                 in_cycle: cycle_of.contains_key(&id),
                 roots,
-                depends_on: graph.deps(id).iter().map(|&d| graph.key(d).clone()).collect(),
+                depends_on: graph.deps(id).map(|d| graph.key(d).clone()).collect(),
                 uid: graph.object(id).and_then(|o| o.uid.clone()),
             }
         })
         .collect();
     objects.sort_by(|a, b| a.id.cmp(&b.id));
-    let mut missing: Vec<ObjectKey> = (0..graph.node_count() as NodeId)
+    let mut missing: Vec<ObjectKey> = graph
+        .node_ids()
         .filter(|&id| !graph.is_present(id))
-        .filter(|&id| !graph.dependents(id).is_empty() || !graph.waited_by(id).is_empty())
+        .filter(|&id| graph.dependents(id).next().is_some() || graph.waited_by(id).next().is_some())
         .map(|id| graph.key(id).clone())
         .collect();
     missing.sort();

@@ -41,7 +41,7 @@ fn roots(r: &KindReport, name: &str) -> Vec<(String, Cause, String)> {
         .unwrap()
         .roots
         .iter()
-        .map(|root| (root.id.name.clone(), root.cause, format_chain(&root.chain)))
+        .map(|root| (root.id.name.to_string(), root.cause, format_chain(&root.chain)))
         .collect()
 }
 
