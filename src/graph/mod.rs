@@ -27,7 +27,7 @@ pub use search::{Chain, Scc};
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use hashbrown::HashTable;
@@ -172,9 +172,7 @@ impl Graph {
     }
 
     fn key_hash(&self, key: &ObjectKey) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        h.finish()
+        self.hasher.hash_one(key)
     }
 
     fn name_hash(&self, name: &str) -> u64 {
