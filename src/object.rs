@@ -4,7 +4,7 @@
 //! values) is dropped when an object is read, which keeps the cache small on large clusters.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -84,11 +84,33 @@ impl fmt::Display for FluxKind {
     }
 }
 
+/// Every name and namespace in use, held once: a name that a hundred objects mention (in their
+/// key, their `dependsOn`, their owner labels) costs one string.
+static NAMES: LazyLock<Mutex<Names>> = LazyLock::new(|| Mutex::new(Names { set: Default::default(), sweep_at: 1024 }));
+
+struct Names {
+    set: hashbrown::HashSet<Arc<str>>,
+    /// Size at which strings nobody holds any more are dropped; doubling it after each sweep
+    /// keeps the cost of sweeping constant per string.
+    sweep_at: usize,
+}
+
+/// The shared copy of `s`.
+fn intern(s: &str) -> Arc<str> {
+    let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    if names.set.len() >= names.sweep_at {
+        // Only the set holds a string whose count is one, and new holders get theirs here,
+        // under this lock.
+        names.set.retain(|s| Arc::strong_count(s) > 1);
+        names.sweep_at = (names.set.len() * 2).max(1024);
+    }
+    names.set.get_or_insert_with(s, |s| Arc::from(s)).clone()
+}
+
 /// A node of a graph: `namespace/name`.
 ///
-/// Both parts are shared strings: the graph hands every object that names a node the node's
-/// own copies (see [`crate::graph::Graph::share_keys`]), so a name mentioned by many objects is
-/// held once, and a clone costs two reference counts.
+/// Both parts are interned: every key naming the same object shares its strings, so a clone
+/// costs two reference counts and a name is held once however often it is mentioned.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectKey {
     pub namespace: Arc<str>,
@@ -97,12 +119,7 @@ pub struct ObjectKey {
 
 impl ObjectKey {
     pub fn new(namespace: impl AsRef<str>, name: impl AsRef<str>) -> Self {
-        ObjectKey { namespace: Arc::from(namespace.as_ref()), name: Arc::from(name.as_ref()) }
-    }
-
-    /// A key made of parts already shared (no copy of the strings).
-    pub fn from_shared(namespace: Arc<str>, name: Arc<str>) -> Self {
-        ObjectKey { namespace, name }
+        ObjectKey { namespace: intern(namespace.as_ref()), name: intern(name.as_ref()) }
     }
 }
 
@@ -145,7 +162,60 @@ pub struct FluxObject {
     pub unreadable_depends_on: Vec<ObjectError>,
     /// `metadata.uid`, once the API server assigned one: audit Events name it, since
     /// `kubectl describe` shows only the Events whose `regarding.uid` matches.
-    pub uid: Option<String>,
+    pub uid: Option<Uid>,
+}
+
+/// `metadata.uid`. The API server writes a UUID, kept as its 16 bytes (a third of the string);
+/// anything else is kept as written. Either way it prints as it was read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Uid {
+    Uuid([u8; 16]),
+    Text(Box<str>),
+}
+
+impl Uid {
+    /// The UUID in its canonical form (lowercase, hyphens at 8-4-4-4-12), which prints back
+    /// the same; `None` for anything else.
+    fn uuid(s: &str) -> Option<[u8; 16]> {
+        let b = s.as_bytes();
+        if b.len() != 36 || [8, 13, 18, 23].iter().any(|&i| b[i] != b'-') {
+            return None;
+        }
+        let digit = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        let mut digits = b.iter().filter(|&&c| c != b'-');
+        let mut out = [0u8; 16];
+        for byte in &mut out {
+            *byte = digit(*digits.next()?)? << 4 | digit(*digits.next()?)?;
+        }
+        Some(out)
+    }
+}
+
+impl From<&str> for Uid {
+    fn from(s: &str) -> Uid {
+        Uid::uuid(s).map_or_else(|| Uid::Text(s.into()), Uid::Uuid)
+    }
+}
+
+impl fmt::Display for Uid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Uid::Text(s) => f.write_str(s),
+            Uid::Uuid(b) => {
+                for (i, byte) in b.iter().enumerate() {
+                    if matches!(i, 4 | 6 | 8 | 10) {
+                        f.write_str("-")?;
+                    }
+                    write!(f, "{byte:02x}")?;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Why an object could not be read.
@@ -247,8 +317,9 @@ impl FluxObject {
         });
 
         let wait_unowned = wait && metadata.is_some_and(|m| field_is_unowned(m, &["spec", "wait"]));
-        let uid =
-            metadata.and_then(|m| m.get("uid")).and_then(Value::as_str).filter(|u| !u.is_empty()).map(str::to_string);
+        let uid = metadata.and_then(|m| m.get("uid")).and_then(Value::as_str).filter(|u| !u.is_empty()).map(Uid::from);
+        depends_on.shrink_to_fit();
+        health_check_kustomizations.shrink_to_fit();
 
         Ok(FluxObject {
             kind,
@@ -410,6 +481,32 @@ mod tests {
                 "spec.dependsOn[3].namespace must be a string",
             ]
         );
+    }
+
+    #[test]
+    fn keys_share_their_strings_and_names_nobody_holds_go() {
+        let a = ObjectKey::new("team", "interned-apps");
+        let b = ObjectKey::new(String::from("team"), String::from("interned-apps"));
+        assert!(Arc::ptr_eq(&a.name, &b.name) && Arc::ptr_eq(&a.namespace, &b.namespace));
+
+        let gone = Arc::downgrade(&ObjectKey::new("team", "interned-and-dropped").name);
+        // Enough new names to pass the next sweep, whatever other tests hold meanwhile.
+        let rounds = 3 * NAMES.lock().unwrap().sweep_at;
+        for i in 0..rounds {
+            ObjectKey::new("team", format!("interned-filler-{i}"));
+        }
+        assert!(gone.upgrade().is_none(), "a name no key holds is dropped");
+        assert_eq!(*ObjectKey::new("team", "interned-apps").name, *a.name);
+        assert!(Arc::ptr_eq(&ObjectKey::new("team", "interned-apps").name, &a.name), "held names stay");
+    }
+
+    #[test]
+    fn uids_print_as_they_were_read() {
+        for text in ["6f1d3c1e-0a2b-4c3d-8e4f-5a6b7c8d9e0f", "6F1D3C1E-0A2B-4C3D-8E4F-5A6B7C8D9E0F", "uid-web", ""] {
+            assert_eq!(Uid::from(text).to_string(), text);
+        }
+        assert!(matches!(Uid::from("6f1d3c1e-0a2b-4c3d-8e4f-5a6b7c8d9e0f"), Uid::Uuid(_)));
+        assert!(matches!(Uid::from("6f1d3c1e+0a2b-4c3d-8e4f-5a6b7c8d9e0f"), Uid::Text(_)));
     }
 
     #[test]

@@ -62,7 +62,7 @@ pub fn scan(cache: &Cache, policy: &Policy) -> Report {
         let found = rules::audit_with(graph, Some(&graphs[kind.other().index()]), policy);
         for f in &found {
             for key in std::iter::once(&f.object).chain(f.cycle.iter().flatten()) {
-                if let Some(uid) = graph.get(key).and_then(|o| o.uid.clone()) {
+                if let Some(uid) = graph.get(key).and_then(|o| o.uid.as_ref()).map(ToString::to_string) {
                     uids.insert((kind, key.clone()), uid);
                 }
             }

@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::graph::{EdgeKind, Graph, NodeId};
+use crate::keyed::ByKey;
 use crate::object::{FluxKind, FluxObject, ObjectKey};
 
 /// The reason Flux sets on `Ready=False` while an object waits for its `dependsOn`.
@@ -43,7 +44,8 @@ pub struct ReadyCondition {
 /// What fluxgate keeps of one object's status.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ObjectStatus {
-    pub ready: Option<ReadyCondition>,
+    /// Boxed: held for every object, and absent on many.
+    pub ready: Option<Box<ReadyCondition>>,
     pub generation: Option<i64>,
     pub observed_generation: Option<i64>,
     pub suspended: bool,
@@ -118,7 +120,7 @@ impl ObjectStatus {
             .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
             .map(|c| {
                 let text = |field: &str| c.get(field).and_then(Value::as_str).unwrap_or_default().to_string();
-                ReadyCondition {
+                Box::new(ReadyCondition {
                     status: match c.get("status").and_then(Value::as_str) {
                         Some("True") => ConditionStatus::True,
                         Some("False") => ConditionStatus::False,
@@ -127,7 +129,7 @@ impl ObjectStatus {
                     reason: text("reason"),
                     message: text("message"),
                     last_transition_time: c.get("lastTransitionTime").and_then(Value::as_str).map(str::to_string),
-                }
+                })
             });
         ObjectStatus {
             ready,
@@ -172,22 +174,20 @@ impl ObjectStatus {
     }
 }
 
-type Key = (FluxKind, ObjectKey);
-
 /// What the source (the watch, or files) delivered for every object: its status, and the object
 /// as the rules read it. Behind a lock of its own, so that a status event and a status report
 /// never take the cache lock that admission decisions hold. Objects admitted but not yet
 /// delivered by the source are not here: they have no status yet.
 #[derive(Debug, Default)]
 pub struct StatusStore {
-    map: RwLock<HashMap<Key, (Arc<FluxObject>, ObjectStatus)>>,
+    /// Per kind.
+    map: RwLock<[ByKey<(Arc<FluxObject>, ObjectStatus)>; 2]>,
 }
 
 impl StatusStore {
     /// Records an object and its status as the source delivered them.
     pub fn record(&self, object: Arc<FluxObject>, status: ObjectStatus) {
-        let key = (object.kind, object.key.clone());
-        self.map.write().unwrap_or_else(|p| p.into_inner()).insert(key, (object, status));
+        self.map.write().unwrap_or_else(|p| p.into_inner())[object.kind.index()].insert((object, status));
     }
 
     /// Records a watched object: `object` is what the rules read of `watched`.
@@ -198,28 +198,30 @@ impl StatusStore {
     /// After a relist: forgets the objects of `kind` that were not listed.
     pub fn keep_only<'a>(&self, kind: FluxKind, listed: impl IntoIterator<Item = &'a ObjectKey>) {
         let listed: HashSet<&ObjectKey> = listed.into_iter().collect();
-        self.map.write().unwrap_or_else(|p| p.into_inner()).retain(|(k, key), _| *k != kind || listed.contains(key));
+        self.map.write().unwrap_or_else(|p| p.into_inner())[kind.index()].retain(|(o, _)| listed.contains(&o.key));
     }
 
     /// Forgets a deleted object.
     pub fn forget(&self, kind: FluxKind, key: &ObjectKey) {
-        self.map.write().unwrap_or_else(|p| p.into_inner()).remove(&(kind, key.clone()));
+        self.map.write().unwrap_or_else(|p| p.into_inner())[kind.index()].remove(key);
     }
 
     /// Replaces every object of `kind` (files loaded afresh).
     pub fn replace_all(&self, kind: FluxKind, objects: impl IntoIterator<Item = (Arc<FluxObject>, ObjectStatus)>) {
-        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
-        map.retain(|(k, _), _| *k != kind);
-        map.extend(objects.into_iter().map(|(o, s)| ((kind, o.key.clone()), (o, s))));
+        let map = &mut self.map.write().unwrap_or_else(|p| p.into_inner())[kind.index()];
+        map.clear();
+        for entry in objects {
+            map.insert(entry);
+        }
     }
 
     /// The objects of `kind` and their statuses: `Arc` and status copies, under the store's own
     /// lock.
     pub fn snapshot(&self, kind: FluxKind) -> (Vec<Arc<FluxObject>>, HashMap<ObjectKey, ObjectStatus>) {
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
-        let mine = map.iter().filter(|((k, _), _)| *k == kind);
-        let objects = mine.clone().map(|(_, (o, _))| o.clone()).collect();
-        let statuses = mine.map(|((_, key), (_, s))| (key.clone(), s.clone())).collect();
+        let mine = &map[kind.index()];
+        let objects = mine.iter().map(|(o, _)| o.clone()).collect();
+        let statuses = mine.iter().map(|(o, s)| (o.key.clone(), s.clone())).collect();
         (objects, statuses)
     }
 
@@ -510,7 +512,7 @@ pub fn analyze(
                 in_cycle: cycle_of.contains_key(&id),
                 roots,
                 depends_on: graph.deps(id).map(|d| graph.key(d).clone()).collect(),
-                uid: graph.object(id).and_then(|o| o.uid.clone()),
+                uid: graph.object(id).and_then(|o| o.uid.as_ref()).map(ToString::to_string),
             }
         })
         .collect();
