@@ -174,6 +174,9 @@ impl ObjectStatus {
     }
 }
 
+/// An object as the source delivered it, with its status.
+type Delivered = (Arc<FluxObject>, ObjectStatus);
+
 /// What the source (the watch, or files) delivered for every object: its status, and the object
 /// as the rules read it. Behind a lock of its own, so that a status event and a status report
 /// never take the cache lock that admission decisions hold. Objects admitted but not yet
@@ -181,7 +184,7 @@ impl ObjectStatus {
 #[derive(Debug, Default)]
 pub struct StatusStore {
     /// Per kind.
-    map: RwLock<[ByKey<(Arc<FluxObject>, ObjectStatus)>; 2]>,
+    map: RwLock<[ByKey<Delivered>; 2]>,
 }
 
 impl StatusStore {
