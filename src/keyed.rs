@@ -74,6 +74,12 @@ impl<T: Keyed> ByKey<T> {
         }
     }
 
+    /// Makes room for `additional` more values at once (see [`crate::graph::Graph::reserve`]).
+    pub fn reserve(&mut self, additional: usize) {
+        let hasher = &self.hasher;
+        self.table.reserve(additional, |v| hasher.hash_one(v.key()));
+    }
+
     pub fn remove(&mut self, key: &ObjectKey) -> Option<T> {
         let hash = self.hasher.hash_one(key);
         self.table.find_entry(hash, |v| v.key() == key).ok().map(|e| e.remove().0)

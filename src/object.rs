@@ -136,13 +136,16 @@ impl Serialize for ObjectKey {
 }
 
 /// What fluxgate keeps of one Kustomization or HelmRelease.
+///
+/// Laid out for a cache of a hundred thousand: lists cut to size, and what few objects have
+/// (health checks naming Kustomizations, unreadable `dependsOn` entries) behind one pointer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FluxObject {
     pub kind: FluxKind,
     pub key: ObjectKey,
     /// `spec.dependsOn` in the order written, each namespace resolved (an empty namespace means
     /// the object's own). Duplicates are kept so that the duplicate rule can see them.
-    pub depends_on: Vec<ObjectKey>,
+    pub depends_on: Box<[ObjectKey]>,
     /// `spec.wait` (Kustomizations only).
     pub wait: bool,
     /// `spec.wait: true` is set but no field manager owns it: the object has
@@ -152,17 +155,19 @@ pub struct FluxObject {
     /// object: it draws no wait edge. An object without managedFields (a manifest from Git, a
     /// test) owns what it says.
     pub wait_unowned: bool,
-    /// `spec.healthChecks` entries that name a Kustomization: the object waits for each of them.
-    pub health_check_kustomizations: Vec<ObjectKey>,
     /// The parent Kustomization named by Flux's owner labels, if both are present.
     pub owner: Option<ObjectKey>,
-    /// `dependsOn` entries that name nothing Flux can find (the CRD accepts `name: ""`), each
-    /// with what is wrong with it. They are findings about the entry; the rest of the object
-    /// is read and recorded as usual.
-    pub unreadable_depends_on: Vec<ObjectError>,
     /// `metadata.uid`, once the API server assigned one: audit Events name it, since
     /// `kubectl describe` shows only the Events whose `regarding.uid` matches.
     pub uid: Option<Uid>,
+    extra: Option<Box<Extra>>,
+}
+
+/// The parts of an object that few objects have.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Extra {
+    health_check_kustomizations: Vec<ObjectKey>,
+    unreadable_depends_on: Vec<ObjectError>,
 }
 
 /// `metadata.uid`. The API server writes a UUID, kept as its 16 bytes (a third of the string);
@@ -238,13 +243,38 @@ impl FluxObject {
         FluxObject {
             kind,
             key,
-            depends_on,
+            depends_on: depends_on.into_boxed_slice(),
             wait: false,
             wait_unowned: false,
-            health_check_kustomizations: Vec::new(),
             owner: None,
-            unreadable_depends_on: Vec::new(),
             uid: None,
+            extra: None,
+        }
+    }
+
+    /// `spec.healthChecks` entries that name a Kustomization: the object waits for each of them.
+    pub fn health_check_kustomizations(&self) -> &[ObjectKey] {
+        self.extra.as_ref().map_or(&[], |e| &e.health_check_kustomizations)
+    }
+
+    pub fn set_health_check_kustomizations(&mut self, targets: Vec<ObjectKey>) {
+        self.set_extra(|e| e.health_check_kustomizations = targets);
+    }
+
+    /// `dependsOn` entries that name nothing Flux can find (the CRD accepts `name: ""`), each
+    /// with what is wrong with it. They are findings about the entry; the rest of the object
+    /// is read and recorded as usual.
+    pub fn unreadable_depends_on(&self) -> &[ObjectError] {
+        self.extra.as_ref().map_or(&[], |e| &e.unreadable_depends_on)
+    }
+
+    fn set_extra(&mut self, change: impl FnOnce(&mut Extra)) {
+        let mut extra = self.extra.take().map_or_else(Extra::default, |e| *e);
+        change(&mut extra);
+        extra.health_check_kustomizations.shrink_to_fit();
+        extra.unreadable_depends_on.shrink_to_fit();
+        if extra != Extra::default() {
+            self.extra = Some(Box::new(extra));
         }
     }
 
@@ -321,17 +351,23 @@ impl FluxObject {
         depends_on.shrink_to_fit();
         health_check_kustomizations.shrink_to_fit();
 
-        Ok(FluxObject {
+        let mut object = FluxObject {
             kind,
             key,
-            depends_on,
+            depends_on: depends_on.into_boxed_slice(),
             wait,
             wait_unowned,
-            health_check_kustomizations,
             owner,
-            unreadable_depends_on,
             uid,
-        })
+            extra: None,
+        };
+        if !health_check_kustomizations.is_empty() || !unreadable_depends_on.is_empty() {
+            object.set_extra(|e| {
+                e.health_check_kustomizations = health_check_kustomizations;
+                e.unreadable_depends_on = unreadable_depends_on;
+            });
+        }
+        Ok(object)
     }
 
     /// Whether Flux's owner labels mark this object as applied by a parent Kustomization.
@@ -395,8 +431,8 @@ mod tests {
         let o = FluxObject::from_value(FluxKind::Kustomization, &v, "team", "").unwrap();
         assert_eq!(o.key, ObjectKey::new("team", "apps"));
         assert_eq!(
-            o.depends_on,
-            vec![ObjectKey::new("team", "infra"), ObjectKey::new("flux-system", "crds"), ObjectKey::new("team", "x")]
+            *o.depends_on,
+            [ObjectKey::new("team", "infra"), ObjectKey::new("flux-system", "crds"), ObjectKey::new("team", "x")]
         );
     }
 
@@ -412,7 +448,7 @@ mod tests {
             {"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization", "name": "g"}
         ]}});
         let o = FluxObject::from_value(FluxKind::Kustomization, &v, "ns", "").unwrap();
-        assert_eq!(o.health_check_kustomizations, vec![ObjectKey::new("ns", "c"), ObjectKey::new("other", "e")]);
+        assert_eq!(o.health_check_kustomizations(), [ObjectKey::new("ns", "c"), ObjectKey::new("other", "e")]);
     }
 
     fn managed(fields_v1: Value) -> Value {
@@ -470,9 +506,9 @@ mod tests {
             {"name": ""}, {"name": "b"}, {"namespace": "x"}, {"name": "c", "namespace": 7}
         ]}});
         let o = FluxObject::from_value(FluxKind::Kustomization, &v, "ns", "").unwrap();
-        assert_eq!(o.depends_on, vec![ObjectKey::new("ns", "b")]);
+        assert_eq!(*o.depends_on, [ObjectKey::new("ns", "b")]);
         assert!(o.wait);
-        let problems: Vec<String> = o.unreadable_depends_on.iter().map(ToString::to_string).collect();
+        let problems: Vec<String> = o.unreadable_depends_on().iter().map(ToString::to_string).collect();
         assert_eq!(
             problems,
             vec![

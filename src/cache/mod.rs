@@ -165,6 +165,11 @@ impl State {
                 self.graphs.get_mut(kind).remove(&key);
             }
         }
+        let base = &mut self.base[kind.index()];
+        base.reserve(objects.len().saturating_sub(base.len()));
+        let graph = self.graphs.get_mut(kind);
+        let edges: usize = objects.iter().map(|(o, _)| o.depends_on.len() + 1).sum();
+        graph.reserve(objects.len().saturating_sub(graph.len()), edges.saturating_sub(graph.len()));
         for (object, version) in objects {
             self.apply(object, version.as_deref());
         }

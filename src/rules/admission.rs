@@ -252,8 +252,8 @@ impl Ctx<'_> {
                 self.push(Rule::CrossNamespaceDependsOn, action, Some(target.clone()), None, msg);
             }
         }
-        for problem in &object.unreadable_depends_on {
-            let introduced = old.is_none_or(|o| !o.unreadable_depends_on.contains(problem));
+        for problem in object.unreadable_depends_on() {
+            let introduced = old.is_none_or(|o| !o.unreadable_depends_on().contains(problem));
             let mut action = self.action(Rule::DanglingDependsOn, introduced);
             if object.has_owner_labels() && action == Action::Deny {
                 action = Action::Warn;
@@ -294,7 +294,7 @@ fn new_edges(g: &Graph, x: NodeId, old: Option<&FluxObject>) -> (Vec<NodeId>, Ve
     } else if old.wait {
         g.children(x).collect()
     } else {
-        old.health_check_kustomizations.iter().filter_map(|k| g.id(k)).filter(|&t| t != x).collect()
+        old.health_check_kustomizations().iter().filter_map(|k| g.id(k)).filter(|&t| t != x).collect()
     };
     let out = g.out_edges(x).map(|(t, _)| t).filter(|t| !old_explicit.contains(t) && !old_waits.contains(t)).collect();
     // Explicit in-edges belong to other objects and are unchanged. A wait in-edge from the
@@ -313,7 +313,7 @@ fn new_edges(g: &Graph, x: NodeId, old: Option<&FluxObject>) -> (Vec<NodeId>, Ve
             let Some(parent) = g.object(p) else {
                 return false;
             };
-            let by_health_check = !parent.wait && parent.health_check_kustomizations.contains(g.key(x));
+            let by_health_check = !parent.wait && parent.health_check_kustomizations().contains(g.key(x));
             let by_old_owner = parent.wait && old.owner.as_ref() == Some(g.key(p));
             !(by_health_check || by_old_owner)
         })

@@ -82,7 +82,7 @@ pub fn audit_with(graph: &Graph, other: Option<&Graph>, policy: &Policy) -> Vec<
                 push(Rule::CrossNamespaceDependsOn, &object.key, Some(target.clone()), None, msg);
             }
         }
-        for problem in &object.unreadable_depends_on {
+        for problem in object.unreadable_depends_on() {
             push(Rule::DanglingDependsOn, &object.key, None, None, unreadable_message(&object.key, problem));
         }
         // A chain is reported once, at its top: the object nothing depends on.
