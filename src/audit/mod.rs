@@ -45,17 +45,8 @@ pub fn scan(cache: &Cache, policy: &Policy) -> Report {
     let mut findings = Vec::new();
     let mut counts = [0; 2];
     let mut uids = HashMap::new();
-    let graphs: Vec<Graph> = FluxKind::ALL
-        .into_iter()
-        .zip(snapshot)
-        .map(|(kind, objects)| {
-            let mut graph = Graph::new(kind);
-            for object in objects {
-                graph.upsert(object);
-            }
-            graph
-        })
-        .collect();
+    let graphs: Vec<Graph> =
+        FluxKind::ALL.into_iter().zip(snapshot).map(|(kind, objects)| Graph::from_objects(kind, objects)).collect();
     for kind in FluxKind::ALL {
         let graph = &graphs[kind.index()];
         counts[kind.index()] = graph.len();

@@ -14,9 +14,10 @@ use crate::cache::Cache;
 use crate::cache::watch::{self as cluster, WatchOptions};
 use crate::live_policy::LivePolicy;
 use crate::manifests;
-use crate::object::FluxKind;
+use crate::object::{FluxKind, FluxObject};
 use crate::policy::Policy;
 use crate::server::{self, App, tls::ReloadingCert};
+use crate::status::ObjectStatus;
 
 /// How long the audit Lease is held without renewal before another replica takes over.
 const LEASE_DURATION: Duration = Duration::from_secs(30);
@@ -171,25 +172,23 @@ fn load_manifests(cache: &Cache, paths: &[std::path::PathBuf]) {
              graph where a later file wins: pass one cluster's folder"
         );
     }
-    for kind in FluxKind::ALL {
-        let objects = loaded.objects.iter().filter(|o| o.object.kind == kind);
-        cache.status().replace_all(kind, objects.map(|o| (Arc::new(o.object.clone()), o.status.clone())));
+    let (files, errors) = (loaded.files, loaded.errors.len());
+    let counts = FluxKind::ALL.map(|kind| loaded.count(kind));
+    // One shared copy of each object, for the status store and the graph alike.
+    let mut by_kind: [Vec<(Arc<FluxObject>, ObjectStatus)>; 2] = Default::default();
+    for o in loaded.objects {
+        by_kind[o.object.kind.index()].push((Arc::new(o.object), o.status));
     }
-    let mut state = cache.lock();
-    for kind in FluxKind::ALL {
-        let objects = loaded
-            .objects
-            .iter()
-            .filter(|o| o.object.kind == kind)
-            .map(|o| (Arc::new(o.object.clone()), None))
-            .collect();
-        state.replace_all(kind, objects);
+    for (kind, objects) in FluxKind::ALL.into_iter().zip(by_kind) {
+        let listed = objects.iter().map(|(o, _)| (o.clone(), None)).collect();
+        cache.status().replace_all(kind, objects);
+        cache.lock().replace_all(kind, listed);
     }
     tracing::info!(
-        files = loaded.files,
-        kustomizations = loaded.count(FluxKind::Kustomization),
-        helm_releases = loaded.count(FluxKind::HelmRelease),
-        errors = loaded.errors.len(),
+        files,
+        kustomizations = counts[FluxKind::Kustomization.index()],
+        helm_releases = counts[FluxKind::HelmRelease.index()],
+        errors,
         "manifests loaded"
     );
 }

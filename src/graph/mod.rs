@@ -295,6 +295,17 @@ impl Graph {
         id
     }
 
+    /// The graph of `objects`, with room made for all of them at once.
+    pub fn from_objects(kind: FluxKind, objects: impl IntoIterator<Item = Arc<FluxObject>>) -> Graph {
+        let objects: Vec<Arc<FluxObject>> = objects.into_iter().collect();
+        let mut graph = Graph::new(kind);
+        graph.reserve(objects.len(), objects.iter().map(|o| o.depends_on.len() + 1).sum());
+        for object in objects {
+            graph.upsert(object);
+        }
+        graph
+    }
+
     /// Makes room for `nodes` more nodes and `edges` more edges at once. A list of a hundred
     /// thousand objects would otherwise grow each table by doubling, and the allocator keeps
     /// the abandoned smaller copies resident.

@@ -523,10 +523,7 @@ pub fn analyze(
     objects: impl IntoIterator<Item = Arc<FluxObject>>,
     statuses: &HashMap<ObjectKey, ObjectStatus>,
 ) -> KindReport {
-    let mut graph = Graph::new(kind);
-    for o in objects {
-        graph.upsert(o);
-    }
+    let graph = Graph::from_objects(kind, objects);
     let waves = graph.waves();
     let sccs = graph.cycles();
     let mut cycle_of: HashMap<NodeId, usize> = HashMap::new();
