@@ -6,6 +6,11 @@
 //! `cargo bench --bench memory` (`-- --objects N` to change the large size). Prints bytes per
 //! object (the difference in resident memory divided by the difference in objects), the peak
 //! resident memory of the large run, and time from start to `/readyz` answering 200; asserts nothing (goal: <= 512 B per object, ready <= 2 s).
+//!
+//! Each mode runs with the policy `deploy/` ships, as installed, and again with the built-in
+//! defaults, where every rule is on: on this fleet the `maxDepth` rule then reports about 40 %
+//! of the objects, and the audit report holds a message per finding (a chain of a dozen keys),
+//! which is memory per finding rather than per cached object.
 
 mod common;
 #[path = "../tests/common/fake_api.rs"]
@@ -43,7 +48,9 @@ async fn sample(args: &[&str], env: &[(&str, &str)]) -> Sample {
 
 async fn manifests_mode(dir: &std::path::Path, tls: &[&str], n: usize) -> Sample {
     let fleet = dir.join(format!("fleet-{n}"));
-    common::write_manifests(&fleet, &common::fleet(n));
+    if !fleet.exists() {
+        common::write_manifests(&fleet, &common::fleet(n));
+    }
     let mut args = vec!["--manifests", fleet.to_str().unwrap()];
     args.extend_from_slice(tls);
     sample(&args, &[("RUST_LOG", "warn,fluxgate::cli=info")]).await
@@ -61,7 +68,7 @@ async fn cluster_mode(dir: &std::path::Path, tls: &[&str], n: usize) -> Sample {
 fn row(mode: &str, large: usize, one: &Sample, many: &Sample) {
     let per_object = (many.resident as f64 - one.resident as f64) / (large - 1) as f64;
     println!(
-        "{mode:<22} {:>10.1} MiB {:>10.1} MiB {:>10.1} MiB {:>10.0} B {:>12.2?} {:>12.2?}",
+        "{mode:<30} {:>10.1} MiB {:>10.1} MiB {:>10.1} MiB {:>10.0} B {:>12.2?} {:>12.2?}",
         one.resident as f64 / 1048576.0,
         many.resident as f64 / 1048576.0,
         many.peak as f64 / 1048576.0,
@@ -85,10 +92,17 @@ async fn main() {
     for sub in ["kube-1".to_string(), format!("kube-{large}")] {
         std::fs::create_dir_all(dir.path().join(sub)).unwrap();
     }
+    let shipped: serde_json::Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/base/policy.yaml")).unwrap(),
+    )
+    .unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, shipped["data"]["policy.yaml"].as_str().unwrap()).unwrap();
     let tls = ["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()];
+    let shipped_policy = [&tls[..], &["--policy", policy.to_str().unwrap()]].concat();
     println!("fluxgate serve with 1 and {large} Kustomizations: resident memory after the first audit, time to ready");
     println!(
-        "{:<22} {:>14} {:>14} {:>14} {:>12} {:>12} {:>12}",
+        "{:<30} {:>14} {:>14} {:>14} {:>12} {:>12} {:>12}",
         "mode",
         "RSS (1)",
         format!("RSS ({large})"),
@@ -97,10 +111,12 @@ async fn main() {
         "ready (1)",
         format!("ready ({large})")
     );
-    let one = manifests_mode(dir.path(), &tls, 1).await;
-    let many = manifests_mode(dir.path(), &tls, large).await;
-    row("serve --manifests", large, &one, &many);
-    let one = cluster_mode(dir.path(), &tls, 1).await;
-    let many = cluster_mode(dir.path(), &tls, large).await;
-    row("cluster (fake API)", large, &one, &many);
+    for (policy, args) in [("shipped policy", &shipped_policy[..]), ("every rule on", &tls[..])] {
+        let one = manifests_mode(dir.path(), args, 1).await;
+        let many = manifests_mode(dir.path(), args, large).await;
+        row(&format!("--manifests, {policy}"), large, &one, &many);
+        let one = cluster_mode(dir.path(), args, 1).await;
+        let many = cluster_mode(dir.path(), args, large).await;
+        row(&format!("cluster, {policy}"), large, &one, &many);
+    }
 }

@@ -3,6 +3,7 @@
 //! The crate is laid out by responsibility:
 //! - [`object`]: what a Flux object is to fluxgate (the fields the rules need);
 //! - [`graph`]: the per-kind dependency graph, cycle search, chains and waves;
+//! - [`keyed`]: tables of objects by the key they carry;
 //! - [`rules`]: the rules and their findings, for one request or a whole graph;
 //! - [`policy`]: the policy file; [`live_policy`]: the policy in force, reloaded when it changes;
 //! - [`defaults`]: the defaults the policy sets, checked against the CRDs and completed into objects;
@@ -23,6 +24,7 @@ pub mod certs;
 pub mod cli;
 pub mod defaults;
 pub mod graph;
+pub mod keyed;
 pub mod live_policy;
 pub mod manifests;
 pub mod object;

@@ -4,6 +4,7 @@
 //! values) is dropped when an object is read, which keeps the cache small on large clusters.
 
 use std::fmt;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -83,16 +84,42 @@ impl fmt::Display for FluxKind {
     }
 }
 
+/// Every name and namespace in use, held once: a name that a hundred objects mention (in their
+/// key, their `dependsOn`, their owner labels) costs one string.
+static NAMES: LazyLock<Mutex<Names>> = LazyLock::new(|| Mutex::new(Names { set: Default::default(), sweep_at: 1024 }));
+
+struct Names {
+    set: hashbrown::HashSet<Arc<str>>,
+    /// Size at which strings nobody holds any more are dropped; doubling it after each sweep
+    /// keeps the cost of sweeping constant per string.
+    sweep_at: usize,
+}
+
+/// The shared copy of `s`.
+fn intern(s: &str) -> Arc<str> {
+    let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    if names.set.len() >= names.sweep_at {
+        // Only the set holds a string whose count is one, and new holders get theirs here,
+        // under this lock.
+        names.set.retain(|s| Arc::strong_count(s) > 1);
+        names.sweep_at = (names.set.len() * 2).max(1024);
+    }
+    names.set.get_or_insert_with(s, |s| Arc::from(s)).clone()
+}
+
 /// A node of a graph: `namespace/name`.
+///
+/// Both parts are interned: every key naming the same object shares its strings, so a clone
+/// costs two reference counts and a name is held once however often it is mentioned.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectKey {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl ObjectKey {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        ObjectKey { namespace: namespace.into(), name: name.into() }
+    pub fn new(namespace: impl AsRef<str>, name: impl AsRef<str>) -> Self {
+        ObjectKey { namespace: intern(namespace.as_ref()), name: intern(name.as_ref()) }
     }
 }
 
@@ -109,13 +136,16 @@ impl Serialize for ObjectKey {
 }
 
 /// What fluxgate keeps of one Kustomization or HelmRelease.
+///
+/// Laid out for a cache of a hundred thousand: lists cut to size, and what few objects have
+/// (health checks naming Kustomizations, unreadable `dependsOn` entries) behind one pointer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FluxObject {
     pub kind: FluxKind,
     pub key: ObjectKey,
     /// `spec.dependsOn` in the order written, each namespace resolved (an empty namespace means
     /// the object's own). Duplicates are kept so that the duplicate rule can see them.
-    pub depends_on: Vec<ObjectKey>,
+    pub depends_on: Box<[ObjectKey]>,
     /// `spec.wait` (Kustomizations only).
     pub wait: bool,
     /// `spec.wait: true` is set but no field manager owns it: the object has
@@ -125,17 +155,72 @@ pub struct FluxObject {
     /// object: it draws no wait edge. An object without managedFields (a manifest from Git, a
     /// test) owns what it says.
     pub wait_unowned: bool,
-    /// `spec.healthChecks` entries that name a Kustomization: the object waits for each of them.
-    pub health_check_kustomizations: Vec<ObjectKey>,
     /// The parent Kustomization named by Flux's owner labels, if both are present.
     pub owner: Option<ObjectKey>,
-    /// `dependsOn` entries that name nothing Flux can find (the CRD accepts `name: ""`), each
-    /// with what is wrong with it. They are findings about the entry; the rest of the object
-    /// is read and recorded as usual.
-    pub unreadable_depends_on: Vec<ObjectError>,
     /// `metadata.uid`, once the API server assigned one: audit Events name it, since
     /// `kubectl describe` shows only the Events whose `regarding.uid` matches.
-    pub uid: Option<String>,
+    pub uid: Option<Uid>,
+    extra: Option<Box<Extra>>,
+}
+
+/// The parts of an object that few objects have.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Extra {
+    health_check_kustomizations: Vec<ObjectKey>,
+    unreadable_depends_on: Vec<ObjectError>,
+}
+
+/// `metadata.uid`. The API server writes a UUID, kept as its 16 bytes (a third of the string);
+/// anything else is kept as written. Either way it prints as it was read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Uid {
+    Uuid([u8; 16]),
+    Text(Box<str>),
+}
+
+impl Uid {
+    /// The UUID in its canonical form (lowercase, hyphens at 8-4-4-4-12), which prints back
+    /// the same; `None` for anything else.
+    fn uuid(s: &str) -> Option<[u8; 16]> {
+        let b = s.as_bytes();
+        if b.len() != 36 || [8, 13, 18, 23].iter().any(|&i| b[i] != b'-') {
+            return None;
+        }
+        let digit = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        let mut digits = b.iter().filter(|&&c| c != b'-');
+        let mut out = [0u8; 16];
+        for byte in &mut out {
+            *byte = digit(*digits.next()?)? << 4 | digit(*digits.next()?)?;
+        }
+        Some(out)
+    }
+}
+
+impl From<&str> for Uid {
+    fn from(s: &str) -> Uid {
+        Uid::uuid(s).map_or_else(|| Uid::Text(s.into()), Uid::Uuid)
+    }
+}
+
+impl fmt::Display for Uid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Uid::Text(s) => f.write_str(s),
+            Uid::Uuid(b) => {
+                for (i, byte) in b.iter().enumerate() {
+                    if matches!(i, 4 | 6 | 8 | 10) {
+                        f.write_str("-")?;
+                    }
+                    write!(f, "{byte:02x}")?;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Why an object could not be read.
@@ -158,13 +243,38 @@ impl FluxObject {
         FluxObject {
             kind,
             key,
-            depends_on,
+            depends_on: depends_on.into_boxed_slice(),
             wait: false,
             wait_unowned: false,
-            health_check_kustomizations: Vec::new(),
             owner: None,
-            unreadable_depends_on: Vec::new(),
             uid: None,
+            extra: None,
+        }
+    }
+
+    /// `spec.healthChecks` entries that name a Kustomization: the object waits for each of them.
+    pub fn health_check_kustomizations(&self) -> &[ObjectKey] {
+        self.extra.as_ref().map_or(&[], |e| &e.health_check_kustomizations)
+    }
+
+    pub fn set_health_check_kustomizations(&mut self, targets: Vec<ObjectKey>) {
+        self.set_extra(|e| e.health_check_kustomizations = targets);
+    }
+
+    /// `dependsOn` entries that name nothing Flux can find (the CRD accepts `name: ""`), each
+    /// with what is wrong with it. They are findings about the entry; the rest of the object
+    /// is read and recorded as usual.
+    pub fn unreadable_depends_on(&self) -> &[ObjectError] {
+        self.extra.as_ref().map_or(&[], |e| &e.unreadable_depends_on)
+    }
+
+    fn set_extra(&mut self, change: impl FnOnce(&mut Extra)) {
+        let mut extra = self.extra.take().map_or_else(Extra::default, |e| *e);
+        change(&mut extra);
+        extra.health_check_kustomizations.shrink_to_fit();
+        extra.unreadable_depends_on.shrink_to_fit();
+        if extra != Extra::default() {
+            self.extra = Some(Box::new(extra));
         }
     }
 
@@ -237,20 +347,27 @@ impl FluxObject {
         });
 
         let wait_unowned = wait && metadata.is_some_and(|m| field_is_unowned(m, &["spec", "wait"]));
-        let uid =
-            metadata.and_then(|m| m.get("uid")).and_then(Value::as_str).filter(|u| !u.is_empty()).map(str::to_string);
+        let uid = metadata.and_then(|m| m.get("uid")).and_then(Value::as_str).filter(|u| !u.is_empty()).map(Uid::from);
+        depends_on.shrink_to_fit();
+        health_check_kustomizations.shrink_to_fit();
 
-        Ok(FluxObject {
+        let mut object = FluxObject {
             kind,
             key,
-            depends_on,
+            depends_on: depends_on.into_boxed_slice(),
             wait,
             wait_unowned,
-            health_check_kustomizations,
             owner,
-            unreadable_depends_on,
             uid,
-        })
+            extra: None,
+        };
+        if !health_check_kustomizations.is_empty() || !unreadable_depends_on.is_empty() {
+            object.set_extra(|e| {
+                e.health_check_kustomizations = health_check_kustomizations;
+                e.unreadable_depends_on = unreadable_depends_on;
+            });
+        }
+        Ok(object)
     }
 
     /// Whether Flux's owner labels mark this object as applied by a parent Kustomization.
@@ -314,8 +431,8 @@ mod tests {
         let o = FluxObject::from_value(FluxKind::Kustomization, &v, "team", "").unwrap();
         assert_eq!(o.key, ObjectKey::new("team", "apps"));
         assert_eq!(
-            o.depends_on,
-            vec![ObjectKey::new("team", "infra"), ObjectKey::new("flux-system", "crds"), ObjectKey::new("team", "x")]
+            *o.depends_on,
+            [ObjectKey::new("team", "infra"), ObjectKey::new("flux-system", "crds"), ObjectKey::new("team", "x")]
         );
     }
 
@@ -331,7 +448,7 @@ mod tests {
             {"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization", "name": "g"}
         ]}});
         let o = FluxObject::from_value(FluxKind::Kustomization, &v, "ns", "").unwrap();
-        assert_eq!(o.health_check_kustomizations, vec![ObjectKey::new("ns", "c"), ObjectKey::new("other", "e")]);
+        assert_eq!(o.health_check_kustomizations(), [ObjectKey::new("ns", "c"), ObjectKey::new("other", "e")]);
     }
 
     fn managed(fields_v1: Value) -> Value {
@@ -389,9 +506,9 @@ mod tests {
             {"name": ""}, {"name": "b"}, {"namespace": "x"}, {"name": "c", "namespace": 7}
         ]}});
         let o = FluxObject::from_value(FluxKind::Kustomization, &v, "ns", "").unwrap();
-        assert_eq!(o.depends_on, vec![ObjectKey::new("ns", "b")]);
+        assert_eq!(*o.depends_on, [ObjectKey::new("ns", "b")]);
         assert!(o.wait);
-        let problems: Vec<String> = o.unreadable_depends_on.iter().map(ToString::to_string).collect();
+        let problems: Vec<String> = o.unreadable_depends_on().iter().map(ToString::to_string).collect();
         assert_eq!(
             problems,
             vec![
@@ -400,6 +517,32 @@ mod tests {
                 "spec.dependsOn[3].namespace must be a string",
             ]
         );
+    }
+
+    #[test]
+    fn keys_share_their_strings_and_names_nobody_holds_go() {
+        let a = ObjectKey::new("team", "interned-apps");
+        let b = ObjectKey::new(String::from("team"), String::from("interned-apps"));
+        assert!(Arc::ptr_eq(&a.name, &b.name) && Arc::ptr_eq(&a.namespace, &b.namespace));
+
+        let gone = Arc::downgrade(&ObjectKey::new("team", "interned-and-dropped").name);
+        // Enough new names to pass the next sweep, whatever other tests hold meanwhile.
+        let rounds = 3 * NAMES.lock().unwrap().sweep_at;
+        for i in 0..rounds {
+            ObjectKey::new("team", format!("interned-filler-{i}"));
+        }
+        assert!(gone.upgrade().is_none(), "a name no key holds is dropped");
+        assert_eq!(*ObjectKey::new("team", "interned-apps").name, *a.name);
+        assert!(Arc::ptr_eq(&ObjectKey::new("team", "interned-apps").name, &a.name), "held names stay");
+    }
+
+    #[test]
+    fn uids_print_as_they_were_read() {
+        for text in ["6f1d3c1e-0a2b-4c3d-8e4f-5a6b7c8d9e0f", "6F1D3C1E-0A2B-4C3D-8E4F-5A6B7C8D9E0F", "uid-web", ""] {
+            assert_eq!(Uid::from(text).to_string(), text);
+        }
+        assert!(matches!(Uid::from("6f1d3c1e-0a2b-4c3d-8e4f-5a6b7c8d9e0f"), Uid::Uuid(_)));
+        assert!(matches!(Uid::from("6f1d3c1e+0a2b-4c3d-8e4f-5a6b7c8d9e0f"), Uid::Text(_)));
     }
 
     #[test]

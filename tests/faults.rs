@@ -257,7 +257,7 @@ fn apply(work: &Path, edits: &[Edit<'_>]) -> BTreeMap<PathBuf, String> {
                 if !list.is_array() {
                     *list = json!([]);
                 }
-                list.as_array_mut().unwrap().push(json!({"name": to.name, "namespace": to.namespace}));
+                list.as_array_mut().unwrap().push(json!({"name": &*to.name, "namespace": &*to.namespace}));
             }
             if e.wait {
                 spec["wait"] = json!(true);
@@ -319,7 +319,7 @@ fn run_repo(repo: &Path, seed: u64, rounds: usize, failures: &mut Vec<String>) -
     let baseline = fluxgate::cli::check_paths(std::slice::from_ref(&work), &policy);
     let baseline: HashSet<String> = baseline.findings.iter().map(|f| f.finding.message.clone()).collect();
     let clusters = clusters(&work);
-    let names: HashSet<String> = clusters.iter().flatten().map(|t| t.key.name.clone()).collect();
+    let names: HashSet<String> = clusters.iter().flatten().map(|t| t.key.name.to_string()).collect();
     let keys: HashSet<(FluxKind, ObjectKey)> = clusters.iter().flatten().map(|t| (t.kind, t.key.clone())).collect();
     let mut rng =
         Rng(seed ^ name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3)));

@@ -38,17 +38,12 @@ fn edit() -> impl Strategy<Value = Edit> {
 }
 
 fn object(key_id: u8, deps: &[u8], wait: bool, wait_unowned: bool, owner: Option<u8>, health: &[u8]) -> FluxObject {
-    FluxObject {
-        kind: FluxKind::Kustomization,
-        key: key(key_id),
-        depends_on: deps.iter().map(|&d| key(d)).collect(),
-        wait,
-        wait_unowned,
-        health_check_kustomizations: health.iter().map(|&h| key(h)).collect(),
-        owner: owner.map(key),
-        unreadable_depends_on: Vec::new(),
-        uid: None,
-    }
+    let mut o = FluxObject::new(FluxKind::Kustomization, key(key_id), deps.iter().map(|&d| key(d)).collect());
+    o.wait = wait;
+    o.wait_unowned = wait_unowned;
+    o.owner = owner.map(key);
+    o.set_health_check_kustomizations(health.iter().map(|&h| key(h)).collect());
+    o
 }
 
 /// Every edge of a set of objects, recomputed from scratch.
@@ -67,7 +62,7 @@ fn oracle_edges(objects: &BTreeMap<Key, FluxObject>) -> Edges {
                 }
             }
         } else {
-            for h in o.health_check_kustomizations.iter().filter(|h| **h != o.key) {
+            for h in o.health_check_kustomizations().iter().filter(|h| **h != o.key) {
                 edges.insert((o.key.clone(), h.clone()));
             }
         }
@@ -91,7 +86,7 @@ fn reaches(edges: &Edges, from: &Key, to: &Key) -> bool {
 
 fn graph_edges(g: &Graph) -> Edges {
     let mut edges = Edges::new();
-    for id in 0..g.node_count() as u32 {
+    for id in g.node_ids() {
         for (t, _) in g.out_edges(id) {
             edges.insert((g.key(id).clone(), g.key(t).clone()));
         }

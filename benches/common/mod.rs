@@ -7,6 +7,22 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
+/// A UUID for the object, as the API server assigns one (random there; derived from the key here,
+/// so that runs are repeatable).
+fn uid(ns: &str, name: &str) -> String {
+    let fnv =
+        |seed: u64| format!("{ns}/{name}").bytes().fold(seed, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));
+    let (a, b) = (fnv(0xcbf29ce484222325), fnv(0x84222325cbf29ce4));
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        b >> 52,
+        b & 0xffff_ffff_ffff
+    )
+}
+
 /// A Kustomization as Flux's sources hold it.
 pub fn kustomization(ns: &str, name: &str, deps: &[(String, String)], owner: Option<(&str, &str)>) -> Value {
     let deps: Vec<Value> = deps
@@ -20,7 +36,7 @@ pub fn kustomization(ns: &str, name: &str, deps: &[(String, String)], owner: Opt
     let mut o = json!({
         "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
         "kind": "Kustomization",
-        "metadata": { "name": name, "namespace": ns, "uid": format!("uid-{ns}-{name}"), "resourceVersion": "100" },
+        "metadata": { "name": name, "namespace": ns, "uid": uid(ns, name), "resourceVersion": "100" },
         "spec": {
             "interval": "10m", "prune": true, "path": format!("./{ns}/{name}"), "timeout": "5m", "wait": false,
             "sourceRef": { "kind": "GitRepository", "name": "flux-system", "namespace": "flux-system" },

@@ -301,7 +301,7 @@ impl Webhook {
             let mut suspects: Vec<ObjectKey> = Vec::new();
             for f in verdict.findings.iter().filter(|f| f.rule == Rule::Cycle && f.is_deny()) {
                 for key in f.cycle.iter().flatten() {
-                    let own = key.name == req.name && key.namespace == req.namespace;
+                    let own = *key.name == *req.name && *key.namespace == *req.namespace;
                     if !own && !suspects.contains(key) && state.is_unconfirmed(kind, key, admitted_before) {
                         suspects.push(key.clone());
                     }

@@ -85,7 +85,7 @@ pub fn wait_default(kustomizations: &Graph, object: &Value, namespace: &str, nam
     if owner.is_none_or(|o| o == key) {
         return WaitDefault::Root;
     }
-    if kustomizations.id(&key).is_some_and(|id| !kustomizations.children(id).is_empty()) {
+    if kustomizations.id(&key).is_some_and(|id| kustomizations.children(id).next().is_some()) {
         return WaitDefault::Parent;
     }
     WaitDefault::Wanted

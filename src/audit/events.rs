@@ -307,7 +307,7 @@ impl Publisher {
         let event = Event {
             metadata: ObjectMeta {
                 name: Some(event_name(&object.name, now.as_nanosecond())),
-                namespace: Some(object.namespace.clone()),
+                namespace: Some(object.namespace.to_string()),
                 ..ObjectMeta::default()
             },
             event_time: Some(MicroTime(now)),
@@ -320,8 +320,8 @@ impl Publisher {
             regarding: Some(ObjectReference {
                 api_version: Some(api_version(kind).into()),
                 kind: Some(kind.as_str().into()),
-                name: Some(object.name.clone()),
-                namespace: Some(object.namespace.clone()),
+                name: Some(object.name.to_string()),
+                namespace: Some(object.namespace.to_string()),
                 uid,
                 ..ObjectReference::default()
             }),

@@ -45,24 +45,15 @@ pub fn scan(cache: &Cache, policy: &Policy) -> Report {
     let mut findings = Vec::new();
     let mut counts = [0; 2];
     let mut uids = HashMap::new();
-    let graphs: Vec<Graph> = FluxKind::ALL
-        .into_iter()
-        .zip(snapshot)
-        .map(|(kind, objects)| {
-            let mut graph = Graph::new(kind);
-            for object in objects {
-                graph.upsert(object);
-            }
-            graph
-        })
-        .collect();
+    let graphs: Vec<Graph> =
+        FluxKind::ALL.into_iter().zip(snapshot).map(|(kind, objects)| Graph::from_objects(kind, objects)).collect();
     for kind in FluxKind::ALL {
         let graph = &graphs[kind.index()];
         counts[kind.index()] = graph.len();
         let found = rules::audit_with(graph, Some(&graphs[kind.other().index()]), policy);
         for f in &found {
             for key in std::iter::once(&f.object).chain(f.cycle.iter().flatten()) {
-                if let Some(uid) = graph.get(key).and_then(|o| o.uid.clone()) {
+                if let Some(uid) = graph.get(key).and_then(|o| o.uid.as_ref()).map(ToString::to_string) {
                     uids.insert((kind, key.clone()), uid);
                 }
             }

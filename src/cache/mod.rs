@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use crate::graph::Graph;
+use crate::keyed::ByKey;
 use crate::object::{FluxKind, FluxObject, ObjectKey};
 use crate::status::{StatusReport, StatusStore};
 
@@ -106,7 +107,8 @@ impl KindHealth {
 #[derive(Debug, Default)]
 pub struct State {
     graphs: Graphs,
-    base: HashMap<Key, Arc<FluxObject>>,
+    /// Per kind: what the source delivered.
+    base: [ByKey<Arc<FluxObject>>; 2],
     overlay: HashMap<Key, OverlayEntry>,
     synced: [bool; 2],
     health: [KindHealth; 2],
@@ -124,12 +126,14 @@ impl State {
     /// The source delivered `object` (an initial list item, a watch event, a file).
     /// `resource_version` is the object's `metadata.resourceVersion`, when it has one.
     pub fn apply(&mut self, object: Arc<FluxObject>, resource_version: Option<&str>) {
-        let key = (object.kind, object.key.clone());
+        let base = &mut self.base[object.kind.index()];
         // Most watch events change only the status: they cost a lookup, never graph work.
-        if !self.overlay.contains_key(&key) && self.base.get(&key).is_some_and(|old| **old == *object) {
+        let pending = !self.overlay.is_empty() && self.overlay.contains_key(&(object.kind, object.key.clone()));
+        if !pending && base.get(&object.key).is_some_and(|old| **old == *object) {
             return;
         }
-        self.base.insert(key.clone(), object.clone());
+        base.insert(object.clone());
+        let key = (object.kind, object.key.clone());
         if let Some(entry) = self.overlay.get(&key) {
             let stale = resource_version.is_some() && entry.replaced_version.as_deref() == resource_version;
             if stale {
@@ -142,9 +146,8 @@ impl State {
 
     /// The source says the object is gone.
     pub fn delete(&mut self, kind: FluxKind, key: &ObjectKey) {
-        let k = (kind, key.clone());
-        self.base.remove(&k);
-        self.overlay.remove(&k);
+        self.base[kind.index()].remove(key);
+        self.overlay.remove(&(kind, key.clone()));
         self.graphs.get_mut(kind).remove(key);
     }
 
@@ -152,20 +155,21 @@ impl State {
     /// from the list are deleted, the rest applied. Admitted objects not yet in the list stay
     /// until they expire. Marks the kind synced.
     pub fn replace_all(&mut self, kind: FluxKind, objects: Vec<(Arc<FluxObject>, Option<String>)>) {
-        let listed: std::collections::HashSet<ObjectKey> = objects.iter().map(|(o, _)| o.key.clone()).collect();
-        let gone: Vec<ObjectKey> = self
-            .base
-            .keys()
-            .filter(|(k, key)| *k == kind && !listed.contains(key))
-            .map(|(_, key)| key.clone())
-            .collect();
+        let listed: std::collections::HashSet<&ObjectKey> = objects.iter().map(|(o, _)| &o.key).collect();
+        let gone: Vec<ObjectKey> =
+            self.base[kind.index()].iter().filter(|o| !listed.contains(&o.key)).map(|o| o.key.clone()).collect();
+        drop(listed);
         for key in gone {
-            let k = (kind, key);
-            self.base.remove(&k);
-            if !self.overlay.contains_key(&k) {
-                self.graphs.get_mut(kind).remove(&k.1);
+            self.base[kind.index()].remove(&key);
+            if !self.overlay.contains_key(&(kind, key.clone())) {
+                self.graphs.get_mut(kind).remove(&key);
             }
         }
+        let base = &mut self.base[kind.index()];
+        base.reserve(objects.len().saturating_sub(base.len()));
+        let graph = self.graphs.get_mut(kind);
+        let edges: usize = objects.iter().map(|(o, _)| o.depends_on.len() + 1).sum();
+        graph.reserve(objects.len().saturating_sub(graph.len()), edges.saturating_sub(graph.len()));
         for (object, version) in objects {
             self.apply(object, version.as_deref());
         }
@@ -231,15 +235,14 @@ impl State {
     /// Whether `key` is known only because this replica admitted it, at or before `before`:
     /// the source has not delivered it.
     pub fn is_unconfirmed(&self, kind: FluxKind, key: &ObjectKey, before: Instant) -> bool {
-        let k = (kind, key.clone());
-        !self.base.contains_key(&k) && self.overlay.get(&k).is_some_and(|e| e.admitted_at <= before)
+        !self.base[kind.index()].contains(key)
+            && self.overlay.get(&(kind, key.clone())).is_some_and(|e| e.admitted_at <= before)
     }
 
     /// The API server does not have an object this replica admitted (a later step rejected
     /// it): it stops counting now rather than at its expiry.
     pub fn forget_unstored(&mut self, kind: FluxKind, key: &ObjectKey) {
-        let k = (kind, key.clone());
-        if self.overlay.remove(&k).is_some() && !self.base.contains_key(&k) {
+        if self.overlay.remove(&(kind, key.clone())).is_some() && !self.base[kind.index()].contains(key) {
             self.graphs.get_mut(kind).remove(key);
         }
     }
@@ -266,7 +269,7 @@ impl State {
         for key in expired {
             self.overlay.remove(&key);
             let graph = self.graphs.get_mut(key.0);
-            match self.base.get(&key) {
+            match self.base[key.0.index()].get(&key.1) {
                 Some(object) => {
                     graph.upsert(object.clone());
                 }

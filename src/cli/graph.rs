@@ -78,9 +78,8 @@ pub fn view(graph: &Graph, budgets: &HashMap<ObjectKey, Duration>) -> GraphView 
     let waves = graph.waves();
     let sccs = graph.cycles();
     let in_cycle: HashSet<NodeId> = sccs.iter().flat_map(|s| s.members.iter().copied()).collect();
-    let mut ids: Vec<NodeId> = (0..graph.node_count() as NodeId)
-        .filter(|&id| graph.is_present(id) || !graph.dependents(id).is_empty())
-        .collect();
+    let mut ids: Vec<NodeId> =
+        graph.node_ids().filter(|&id| graph.is_present(id) || graph.dependents(id).next().is_some()).collect();
     ids.sort_by(|a, b| graph.key(*a).cmp(graph.key(*b)));
     let name = |id: NodeId| graph.key(id).to_string();
     let nodes = ids

@@ -173,20 +173,16 @@ fn load_manifests(cache: &Cache, paths: &[std::path::PathBuf]) {
         );
     }
     let (files, errors) = (loaded.files, loaded.errors.len());
-    // One `Arc` per object, shared by the status store and the graphs.
+    let counts = FluxKind::ALL.map(|kind| loaded.count(kind));
+    // One shared copy of each object, for the status store and the graph alike.
     let mut by_kind: [Vec<(Arc<FluxObject>, ObjectStatus)>; 2] = Default::default();
-    for l in loaded.objects {
-        by_kind[l.object.kind.index()].push((Arc::new(l.object), l.status));
+    for o in loaded.objects {
+        by_kind[o.object.kind.index()].push((Arc::new(o.object), o.status));
     }
-    let counts = by_kind.each_ref().map(Vec::len);
-    let graphs: [Vec<(Arc<FluxObject>, Option<String>)>; 2] =
-        by_kind.each_ref().map(|objects| objects.iter().map(|(o, _)| (o.clone(), None)).collect());
     for (kind, objects) in FluxKind::ALL.into_iter().zip(by_kind) {
+        let listed = objects.iter().map(|(o, _)| (o.clone(), None)).collect();
         cache.status().replace_all(kind, objects);
-    }
-    let mut state = cache.lock();
-    for (kind, objects) in FluxKind::ALL.into_iter().zip(graphs) {
-        state.replace_all(kind, objects);
+        cache.lock().replace_all(kind, listed);
     }
     tracing::info!(
         files,

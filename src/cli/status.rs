@@ -288,7 +288,7 @@ pub fn run_why(args: WhyArgs) -> ExitCode {
         .iter()
         .filter(|k| args.kind.is_none_or(|a| kind_of(a) == k.kind))
         .flat_map(|k| &k.objects)
-        .filter(|o| o.id.name == args.name && args.namespace.as_ref().is_none_or(|ns| *ns == o.id.namespace))
+        .filter(|o| *o.id.name == *args.name && args.namespace.as_deref().is_none_or(|ns| ns == &*o.id.namespace))
         .collect();
     if matches.is_empty() {
         let place = args.namespace.as_ref().map_or(String::new(), |ns| format!(" in namespace {ns}"));

@@ -6,9 +6,9 @@
 
 use std::collections::VecDeque;
 
-use super::{EdgeKind, Graph, NodeId};
+use petgraph::visit::EdgeFiltered;
 
-const NONE: NodeId = NodeId::MAX;
+use super::{EdgeKind, Graph, Link, NONE, NodeId};
 
 #[derive(Debug, Default)]
 pub(super) struct Scratch {
@@ -78,7 +78,7 @@ impl Graph {
         mut goal: impl FnMut(NodeId) -> bool,
     ) -> Option<Vec<NodeId>> {
         let mut s = self.scratch.borrow_mut();
-        s.begin(self.nodes.len());
+        s.begin(self.node_bound());
         for seed in seeds {
             if s.visit(seed, NONE) {
                 if goal(seed) {
@@ -112,69 +112,20 @@ impl Graph {
     }
 
     /// Every strongly connected component that contains a cycle (two or more members, or one
-    /// member with an edge to itself), over both edge kinds. Iterative Tarjan: no recursion, so
-    /// a long chain cannot overflow the stack.
+    /// member with an edge to itself), over both edge kinds. petgraph's Kosaraju: iterative
+    /// (its Tarjan recurses, and a chain of a hundred thousand objects would overflow the stack).
     pub fn cycles(&self) -> Vec<Scc> {
-        let n = self.nodes.len();
-        let mut index = vec![u32::MAX; n];
-        let mut low = vec![0u32; n];
-        let mut on_stack = vec![false; n];
-        let mut stack: Vec<NodeId> = Vec::new();
+        let waiting = EdgeFiltered::from_fn(&self.store, |e| *e.weight() != Link::Child);
         let mut found = Vec::new();
-        let mut next_index = 0u32;
-        // Call stack of (node, position in its out-edge list).
-        let mut calls: Vec<(NodeId, usize)> = Vec::new();
-        let mut succ: Vec<Vec<NodeId>> = Vec::with_capacity(n);
-        for id in 0..n as NodeId {
-            succ.push(self.out_edges(id).map(|(t, _)| t).collect());
-        }
-        for root in 0..n as NodeId {
-            if index[root as usize] != u32::MAX || !self.is_present(root) {
-                continue;
-            }
-            calls.push((root, 0));
-            index[root as usize] = next_index;
-            low[root as usize] = next_index;
-            next_index += 1;
-            stack.push(root);
-            on_stack[root as usize] = true;
-            while let Some(&mut (v, ref mut pos)) = calls.last_mut() {
-                if let Some(&w) = succ[v as usize].get(*pos) {
-                    *pos += 1;
-                    if index[w as usize] == u32::MAX {
-                        index[w as usize] = next_index;
-                        low[w as usize] = next_index;
-                        next_index += 1;
-                        stack.push(w);
-                        on_stack[w as usize] = true;
-                        calls.push((w, 0));
-                    } else if on_stack[w as usize] {
-                        low[v as usize] = low[v as usize].min(index[w as usize]);
-                    }
-                    continue;
-                }
-                calls.pop();
-                if let Some(&(parent, _)) = calls.last() {
-                    low[parent as usize] = low[parent as usize].min(low[v as usize]);
-                }
-                if low[v as usize] == index[v as usize] {
-                    let mut members = Vec::new();
-                    loop {
-                        let w = stack.pop().expect("tarjan stack holds the component");
-                        on_stack[w as usize] = false;
-                        members.push(w);
-                        if w == v {
-                            break;
-                        }
-                    }
-                    let self_loop = members.len() == 1 && succ[v as usize].contains(&v);
-                    if members.len() > 1 || self_loop {
-                        members.sort_by(|a, b| self.key(*a).cmp(self.key(*b)));
-                        let start = members[0];
-                        let cycle = self.cycle_within(start, &members);
-                        found.push(Scc { members, cycle });
-                    }
-                }
+        for component in petgraph::algo::kosaraju_scc(&waiting) {
+            let mut members: Vec<NodeId> = component.iter().map(|i| i.index() as NodeId).collect();
+            let v = members[0];
+            let self_loop = members.len() == 1 && self.out_edges(v).any(|(t, _)| t == v);
+            if members.len() > 1 || self_loop {
+                members.sort_by(|a, b| self.key(*a).cmp(self.key(*b)));
+                let start = members[0];
+                let cycle = self.cycle_within(start, &members);
+                found.push(Scc { members, cycle });
             }
         }
         found.sort_by(|a, b| self.key(a.members[0]).cmp(self.key(b.members[0])));
@@ -209,25 +160,27 @@ impl Graph {
         // Memoised depth-first search; `best[n]` is the length of the longest chain from `n`.
         let mut best: std::collections::HashMap<NodeId, (u32, NodeId)> = Default::default();
         let mut on_path: std::collections::HashSet<NodeId> = Default::default();
-        let mut calls: Vec<(NodeId, usize)> = vec![(id, 0)];
+        let next_of =
+            |n: NodeId| -> Vec<NodeId> { if up { self.dependents(n).collect() } else { self.deps(n).collect() } };
+        let mut calls: Vec<(NodeId, Vec<NodeId>, usize)> = vec![(id, next_of(id), 0)];
         on_path.insert(id);
-        let next_of = |n: NodeId| if up { self.dependents(n) } else { self.deps(n) };
-        while let Some(&mut (v, ref mut pos)) = calls.last_mut() {
-            let next = next_of(v);
+        while let Some((_, next, pos)) = calls.last_mut() {
             if let Some(&w) = next.get(*pos) {
                 *pos += 1;
                 if !best.contains_key(&w) && !on_path.contains(&w) {
                     on_path.insert(w);
-                    calls.push((w, 0));
+                    calls.push((w, next_of(w), 0));
                 }
                 continue;
             }
-            calls.pop();
+            let (v, next, _) = calls.pop().expect("the call stack is not empty");
             on_path.remove(&v);
             let mut here = (1u32, NONE);
-            for &w in next {
+            for &w in &next {
+                // Of equally long chains, the one through the smallest key: the same answer
+                // whatever order the objects arrived in.
                 if let Some(&(len, _)) = best.get(&w)
-                    && len + 1 > here.0
+                    && (len + 1 > here.0 || (len + 1 == here.0 && self.key(w) < self.key(here.1)))
                 {
                     here = (len + 1, w);
                 }
@@ -261,12 +214,12 @@ impl Graph {
     /// with no present dependency, wave k the objects whose dependencies all sit in earlier
     /// waves. Members of a cycle, and objects that depend on one, get no wave (`None`).
     pub fn waves(&self) -> Vec<Option<u32>> {
-        let n = self.nodes.len();
+        let n = self.node_bound();
         let mut pending = vec![0u32; n];
         let mut wave: Vec<Option<u32>> = vec![None; n];
         let mut queue = VecDeque::new();
         for id in self.present_ids() {
-            pending[id as usize] = self.deps(id).iter().filter(|&&d| self.is_present(d)).count() as u32;
+            pending[id as usize] = self.deps(id).filter(|&d| self.is_present(d)).count() as u32;
             if pending[id as usize] == 0 {
                 wave[id as usize] = Some(0);
                 queue.push_back(id);
@@ -274,7 +227,7 @@ impl Graph {
         }
         while let Some(id) = queue.pop_front() {
             let w = wave[id as usize].expect("queued nodes have a wave");
-            for &dep in self.dependents(id) {
+            for dep in self.dependents(id) {
                 let d = dep as usize;
                 wave[d] = Some(wave[d].map_or(w + 1, |x| x.max(w + 1)));
                 pending[d] -= 1;
@@ -305,8 +258,6 @@ impl Graph {
         while let Some(w) = waves[cur as usize].filter(|w| *w > 0) {
             let next = self
                 .deps(cur)
-                .iter()
-                .copied()
                 .filter(|&d| self.is_present(d) && waves[d as usize] == Some(w - 1))
                 .min_by(|a, b| self.key(*a).cmp(self.key(*b)));
             match next {
@@ -337,7 +288,7 @@ mod tests {
     }
 
     fn names(g: &Graph, ids: &[u32]) -> Vec<String> {
-        ids.iter().map(|&i| g.key(i).name.clone()).collect()
+        ids.iter().map(|&i| g.key(i).name.to_string()).collect()
     }
 
     fn id(g: &Graph, name: &str) -> u32 {

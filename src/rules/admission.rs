@@ -92,7 +92,7 @@ pub fn evaluate_delete(graph: &Graph, policy: &Policy, key: &ObjectKey) -> Vec<F
     let Some(id) = graph.id(key) else {
         return Vec::new();
     };
-    let dependents = graph.sorted_keys(graph.dependents(id).iter().copied().filter(|&d| d != id));
+    let dependents = graph.sorted_keys(graph.dependents(id).filter(|&d| d != id));
     if dependents.is_empty() {
         return Vec::new();
     }
@@ -252,8 +252,8 @@ impl Ctx<'_> {
                 self.push(Rule::CrossNamespaceDependsOn, action, Some(target.clone()), None, msg);
             }
         }
-        for problem in &object.unreadable_depends_on {
-            let introduced = old.is_none_or(|o| !o.unreadable_depends_on.contains(problem));
+        for problem in object.unreadable_depends_on() {
+            let introduced = old.is_none_or(|o| !o.unreadable_depends_on().contains(problem));
             let mut action = self.action(Rule::DanglingDependsOn, introduced);
             if object.has_owner_labels() && action == Action::Deny {
                 action = Action::Warn;
@@ -282,7 +282,7 @@ impl Ctx<'_> {
 fn new_edges(g: &Graph, x: NodeId, old: Option<&FluxObject>) -> (Vec<NodeId>, Vec<NodeId>) {
     let Some(old) = old else {
         let out = g.out_edges(x).map(|(t, _)| t).collect();
-        let incoming = g.dependents(x).iter().chain(g.waited_by(x)).copied().collect();
+        let incoming = g.dependents(x).chain(g.waited_by(x)).collect();
         return (out, incoming);
     };
     let old_explicit: HashSet<NodeId> = old.depends_on.iter().filter_map(|k| g.id(k)).collect();
@@ -292,30 +292,28 @@ fn new_edges(g: &Graph, x: NodeId, old: Option<&FluxObject>) -> (Vec<NodeId>, Ve
     let old_waits: HashSet<NodeId> = if old.wait && old.wait_unowned {
         HashSet::new()
     } else if old.wait {
-        g.children(x).iter().copied().collect()
+        g.children(x).collect()
     } else {
-        old.health_check_kustomizations.iter().filter_map(|k| g.id(k)).filter(|&t| t != x).collect()
+        old.health_check_kustomizations().iter().filter_map(|k| g.id(k)).filter(|&t| t != x).collect()
     };
     let out = g.out_edges(x).map(|(t, _)| t).filter(|t| !old_explicit.contains(t) && !old_waits.contains(t)).collect();
     // Explicit in-edges belong to other objects and are unchanged. A wait in-edge from the
     // owner is new when the old labels did not make `x` that owner's child.
     let incoming = g
         .waited_by(x)
-        .iter()
-        .copied()
         .filter(|&p| {
             // A self-edge is an out-edge too, judged above against the old out-edges.
             if p == x {
                 return false;
             }
             // The edge existed already if the parent lists `x` in its own dependsOn.
-            if g.deps(p).contains(&x) {
+            if g.deps(p).any(|d| d == x) {
                 return false;
             }
             let Some(parent) = g.object(p) else {
                 return false;
             };
-            let by_health_check = !parent.wait && parent.health_check_kustomizations.contains(g.key(x));
+            let by_health_check = !parent.wait && parent.health_check_kustomizations().contains(g.key(x));
             let by_old_owner = parent.wait && old.owner.as_ref() == Some(g.key(p));
             !(by_health_check || by_old_owner)
         })

@@ -52,7 +52,7 @@ pub fn audit_with(graph: &Graph, other: Option<&Graph>, policy: &Policy) -> Vec<
     for id in graph.present_ids() {
         let object = graph.object(id).expect("present ids have objects");
         let counts = count_targets(&object.depends_on);
-        for &dep in graph.deps(id) {
+        for dep in graph.deps(id) {
             let target = graph.key(dep);
             if counts[target] > 1 {
                 let msg = duplicate_message(&object.key, target, counts[target]);
@@ -82,11 +82,11 @@ pub fn audit_with(graph: &Graph, other: Option<&Graph>, policy: &Policy) -> Vec<
                 push(Rule::CrossNamespaceDependsOn, &object.key, Some(target.clone()), None, msg);
             }
         }
-        for problem in &object.unreadable_depends_on {
+        for problem in object.unreadable_depends_on() {
             push(Rule::DanglingDependsOn, &object.key, None, None, unreadable_message(&object.key, problem));
         }
         // A chain is reported once, at its top: the object nothing depends on.
-        if policy.action(Rule::MaxDepth) != Action::Off && graph.dependents(id).is_empty() {
+        if policy.action(Rule::MaxDepth) != Action::Off && graph.dependents(id).next().is_none() {
             let chain = graph.longest_chain(id, false).0;
             if chain.len() > policy.max_depth_limit {
                 let msg = chain_message(graph, &chain, policy.max_depth_limit);
@@ -116,7 +116,7 @@ mod tests {
         policy.set_action(Rule::MaxDepth, Action::Warn);
         policy.max_depth_limit = 2;
         let findings = audit(&g, &policy);
-        let rules: Vec<(String, Rule)> = findings.iter().map(|f| (f.object.name.clone(), f.rule)).collect();
+        let rules: Vec<(String, Rule)> = findings.iter().map(|f| (f.object.name.to_string(), f.rule)).collect();
         assert_eq!(
             rules,
             vec![

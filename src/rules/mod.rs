@@ -156,8 +156,8 @@ pub(crate) fn hint(
     let mut elsewhere: Vec<&str> = graph
         .named(&target.name)
         .filter(|&id| usable(id))
-        .map(|id| graph.key(id).namespace.as_str())
-        .filter(|ns| *ns != target.namespace)
+        .map(|id| &*graph.key(id).namespace)
+        .filter(|ns| *ns != &*target.namespace)
         .collect();
     if !elsewhere.is_empty() {
         elsewhere.sort_unstable();

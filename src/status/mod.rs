@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::graph::{EdgeKind, Graph, NodeId};
+use crate::keyed::ByKey;
 use crate::object::{FluxKind, FluxObject, ObjectKey};
 
 /// The reason Flux sets on `Ready=False` while an object waits for its `dependsOn`.
@@ -43,7 +44,8 @@ pub struct ReadyCondition {
 /// What fluxgate keeps of one object's status.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ObjectStatus {
-    pub ready: Option<ReadyCondition>,
+    /// Boxed: held for every object, and absent on many.
+    pub ready: Option<Box<ReadyCondition>>,
     pub generation: Option<i64>,
     pub observed_generation: Option<i64>,
     pub suspended: bool,
@@ -118,7 +120,7 @@ impl ObjectStatus {
             .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
             .map(|c| {
                 let text = |field: &str| c.get(field).and_then(Value::as_str).unwrap_or_default().to_string();
-                ReadyCondition {
+                Box::new(ReadyCondition {
                     status: match c.get("status").and_then(Value::as_str) {
                         Some("True") => ConditionStatus::True,
                         Some("False") => ConditionStatus::False,
@@ -127,7 +129,7 @@ impl ObjectStatus {
                     reason: text("reason"),
                     message: text("message"),
                     last_transition_time: c.get("lastTransitionTime").and_then(Value::as_str).map(str::to_string),
-                }
+                })
             });
         ObjectStatus {
             ready,
@@ -172,7 +174,48 @@ impl ObjectStatus {
     }
 }
 
-type Key = (FluxKind, ObjectKey);
+/// An object as the source delivered it, with its status.
+type Delivered = (Arc<FluxObject>, StoredStatus);
+
+/// An [`ObjectStatus`] as the store keeps it: 32 bytes instead of 64, for every object of the
+/// cluster. Absent numbers are kept as values no object has; a time budget is kept in
+/// milliseconds, up to 49 days.
+#[derive(Debug)]
+struct StoredStatus {
+    ready: Option<Box<ReadyCondition>>,
+    generation: i64,
+    observed_generation: i64,
+    timeout_ms: u32,
+    suspended: bool,
+}
+
+const ABSENT: i64 = i64::MIN;
+const NO_TIMEOUT: u32 = u32::MAX;
+
+impl From<ObjectStatus> for StoredStatus {
+    fn from(s: ObjectStatus) -> StoredStatus {
+        StoredStatus {
+            ready: s.ready,
+            generation: s.generation.unwrap_or(ABSENT),
+            observed_generation: s.observed_generation.unwrap_or(ABSENT),
+            timeout_ms: s.timeout.map_or(NO_TIMEOUT, |t| u32::try_from(t.as_millis()).unwrap_or(NO_TIMEOUT - 1)),
+            suspended: s.suspended,
+        }
+    }
+}
+
+impl From<&StoredStatus> for ObjectStatus {
+    fn from(s: &StoredStatus) -> ObjectStatus {
+        let number = |n: i64| (n != ABSENT).then_some(n);
+        ObjectStatus {
+            ready: s.ready.clone(),
+            generation: number(s.generation),
+            observed_generation: number(s.observed_generation),
+            suspended: s.suspended,
+            timeout: (s.timeout_ms != NO_TIMEOUT).then(|| Duration::from_millis(u64::from(s.timeout_ms))),
+        }
+    }
+}
 
 /// What the source (the watch, or files) delivered for every object: its status, and the object
 /// as the rules read it. Behind a lock of its own, so that a status event and a status report
@@ -180,14 +223,19 @@ type Key = (FluxKind, ObjectKey);
 /// delivered by the source are not here: they have no status yet.
 #[derive(Debug, Default)]
 pub struct StatusStore {
-    map: RwLock<HashMap<Key, (Arc<FluxObject>, ObjectStatus)>>,
+    /// Per kind.
+    map: RwLock<[ByKey<Delivered>; 2]>,
 }
 
 impl StatusStore {
     /// Records an object and its status as the source delivered them.
     pub fn record(&self, object: Arc<FluxObject>, status: ObjectStatus) {
-        let key = (object.kind, object.key.clone());
-        self.map.write().unwrap_or_else(|p| p.into_inner()).insert(key, (object, status));
+        self.map.write().unwrap_or_else(|p| p.into_inner())[object.kind.index()].insert((object, status.into()));
+    }
+
+    /// Makes room for `additional` more objects of `kind` at once (a list on its way).
+    pub fn reserve(&self, kind: FluxKind, additional: usize) {
+        self.map.write().unwrap_or_else(|p| p.into_inner())[kind.index()].reserve(additional);
     }
 
     /// Records a watched object: `object` is what the rules read of `watched`.
@@ -198,28 +246,32 @@ impl StatusStore {
     /// After a relist: forgets the objects of `kind` that were not listed.
     pub fn keep_only<'a>(&self, kind: FluxKind, listed: impl IntoIterator<Item = &'a ObjectKey>) {
         let listed: HashSet<&ObjectKey> = listed.into_iter().collect();
-        self.map.write().unwrap_or_else(|p| p.into_inner()).retain(|(k, key), _| *k != kind || listed.contains(key));
+        self.map.write().unwrap_or_else(|p| p.into_inner())[kind.index()].retain(|(o, _)| listed.contains(&o.key));
     }
 
     /// Forgets a deleted object.
     pub fn forget(&self, kind: FluxKind, key: &ObjectKey) {
-        self.map.write().unwrap_or_else(|p| p.into_inner()).remove(&(kind, key.clone()));
+        self.map.write().unwrap_or_else(|p| p.into_inner())[kind.index()].remove(key);
     }
 
     /// Replaces every object of `kind` (files loaded afresh).
     pub fn replace_all(&self, kind: FluxKind, objects: impl IntoIterator<Item = (Arc<FluxObject>, ObjectStatus)>) {
-        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
-        map.retain(|(k, _), _| *k != kind);
-        map.extend(objects.into_iter().map(|(o, s)| ((kind, o.key.clone()), (o, s))));
+        let map = &mut self.map.write().unwrap_or_else(|p| p.into_inner())[kind.index()];
+        map.clear();
+        let objects = objects.into_iter();
+        map.reserve(objects.size_hint().0);
+        for (object, status) in objects {
+            map.insert((object, status.into()));
+        }
     }
 
     /// The objects of `kind` and their statuses: `Arc` and status copies, under the store's own
     /// lock.
     pub fn snapshot(&self, kind: FluxKind) -> (Vec<Arc<FluxObject>>, HashMap<ObjectKey, ObjectStatus>) {
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
-        let mine = map.iter().filter(|((k, _), _)| *k == kind);
-        let objects = mine.clone().map(|(_, (o, _))| o.clone()).collect();
-        let statuses = mine.map(|((_, key), (_, s))| (key.clone(), s.clone())).collect();
+        let mine = &map[kind.index()];
+        let objects = mine.iter().map(|(o, _)| o.clone()).collect();
+        let statuses = mine.iter().map(|(o, s)| (o.key.clone(), ObjectStatus::from(s))).collect();
         (objects, statuses)
     }
 
@@ -387,8 +439,7 @@ pub fn worst_case(
     for &id in &order {
         let slowest = graph
             .deps(id)
-            .iter()
-            .filter_map(|d| best.get(d).map(|(t, _)| (*t, *d)))
+            .filter_map(|d| best.get(&d).map(|(t, _)| (*t, d)))
             .max_by(|a, b| a.0.cmp(&b.0).then_with(|| graph.key(b.1).cmp(graph.key(a.1))));
         let total = budget(graph.key(id)) + slowest.map_or(Duration::ZERO, |(t, _)| t);
         best.insert(id, (total, slowest.map(|(_, d)| d)));
@@ -472,10 +523,7 @@ pub fn analyze(
     objects: impl IntoIterator<Item = Arc<FluxObject>>,
     statuses: &HashMap<ObjectKey, ObjectStatus>,
 ) -> KindReport {
-    let mut graph = Graph::new(kind);
-    for o in objects {
-        graph.upsert(o);
-    }
+    let graph = Graph::from_objects(kind, objects);
     let waves = graph.waves();
     let sccs = graph.cycles();
     let mut cycle_of: HashMap<NodeId, usize> = HashMap::new();
@@ -510,15 +558,16 @@ pub fn analyze(
                 since: status.ready.as_ref().and_then(|r| r.last_transition_time.clone()),
                 in_cycle: cycle_of.contains_key(&id),
                 roots,
-                depends_on: graph.deps(id).iter().map(|&d| graph.key(d).clone()).collect(),
-                uid: graph.object(id).and_then(|o| o.uid.clone()),
+                depends_on: graph.deps(id).map(|d| graph.key(d).clone()).collect(),
+                uid: graph.object(id).and_then(|o| o.uid.as_ref()).map(ToString::to_string),
             }
         })
         .collect();
     objects.sort_by(|a, b| a.id.cmp(&b.id));
-    let mut missing: Vec<ObjectKey> = (0..graph.node_count() as NodeId)
+    let mut missing: Vec<ObjectKey> = graph
+        .node_ids()
         .filter(|&id| !graph.is_present(id))
-        .filter(|&id| !graph.dependents(id).is_empty() || !graph.waited_by(id).is_empty())
+        .filter(|&id| graph.dependents(id).next().is_some() || graph.waited_by(id).next().is_some())
         .map(|id| graph.key(id).clone())
         .collect();
     missing.sort();

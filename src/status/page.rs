@@ -42,12 +42,12 @@ mod tests {
     #[test]
     fn messages_cannot_close_the_data_block() {
         let status = ObjectStatus {
-            ready: Some(ReadyCondition {
+            ready: Some(Box::new(ReadyCondition {
                 status: crate::status::ConditionStatus::False,
                 reason: "BuildFailed".into(),
                 message: "</script><script>alert(1)</script><!--".into(),
                 last_transition_time: None,
-            }),
+            })),
             ..ObjectStatus::default()
         };
         let statuses = HashMap::from([(ObjectKey::new("f", "a"), status)]);

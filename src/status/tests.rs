@@ -41,7 +41,7 @@ fn roots(r: &KindReport, name: &str) -> Vec<(String, Cause, String)> {
         .unwrap()
         .roots
         .iter()
-        .map(|root| (root.id.name.clone(), root.cause, format_chain(&root.chain)))
+        .map(|root| (root.id.name.to_string(), root.cause, format_chain(&root.chain)))
         .collect()
 }
 
@@ -145,7 +145,7 @@ fn ready_dependencies_hold_nothing_up() {
 #[test]
 fn implicit_waits_are_followed() {
     let mut parent = (*ks("f", "parent", &[])).clone();
-    parent.health_check_kustomizations = vec![key("f/child")];
+    parent.set_health_check_kustomizations(vec![key("f/child")]);
     let statuses = HashMap::from([
         (key("f/app"), waiting("f/parent")),
         (key("f/parent"), waiting("f/child")),
@@ -296,4 +296,28 @@ fn worst_case_follows_the_slowest_chain_and_waves_time_from_ready_transitions() 
         ("app", &["slow"], timed("2026-11-26T10:10:30Z", 120)),
     ]);
     assert_eq!(r.rollout.wave_seconds, [Some(0), None, None]);
+}
+
+#[test]
+fn the_store_gives_back_the_status_it_was_given() {
+    let condition = ReadyCondition {
+        status: ConditionStatus::False,
+        reason: "BuildFailed".into(),
+        message: "kustomize build failed".into(),
+        last_transition_time: Some("2026-11-26T10:00:00Z".into()),
+    };
+    let statuses = [
+        ObjectStatus::default(),
+        ObjectStatus {
+            ready: Some(Box::new(condition)),
+            generation: Some(7),
+            observed_generation: Some(-1),
+            suspended: true,
+            timeout: Some(std::time::Duration::from_millis(90_500)),
+        },
+        ObjectStatus { generation: Some(0), observed_generation: None, ..ObjectStatus::default() },
+    ];
+    for status in statuses {
+        assert_eq!(ObjectStatus::from(&StoredStatus::from(status.clone())), status);
+    }
 }
