@@ -76,7 +76,7 @@ pub fn check(kind: FluxKind, defaults: &SpecDefaults) -> Result<(), Rejected> {
     // What the walk does not check (bounds, lengths, other patterns, required fields of list
     // items), the schema validator does.
     if let Some(e) = partial_validator(kind).iter_errors(&value).next() {
-        return Err(Rejected { key: dotted(&e.instance_path.to_string()), message: e.to_string() });
+        return Err(Rejected { key: dotted(&e.instance_path().to_string()), message: e.to_string() });
     }
     Ok(())
 }

@@ -93,7 +93,12 @@ pub fn view(graph: &Graph, budgets: &HashMap<ObjectKey, Duration>) -> GraphView 
         .collect();
     let mut edges = Vec::new();
     for &id in &ids {
-        for (to, kind) in graph.out_edges(id) {
+        // dependsOn edges in the order written, then wait edges by key: the same picture
+        // whatever order the objects arrived in.
+        let mut out: Vec<(NodeId, EdgeKind)> = graph.out_edges(id).collect();
+        let first_wait = out.iter().position(|(_, k)| *k == EdgeKind::Wait).unwrap_or(out.len());
+        out[first_wait..].sort_by(|a, b| graph.key(a.0).cmp(graph.key(b.0)));
+        for (to, kind) in out {
             edges.push(EdgeView {
                 from: name(id),
                 to: name(to),

@@ -143,8 +143,11 @@ impl Graph {
             if first == start {
                 return vec![start, start];
             }
+            // Of equally short cycles, the one whose keys sort first: the same answer whatever
+            // order the edges were laid in.
+            let keys = |c: &[NodeId]| c.iter().map(|&id| self.key(id)).collect::<Vec<_>>();
             if let Some(c) = self.cycle_via(start, first)
-                && best.as_ref().is_none_or(|b| c.len() < b.len())
+                && best.as_ref().is_none_or(|b| (c.len(), keys(&c)) < (b.len(), keys(b)))
             {
                 best = Some(c);
             }

@@ -46,6 +46,7 @@ fn strict(schema: &mut Value) {
 /// Panics with every schema error of `object`.
 pub fn assert_valid(schema: &Value, object: &Value) {
     let validator = jsonschema::validator_for(schema).expect("the CRD schema compiles");
-    let errors: Vec<String> = validator.iter_errors(object).map(|e| format!("{} at {}", e, e.instance_path)).collect();
+    let errors: Vec<String> =
+        validator.iter_errors(object).map(|e| format!("{} at {}", e, e.instance_path())).collect();
     assert!(errors.is_empty(), "{} is invalid: {errors:?}", object["metadata"]["name"]);
 }
