@@ -233,16 +233,6 @@ impl StatusStore {
         self.map.write().unwrap_or_else(|p| p.into_inner())[object.kind.index()].insert((object, status.into()));
     }
 
-    /// Makes room for `additional` more objects of `kind` at once (a list on its way).
-    pub fn reserve(&self, kind: FluxKind, additional: usize) {
-        self.map.write().unwrap_or_else(|p| p.into_inner())[kind.index()].reserve(additional);
-    }
-
-    /// Records a watched object: `object` is what the rules read of `watched`.
-    pub fn record_watched(&self, watched: &kube::api::DynamicObject, object: Arc<FluxObject>) {
-        self.record(object, ObjectStatus::from_dynamic(watched));
-    }
-
     /// After a relist: forgets the objects of `kind` that were not listed.
     pub fn keep_only<'a>(&self, kind: FluxKind, listed: impl IntoIterator<Item = &'a ObjectKey>) {
         let listed: HashSet<&ObjectKey> = listed.into_iter().collect();
