@@ -169,11 +169,7 @@ async fn main() {
         )
     };
     // The full policy is the one deploy/ ships.
-    let shipped: serde_json::Value = serde_saphyr::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/base/policy.yaml")).unwrap(),
-    )
-    .unwrap();
-    let full = start("full", shipped["data"]["policy.yaml"].as_str().unwrap());
+    let full = start("full", &common::shipped_policy());
     let floor = start("floor", FLOOR);
     for s in [&full, &floor] {
         let deadline = Instant::now() + Duration::from_secs(60);

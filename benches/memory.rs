@@ -92,12 +92,8 @@ async fn main() {
     for sub in ["kube-1".to_string(), format!("kube-{large}")] {
         std::fs::create_dir_all(dir.path().join(sub)).unwrap();
     }
-    let shipped: serde_json::Value = serde_saphyr::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/base/policy.yaml")).unwrap(),
-    )
-    .unwrap();
     let policy = dir.path().join("policy.yaml");
-    std::fs::write(&policy, shipped["data"]["policy.yaml"].as_str().unwrap()).unwrap();
+    std::fs::write(&policy, common::shipped_policy()).unwrap();
     let tls = ["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()];
     let shipped_policy = [&tls[..], &["--policy", policy.to_str().unwrap()]].concat();
     println!("fluxgate serve with 1 and {large} Kustomizations: resident memory after the first audit, time to ready");

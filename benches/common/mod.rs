@@ -91,6 +91,15 @@ pub fn fleet(total: usize) -> Vec<Value> {
     objects
 }
 
+/// The policy file `deploy/` ships (the `policy.yaml` of its ConfigMap): the policy as installed.
+pub fn shipped_policy() -> String {
+    let config_map: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/base/policy.yaml")).unwrap(),
+    )
+    .unwrap();
+    config_map["data"]["policy.yaml"].as_str().expect("the ConfigMap holds policy.yaml").to_string()
+}
+
 /// Writes `objects` as multi-document manifests under `dir`, 1,000 to a file.
 pub fn write_manifests(dir: &Path, objects: &[Value]) {
     std::fs::create_dir_all(dir).unwrap();

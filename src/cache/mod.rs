@@ -126,14 +126,13 @@ impl State {
     /// The source delivered `object` (an initial list item, a watch event, a file).
     /// `resource_version` is the object's `metadata.resourceVersion`, when it has one.
     pub fn apply(&mut self, object: Arc<FluxObject>, resource_version: Option<&str>) {
+        let key = (object.kind, object.key.clone());
         let base = &mut self.base[object.kind.index()];
         // Most watch events change only the status: they cost a lookup, never graph work.
-        let pending = !self.overlay.is_empty() && self.overlay.contains_key(&(object.kind, object.key.clone()));
-        if !pending && base.get(&object.key).is_some_and(|old| **old == *object) {
+        if !self.overlay.contains_key(&key) && base.get(&object.key).is_some_and(|old| **old == *object) {
             return;
         }
         base.insert(object.clone());
-        let key = (object.kind, object.key.clone());
         if let Some(entry) = self.overlay.get(&key) {
             let stale = resource_version.is_some() && entry.replaced_version.as_deref() == resource_version;
             if stale {
@@ -167,9 +166,7 @@ impl State {
         }
         let base = &mut self.base[kind.index()];
         base.reserve(objects.len().saturating_sub(base.len()));
-        let graph = self.graphs.get_mut(kind);
-        let edges: usize = objects.iter().map(|(o, _)| o.depends_on.len() + 1).sum();
-        graph.reserve(objects.len().saturating_sub(graph.len()), edges.saturating_sub(graph.len()));
+        self.graphs.get_mut(kind).make_room(objects.iter().map(|(o, _)| &**o));
         for (object, version) in objects {
             self.apply(object, version.as_deref());
         }

@@ -347,10 +347,9 @@ impl Source {
                     }
                 }
                 let params = WatchParams::default().timeout(timeout_secs);
-                let request = watch.watch(&params, &version).map_err(kube::Error::BuildRequest);
-                let stream = match request {
+                let stream = match watch.watch(&params, &version) {
                     Ok(request) => self.client.request_events::<SlimObject>(request).await,
-                    Err(e) => Err(e),
+                    Err(e) => Err(kube::Error::BuildRequest(e)),
                 };
                 let stream = match stream {
                     Ok(stream) => stream,

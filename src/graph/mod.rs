@@ -299,19 +299,22 @@ impl Graph {
     pub fn from_objects(kind: FluxKind, objects: impl IntoIterator<Item = Arc<FluxObject>>) -> Graph {
         let objects: Vec<Arc<FluxObject>> = objects.into_iter().collect();
         let mut graph = Graph::new(kind);
-        graph.reserve(objects.len(), objects.iter().map(|o| o.depends_on.len() + 1).sum());
+        graph.make_room(objects.iter().map(|o| &**o));
         for object in objects {
             graph.upsert(object);
         }
         graph
     }
 
-    /// Makes room for `nodes` more nodes and `edges` more edges at once. A list of a hundred
-    /// thousand objects would otherwise grow each table by doubling, and the allocator keeps
-    /// the abandoned smaller copies resident.
-    pub fn reserve(&mut self, nodes: usize, edges: usize) {
+    /// Makes room at once for a graph holding `objects` (a node and an owner edge each, and an
+    /// edge per `dependsOn` entry). A list of a hundred thousand objects would otherwise grow
+    /// each table by doubling, and the allocator keeps the abandoned smaller copies resident.
+    pub fn make_room<'a>(&mut self, objects: impl IntoIterator<Item = &'a FluxObject>) {
+        let (nodes, edges) =
+            objects.into_iter().fold((0usize, 0usize), |(n, e), o| (n + 1, e + o.depends_on.len() + 1));
+        let nodes = nodes.saturating_sub(self.store.node_count());
         self.store.reserve_nodes(nodes);
-        self.store.reserve_edges(edges);
+        self.store.reserve_edges(edges.saturating_sub(self.store.edge_count()));
         let (store, hasher) = (&self.store, &self.hasher);
         self.index.reserve(nodes, |&i| hasher.hash_one(&store[ix(i)].key));
     }
