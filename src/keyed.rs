@@ -115,7 +115,7 @@ mod tests {
         assert!(t.remove(&ObjectKey::new("f", "b")).is_some());
         assert!(!t.contains(&ObjectKey::new("f", "b")));
         assert!(t.remove(&ObjectKey::new("f", "b")).is_none());
-        t.retain(|o| o.key.name.as_ref() != "a");
+        t.retain(|o| &*o.key.name != "a");
         assert!(t.is_empty());
     }
 }

@@ -30,6 +30,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
+use arcstr::ArcStr;
 use hashbrown::HashTable;
 use petgraph::Direction::{Incoming, Outgoing};
 use petgraph::stable_graph::{EdgeIndex, NodeIndex, StableDiGraph};
@@ -84,7 +85,7 @@ pub struct Graph {
     index: HashTable<NodeId>,
     /// One node per name (the head of its chain of namesakes).
     by_name: HashTable<NodeId>,
-    by_namespace: HashMap<Arc<str>, Vec<NodeId>>,
+    by_namespace: HashMap<ArcStr, Vec<NodeId>>,
     present: usize,
     /// Nodes that lost an object or an in-edge during the current update: freed at its end if
     /// nothing refers to them any more.
@@ -108,7 +109,7 @@ fn ix(id: NodeId) -> NodeIndex<u32> {
 }
 
 /// Takes `id` out of an index bucket, dropping the bucket when it empties.
-fn unlist(index: &mut HashMap<Arc<str>, Vec<NodeId>>, bucket: &str, id: NodeId) {
+fn unlist(index: &mut HashMap<ArcStr, Vec<NodeId>>, bucket: &str, id: NodeId) {
     if let Some(ids) = index.get_mut(bucket) {
         if let Some(pos) = ids.iter().position(|&i| i == id) {
             ids.swap_remove(pos);
