@@ -413,6 +413,13 @@ pub fn field_is_unowned(metadata: &Value, path: &[&str]) -> bool {
     })
 }
 
+/// The value at `path`, a list of object fields (`["spec", "timeout"]`). What
+/// `Value::pointer("/spec/timeout")` finds, without the two strings `pointer` allocates per
+/// step to unescape it: the loaders call this a few times per object.
+pub fn at<'v>(value: &'v Value, path: &[&str]) -> Option<&'v Value> {
+    path.iter().try_fold(value, |v, field| v.get(field))
+}
+
 /// The Flux kind of a manifest or request object, from its `apiVersion` and `kind` fields;
 /// `None` for anything else.
 pub fn kind_of(value: &Value) -> Option<FluxKind> {

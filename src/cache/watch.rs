@@ -31,7 +31,7 @@ use kube::core::Request;
 use serde_json::Value;
 
 use super::Cache;
-use crate::object::{FluxKind, FluxObject, ObjectKey};
+use crate::object::{FluxKind, FluxObject, ObjectKey, at};
 use crate::slim::SlimObject;
 use crate::status::ObjectStatus;
 
@@ -120,7 +120,7 @@ pub fn read_object(kind: FluxKind, object: &Value) -> Result<(FluxObject, Option
 /// Such an object counts as gone: it will not be there for a dependent to wait for, and its
 /// own edges go with it.
 fn is_terminating(object: &Value) -> bool {
-    object.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null())
+    at(object, &["metadata", "deletionTimestamp"]).is_some_and(|t| !t.is_null())
 }
 
 /// One page of a list, its items decoded slim: a page of 500 objects never exists as 500 whole

@@ -61,7 +61,7 @@ pub fn build_graphs<'a>(objects: impl IntoIterator<Item = &'a Loaded>) -> (Graph
     let mut places = HashMap::new();
     for l in objects {
         graphs.get_mut(l.object.kind).upsert(Arc::new(l.object.clone()));
-        places.insert((l.object.kind, l.object.key.clone()), (l.file.clone(), l.line));
+        places.insert((l.object.kind, l.object.key.clone()), (l.file.to_path_buf(), l.line));
     }
     (graphs, places)
 }

@@ -17,10 +17,11 @@ mod tree;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::object::{FluxKind, FluxObject, ObjectKey, kind_of};
+use crate::object::{FluxKind, FluxObject, ObjectKey, at, kind_of};
 use crate::slim::SlimObject;
 use crate::status::ObjectStatus;
 
@@ -34,7 +35,8 @@ const KUSTOMIZATION_FILES: [&str; 3] = ["kustomization.yaml", "kustomization.yml
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub object: FluxObject,
-    pub file: PathBuf,
+    /// Shared by the objects of one file.
+    pub file: Arc<Path>,
     /// 1-based line where the object's document starts.
     pub line: usize,
     /// The status written in the document: present in a dump of a cluster's objects
@@ -150,17 +152,17 @@ impl RawObject {
     fn new(kind: FluxKind, slim: &Value, file: usize, line: usize, text: &mut String) -> RawObject {
         let start = text.len();
         text.push_str(&slim.to_string());
-        let field = |p: &str| slim.pointer(p).and_then(Value::as_str).map(str::to_string);
-        let substitute = slim.pointer("/spec/postBuild/substitute").and_then(Value::as_object).map(|vars| {
+        let field = |p: &[&str]| at(slim, p).and_then(Value::as_str).map(str::to_string);
+        let substitute = at(slim, &["spec", "postBuild", "substitute"]).and_then(Value::as_object).map(|vars| {
             vars.iter().map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string))).collect()
         });
         RawObject {
             kind,
             file,
             span: start..text.len(),
-            path: field("/spec/path"),
-            source: field("/spec/sourceRef/name").map(|name| (field("/spec/sourceRef/kind"), name)),
-            target_namespace: field("/spec/targetNamespace"),
+            path: field(&["spec", "path"]),
+            source: field(&["spec", "sourceRef", "name"]).map(|name| (field(&["spec", "sourceRef", "kind"]), name)),
+            target_namespace: field(&["spec", "targetNamespace"]),
             substitute,
             line,
         }
@@ -272,15 +274,19 @@ pub fn load_with(paths: &[PathBuf], options: LoadOptions) -> Manifests {
     instances.sort_unstable();
     instances.dedup();
 
-    let mut resolved: HashMap<Instance, usize> = HashMap::new();
+    // What each instance became: its index in `out.objects`, by position in `instances`
+    // (sorted, so an instance is found by binary search).
+    let mut resolved: Vec<Option<usize>> = vec![None; instances.len()];
+    let position = |inst: &Instance| instances.binary_search(inst).ok();
     let mut first_error: HashSet<usize> = HashSet::new();
+    let shared_files: Vec<Arc<Path>> = files.iter().map(|f| Arc::from(f.as_path())).collect();
     let objects = parallel_map(&instances, |&(i, parent)| resolver.object(i, parent));
-    for (&(i, parent), object) in instances.iter().zip(objects) {
+    for (n, (&(i, _), object)) in instances.iter().zip(objects).enumerate() {
         let raw = &raws[i];
         match object {
             Ok((object, status)) => {
-                resolved.insert((i, parent), out.objects.len());
-                out.objects.push(Loaded { object, file: files[raw.file].clone(), line: raw.line, status });
+                resolved[n] = Some(out.objects.len());
+                out.objects.push(Loaded { object, file: shared_files[raw.file].clone(), line: raw.line, status });
             }
             Err(e) => {
                 if first_error.insert(i) {
@@ -293,54 +299,59 @@ pub fn load_with(paths: &[PathBuf], options: LoadOptions) -> Manifests {
             }
         }
     }
-
     // Clusters conflict when one name stands for different objects in different clusters.
-    let mut definitions: HashMap<(FluxKind, ObjectKey), &FluxObject> = HashMap::new();
+    let mut definitions: HashMap<(FluxKind, &ObjectKey), &FluxObject> = HashMap::with_capacity(out.objects.len());
     let mut conflict = false;
     for l in &out.objects {
-        let key = (l.object.kind, l.object.key.clone());
-        match definitions.get(&key) {
-            Some(other) if **other != l.object => conflict = true,
-            Some(_) => {}
-            None => {
-                definitions.insert(key, &l.object);
+        match definitions.entry((l.object.kind, &l.object.key)) {
+            std::collections::hash_map::Entry::Occupied(other) => conflict |= **other.get() != l.object,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(&l.object);
             }
         }
     }
+    drop(definitions);
+    let object_of = |inst: &Instance| position(inst).and_then(|p| resolved[p]);
     if conflict && per_cluster.len() > 1 {
         out.clusters = per_cluster
             .iter()
             .map(|(folder, list)| Cluster {
                 folder: folder.clone(),
-                members: list.iter().filter_map(|inst| resolved.get(inst).copied()).collect(),
+                members: list.iter().filter_map(object_of).collect(),
             })
             .collect();
     } else {
-        // One graph: each document once, as resolved in the first cluster that has it.
-        let mut seen = HashSet::new();
-        let first: HashSet<usize> = instances
-            .iter()
-            .filter(|inst| seen.insert(inst.0))
-            .filter_map(|inst| resolved.get(inst).copied())
-            .collect();
+        // One graph: each document once, as resolved in the first cluster that has it
+        // (instances are sorted by document, so its first instance).
+        let mut kept_object = vec![false; out.objects.len()];
+        let mut seen = vec![false; raws.len()];
+        for (n, &(i, _)) in instances.iter().enumerate() {
+            if !std::mem::replace(&mut seen[i], true)
+                && let Some(o) = resolved[n]
+            {
+                kept_object[o] = true;
+            }
+        }
         let all = std::mem::take(&mut out.objects);
-        let mut renumber: HashMap<usize, usize> = HashMap::new();
+        let mut renumber: Vec<Option<usize>> = vec![None; all.len()];
         for (n, l) in all.into_iter().enumerate() {
-            if first.contains(&n) {
-                renumber.insert(n, out.objects.len());
+            if kept_object[n] {
+                renumber[n] = Some(out.objects.len());
                 out.objects.push(l);
             }
         }
         // Each document's kept object stands for it in every cluster.
-        let kept: HashMap<usize, usize> = instances
-            .iter()
-            .filter_map(|inst| resolved.get(inst).and_then(|n| renumber.get(n)).map(|&k| (inst.0, k)))
-            .collect();
+        let mut kept: Vec<Option<usize>> = vec![None; raws.len()];
+        for (n, &(i, _)) in instances.iter().enumerate() {
+            if let Some(k) = resolved[n].and_then(|o| renumber[o]) {
+                kept[i] = Some(k);
+            }
+        }
         out.groups = per_cluster
             .iter()
             .map(|(folder, list)| Cluster {
                 folder: folder.clone(),
-                members: list.iter().filter_map(|inst| kept.get(&inst.0).copied()).collect(),
+                members: list.iter().filter_map(|inst| kept[inst.0]).collect(),
             })
             .collect();
         return out;
@@ -490,7 +501,7 @@ fn read_file(file: &Path, index: usize) -> FileRead {
 fn add_target_namespace_copies(raws: &mut Vec<RawObject>, texts: &mut [String], tree: &mut tree::Tree) {
     for &k in &tree.self_applied {
         let mut copy = raws[k].value(texts);
-        let own = copy.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default();
+        let own = at(&copy, &["metadata", "namespace"]).and_then(Value::as_str).unwrap_or_default();
         let Some(target) = raws[k].target_namespace.clone().filter(|t| !t.is_empty() && *t != own && !t.contains("${"))
         else {
             continue;
@@ -576,8 +587,7 @@ impl<'a> Resolver<'a> {
                 value = v;
             }
         }
-        let namespace = value
-            .pointer("/metadata/namespace")
+        let namespace = at(&value, &["metadata", "namespace"])
             .and_then(Value::as_str)
             .filter(|ns| !ns.is_empty())
             .map(str::to_string)
@@ -592,7 +602,7 @@ impl<'a> Resolver<'a> {
     /// The key of Kustomization `i` as `parent` (its own first parent) resolves it.
     fn key(&self, i: usize, parent: Option<usize>) -> Option<ObjectKey> {
         let (value, namespace) = self.substituted(i, self.raws[i].value(self.texts), parent);
-        let name = value.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+        let name = at(&value, &["metadata", "name"]).and_then(Value::as_str).unwrap_or_default();
         (!name.is_empty()).then(|| ObjectKey::new(namespace, name))
     }
 

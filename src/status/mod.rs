@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::graph::{EdgeKind, Graph, NodeId};
 use crate::keyed::ByKey;
-use crate::object::{FluxKind, FluxObject, ObjectKey};
+use crate::object::{FluxKind, FluxObject, ObjectKey, at};
 
 /// The reason Flux sets on `Ready=False` while an object waits for its `dependsOn`.
 pub const DEPENDENCY_NOT_READY: &str = "DependencyNotReady";
@@ -58,8 +58,8 @@ pub struct ObjectStatus {
 const MIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn timeout_of(value: &Value) -> Option<Duration> {
-    let field = |name: &str| value.pointer(name).and_then(Value::as_str).and_then(crate::policy::parse_duration);
-    field("/spec/timeout").or_else(|| field("/spec/interval").map(|i| i.saturating_sub(MIN_TIMEOUT).max(MIN_TIMEOUT)))
+    let field = |name: &str| at(value, &["spec", name]).and_then(Value::as_str).and_then(crate::policy::parse_duration);
+    field("timeout").or_else(|| field("interval").map(|i| i.saturating_sub(MIN_TIMEOUT).max(MIN_TIMEOUT)))
 }
 
 /// The state of one object.
@@ -112,8 +112,7 @@ impl ObjectStatus {
     /// of the wrong type read as absent: status is written by controllers, not by users, and one
     /// odd field must not hide the rest.
     pub fn from_value(value: &Value) -> ObjectStatus {
-        let ready = value
-            .pointer("/status/conditions")
+        let ready = at(value, &["status", "conditions"])
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
@@ -133,9 +132,9 @@ impl ObjectStatus {
             });
         ObjectStatus {
             ready,
-            generation: value.pointer("/metadata/generation").and_then(Value::as_i64),
-            observed_generation: value.pointer("/status/observedGeneration").and_then(Value::as_i64),
-            suspended: value.pointer("/spec/suspend").and_then(Value::as_bool).unwrap_or(false),
+            generation: at(value, &["metadata", "generation"]).and_then(Value::as_i64),
+            observed_generation: at(value, &["status", "observedGeneration"]).and_then(Value::as_i64),
+            suspended: at(value, &["spec", "suspend"]).and_then(Value::as_bool).unwrap_or(false),
             timeout: timeout_of(value),
         }
     }
