@@ -7,7 +7,9 @@
 //! object (the difference in resident memory divided by the difference in objects), the peak
 //! resident memory of the large run, and time from start to `/readyz` answering 200; asserts nothing (goal: <= 512 B per object, ready <= 2 s).
 //!
-//! Each mode runs with the policy `deploy/` ships, as installed, and again with the built-in
+//! Each mode runs as installed: with the allocator settings the Deployment in `deploy/` gives the
+//! container (`GLIBC_TUNABLES`; the image sets the same) and the policy it ships. Then with
+//! glibc's default allocator settings (the binary started by hand), and with the built-in
 //! defaults, where every rule is on: on this fleet the `maxDepth` rule then reports about 40 %
 //! of the objects, and the audit report holds a message per finding (a chain of a dozen keys),
 //! which is memory per finding rather than per cached object.
@@ -46,23 +48,28 @@ async fn sample(args: &[&str], env: &[(&str, &str)]) -> Sample {
     Sample { ready, resident, peak }
 }
 
-async fn manifests_mode(dir: &std::path::Path, tls: &[&str], n: usize) -> Sample {
+async fn manifests_mode(dir: &std::path::Path, tls: &[&str], tunables: &str, n: usize) -> Sample {
     let fleet = dir.join(format!("fleet-{n}"));
     if !fleet.exists() {
         common::write_manifests(&fleet, &common::fleet(n));
     }
     let mut args = vec!["--manifests", fleet.to_str().unwrap()];
     args.extend_from_slice(tls);
-    sample(&args, &[("RUST_LOG", "warn,fluxgate::cli=info")]).await
+    sample(&args, &[("RUST_LOG", "warn,fluxgate::cli=info"), ("GLIBC_TUNABLES", tunables)]).await
 }
 
-async fn cluster_mode(dir: &std::path::Path, tls: &[&str], n: usize) -> Sample {
+async fn cluster_mode(dir: &std::path::Path, tls: &[&str], tunables: &str, n: usize) -> Sample {
     let fake = fake_api::FakeApi::start(true).await;
     for o in common::fleet(n) {
         fake.apply(o);
     }
     let kubeconfig = fake.kubeconfig(&dir.join(format!("kube-{n}")));
-    sample(tls, &[("KUBECONFIG", kubeconfig.to_str().unwrap()), ("RUST_LOG", "warn,fluxgate::cli=info")]).await
+    let env = [
+        ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+        ("RUST_LOG", "warn,fluxgate::cli=info"),
+        ("GLIBC_TUNABLES", tunables),
+    ];
+    sample(tls, &env).await
 }
 
 fn row(mode: &str, large: usize, one: &Sample, many: &Sample) {
@@ -107,12 +114,19 @@ async fn main() {
         "ready (1)",
         format!("ready ({large})")
     );
-    for (policy, args) in [("shipped policy", &shipped_policy[..]), ("every rule on", &tls[..])] {
-        let one = manifests_mode(dir.path(), args, 1).await;
-        let many = manifests_mode(dir.path(), args, large).await;
-        row(&format!("--manifests, {policy}"), large, &one, &many);
-        let one = cluster_mode(dir.path(), args, 1).await;
-        let many = cluster_mode(dir.path(), args, large).await;
-        row(&format!("cluster, {policy}"), large, &one, &many);
+    let deployed = common::deployed_glibc_tunables();
+    println!("as deployed: GLIBC_TUNABLES={deployed}; glibc defaults: GLIBC_TUNABLES empty");
+    let runs = [
+        ("as deployed", &shipped_policy[..], deployed.as_str()),
+        ("glibc defaults", &shipped_policy[..], ""),
+        ("every rule on", &tls[..], deployed.as_str()),
+    ];
+    for (label, args, tunables) in runs {
+        let one = manifests_mode(dir.path(), args, tunables, 1).await;
+        let many = manifests_mode(dir.path(), args, tunables, large).await;
+        row(&format!("--manifests, {label}"), large, &one, &many);
+        let one = cluster_mode(dir.path(), args, tunables, 1).await;
+        let many = cluster_mode(dir.path(), args, tunables, large).await;
+        row(&format!("cluster, {label}"), large, &one, &many);
     }
 }

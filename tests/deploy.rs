@@ -92,6 +92,12 @@ fn check_base(objects: &[Value]) {
     }
     let args = c.args.clone().unwrap();
     assert!(args.contains(&"--tls-cert=/etc/fluxgate/tls/tls.crt".to_string()), "{args:?}");
+    // The allocator settings memory at scale is measured with are the image's and the pod's alike.
+    let tunables = c.env.iter().flatten().find(|e| e.name == "GLIBC_TUNABLES").and_then(|e| e.value.clone());
+    let dockerfile = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile")).unwrap();
+    let image = dockerfile.lines().find_map(|l| l.strip_prefix("ENV GLIBC_TUNABLES=")).map(str::to_string);
+    assert!(tunables.as_deref().is_some_and(|t| t.contains("glibc.malloc.trim_threshold=")), "{tunables:?}");
+    assert_eq!(tunables, image, "the Deployment and the Dockerfile set the same GLIBC_TUNABLES");
     let tls = pod.volumes.unwrap().into_iter().find(|v| v.name == "tls").unwrap();
     assert_eq!(tls.secret.unwrap().secret_name.as_deref(), Some("fluxgate-tls"));
 

@@ -91,6 +91,21 @@ pub fn fleet(total: usize) -> Vec<Value> {
     objects
 }
 
+/// The `GLIBC_TUNABLES` the Deployment in `deploy/` sets on fluxgate's container: the allocator
+/// settings of the process as installed.
+pub fn deployed_glibc_tunables() -> String {
+    let deployment: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/base/deployment.yaml")).unwrap(),
+    )
+    .unwrap();
+    deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .and_then(|env| env.iter().find(|e| e["name"] == "GLIBC_TUNABLES"))
+        .and_then(|e| e["value"].as_str())
+        .expect("the Deployment sets GLIBC_TUNABLES")
+        .to_string()
+}
+
 /// The policy file `deploy/` ships (the `policy.yaml` of its ConfigMap): the policy as installed.
 pub fn shipped_policy() -> String {
     let config_map: Value = serde_saphyr::from_str(
