@@ -3,7 +3,8 @@
 //! once with the floor (every rule off, no defaults). 8 connections each send requests back to back, over HTTP/1.1 and
 //! over HTTP/2, for two kinds of request: Flux's drift dry-run of an unchanged object and an
 //! update adding a `dependsOn` edge (dry-run, so the graph stays as it is). The phases of the
-//! two servers alternate, so that a busy machine slows both alike.
+//! two servers alternate, so that a busy machine slows both alike. Both run with the allocator
+//! settings the Deployment in `deploy/` sets (`GLIBC_TUNABLES`), as installed.
 //!
 //! `cargo bench --bench load` (`-- --seconds N` per phase, default 3). Prints p50, p99, p99.9
 //! and throughput, and the ratios to the floor; asserts nothing (goal: p99 <= 1.1x the floor's,
@@ -149,6 +150,8 @@ async fn main() {
     let (ca, cert, key) = write_certs(&dir.path().join("certs"));
     let fleet = common::fleet(OBJECTS);
     common::write_manifests(&dir.path().join("fleet"), &fleet);
+    // Both servers run with the allocator settings the Deployment gives the container.
+    let tunables = common::deployed_glibc_tunables();
     let start = |name: &str, policy: &str| {
         let file = dir.path().join(format!("{name}.yaml"));
         std::fs::write(&file, policy).unwrap();
@@ -165,7 +168,7 @@ async fn main() {
                 "--tls-key",
                 key.to_str().unwrap(),
             ],
-            &[("RUST_LOG", "info,fluxgate::server=warn")],
+            &[("RUST_LOG", "info,fluxgate::server=warn"), ("GLIBC_TUNABLES", tunables.as_str())],
         )
     };
     // The full policy is the one deploy/ ships.
