@@ -323,14 +323,15 @@ pub fn load_with(paths: &[PathBuf], options: LoadOptions) -> Manifests {
     } else {
         // One graph: each document once, as resolved in the first cluster that has it
         // (instances are sorted by document, so its first instance).
-        let mut kept_object = vec![false; out.objects.len()];
-        let mut seen = vec![false; raws.len()];
+        let mut first: Vec<Option<usize>> = vec![None; raws.len()];
         for (n, &(i, _)) in instances.iter().enumerate() {
-            if !std::mem::replace(&mut seen[i], true)
-                && let Some(o) = resolved[n]
-            {
-                kept_object[o] = true;
+            if n == 0 || instances[n - 1].0 != i {
+                first[i] = resolved[n];
             }
+        }
+        let mut kept_object = vec![false; out.objects.len()];
+        for &o in first.iter().flatten() {
+            kept_object[o] = true;
         }
         let all = std::mem::take(&mut out.objects);
         let mut renumber: Vec<Option<usize>> = vec![None; all.len()];
@@ -341,12 +342,7 @@ pub fn load_with(paths: &[PathBuf], options: LoadOptions) -> Manifests {
             }
         }
         // Each document's kept object stands for it in every cluster.
-        let mut kept: Vec<Option<usize>> = vec![None; raws.len()];
-        for (n, &(i, _)) in instances.iter().enumerate() {
-            if let Some(k) = resolved[n].and_then(|o| renumber[o]) {
-                kept[i] = Some(k);
-            }
-        }
+        let kept: Vec<Option<usize>> = first.iter().map(|o| o.and_then(|o| renumber[o])).collect();
         out.groups = per_cluster
             .iter()
             .map(|(folder, list)| Cluster {
