@@ -40,7 +40,23 @@ use Shape::{All, Each, Fields};
 
 /// `metadata.managedFields`: each entry only says whether it owns `spec.wait`
 /// ([`field_is_unowned`](crate::object::field_is_unowned)).
-const MANAGED_FIELDS: Shape = Each(&Fields(&[("fieldsV1", Fields(&[("f:spec", Fields(&[("f:wait", All)]))]))]));
+pub(crate) const MANAGED_FIELDS: Shape =
+    Each(&Fields(&[("fieldsV1", Fields(&[("f:spec", Fields(&[("f:wait", All)]))]))]));
+
+/// The status fields the status reader takes: the conditions and the observed generation.
+pub(crate) const STATUS: Shape = Fields(&[
+    (
+        "conditions",
+        Each(&Fields(&[
+            ("type", All),
+            ("status", All),
+            ("reason", All),
+            ("message", All),
+            ("lastTransitionTime", All),
+        ])),
+    ),
+    ("observedGeneration", All),
+]);
 
 /// A Flux object (or a `kind: List` of them) as fluxgate reads it: identity, owner labels,
 /// the `spec` fields of the rules, the status and time budget, and what the manifest loader
@@ -77,22 +93,7 @@ pub static OBJECT: Shape = Fields(&[
             ("postBuild", Fields(&[("substitute", All)])),
         ]),
     ),
-    (
-        "status",
-        Fields(&[
-            (
-                "conditions",
-                Each(&Fields(&[
-                    ("type", All),
-                    ("status", All),
-                    ("reason", All),
-                    ("message", All),
-                    ("lastTransitionTime", All),
-                ])),
-            ),
-            ("observedGeneration", All),
-        ]),
-    ),
+    ("status", STATUS),
     ("items", Each(&OBJECT)),
 ]);
 
