@@ -1,5 +1,5 @@
 //! flux-operator `ResourceSet`s (`fluxcd.controlplane.io/v1`): the objects they generate, one
-//! set per input.
+//! set per input, and the objects they wait for (`spec.dependsOn`).
 //!
 //! flux-operator renders every template of `spec.resources` (each written out as YAML text
 //! first) and the `spec.resourcesTemplate` string once per input with Go's text/template:
@@ -29,6 +29,39 @@ const RECONCILE_ANNOTATION: &str = "fluxcd.controlplane.io/reconcile";
 pub(super) fn is_resource_set(value: &Value) -> bool {
     value.get("kind").and_then(Value::as_str) == Some("ResourceSet")
         && value.get("apiVersion").and_then(Value::as_str).is_some_and(|v| v.starts_with(GROUP))
+}
+
+/// One entry of a ResourceSet's `spec.dependsOn`: an object of any kind that must exist (and,
+/// with `ready`, be ready) before flux-operator applies what the set generates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Dependency {
+    /// `apiVersion` of the object, e.g. `kustomize.toolkit.fluxcd.io/v1`.
+    pub api_version: String,
+    /// Its `kind`: any kind, Flux's or not.
+    pub kind: String,
+    /// Its `metadata.name`.
+    pub name: String,
+    /// As written: flux-operator looks the object up in exactly this namespace and does not
+    /// default it to the ResourceSet's, so `None` is kept distinct from the set's namespace.
+    pub namespace: Option<String>,
+}
+
+/// The objects `set` waits for, from its `spec.dependsOn`. Entries the CRD rejects (no
+/// `apiVersion`, `kind` or `name`) are left out: such a ResourceSet never reaches a cluster.
+#[cfg_attr(not(test), expect(dead_code, reason = "read by the loader once it checks ResourceSet dependsOn (issue 17)"))]
+pub(super) fn dependencies(set: &Value) -> Vec<Dependency> {
+    let entries = set.pointer("/spec/dependsOn").and_then(Value::as_array).into_iter().flatten();
+    entries
+        .filter_map(|entry| {
+            let field = |key: &str| entry.get(key).and_then(Value::as_str).filter(|s| !s.is_empty());
+            Some(Dependency {
+                api_version: field("apiVersion")?.to_string(),
+                kind: field("kind")?.to_string(),
+                name: field("name")?.to_string(),
+                namespace: field("namespace").map(str::to_string),
+            })
+        })
+        .collect()
 }
 
 /// The objects `set` generates from its inline inputs, and notes on what cannot be expanded:
@@ -1024,6 +1057,47 @@ spec:
         let (out, notes) = expand(&set);
         assert_eq!((out.len(), notes.len()), (0, 1));
         assert!(notes[0].ends_with("with the Permute strategy nothing is expanded"), "{notes:?}");
+    }
+
+    #[test]
+    fn dependencies_are_read_as_written() {
+        let set = set(
+            "apps",
+            yaml(
+                r#"
+dependsOn:
+  - apiVersion: kustomize.toolkit.fluxcd.io/v1
+    kind: Kustomization
+    name: infra
+    namespace: flux-system
+    ready: true
+    readyExpr: status.conditions.exists(c, c.type == 'Ready' && c.status == 'True')
+  - apiVersion: apiextensions.k8s.io/v1
+    kind: CustomResourceDefinition
+    name: certificates.cert-manager.io
+  - {apiVersion: v1, kind: Namespace}
+resources: []
+"#,
+            ),
+        );
+        assert_eq!(
+            dependencies(&set),
+            [
+                Dependency {
+                    api_version: "kustomize.toolkit.fluxcd.io/v1".into(),
+                    kind: "Kustomization".into(),
+                    name: "infra".into(),
+                    namespace: Some("flux-system".into()),
+                },
+                Dependency {
+                    api_version: "apiextensions.k8s.io/v1".into(),
+                    kind: "CustomResourceDefinition".into(),
+                    name: "certificates.cert-manager.io".into(),
+                    namespace: None,
+                },
+            ]
+        );
+        assert_eq!(dependencies(&json!({"spec": {}})), []);
     }
 
     #[test]
