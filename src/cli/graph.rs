@@ -220,6 +220,64 @@ fn kind_report(view: &GraphView) -> KindReport {
     }
 }
 
+/// Past this estimated width (points) a DOT drawing wraps long labels. Graphviz draws one column
+/// per wave, each as wide as its longest label, so a deep graph with long names runs wider than
+/// a screen: 3,000 pt is 4,000 px at 100% zoom, less room for the margins and for edges routed
+/// around the boxes.
+const DOT_MAX_WIDTH_PT: f64 = 2700.0;
+/// Graphviz's default font at `fontsize=12`: a box takes about 6.3 pt per character of its
+/// longest line plus 11 pt of margin, and `ranksep=0.5` puts 36 pt between columns.
+const DOT_PT_PER_CHAR: f64 = 6.3;
+const DOT_COLUMN_EXTRA_PT: f64 = 11.0 + 36.0;
+/// The longest line of a wrapped label.
+const DOT_WRAP_CHARS: usize = 24;
+
+/// The width Graphviz will need for `views` drawn in one document, in points: the columns of
+/// wave k of every cluster share one rank, so each column is as wide as the longest label of
+/// that wave in any cluster.
+fn dot_estimated_width(views: &[GraphView]) -> f64 {
+    let depth = views.iter().map(|v| v.waves.len()).max().unwrap_or(0);
+    let mut columns: Vec<usize> = (0..depth)
+        .map(|k| views.iter().filter_map(|v| v.waves.get(k)).flatten().map(|n| n.len()).max().unwrap_or(0))
+        .collect();
+    // Cycle members and missing targets have no wave: they take at least one column more.
+    columns.extend(views.iter().flat_map(|v| &v.nodes).filter(|n| n.wave.is_none()).map(|n| n.id.len()).max());
+    columns.iter().map(|&chars| chars as f64 * DOT_PT_PER_CHAR + DOT_COLUMN_EXTRA_PT).sum()
+}
+
+/// `ns/name` on lines of at most [`DOT_WRAP_CHARS`] characters where it can be broken: the
+/// namespace on a line of its own, the name after a `-`, `.` or `_`, in lines of even length
+/// (`prometheus-` `elasticsearch-` `exporter-app`, not a lone `app` last). Still read as
+/// `ns/name`.
+fn wrapped(id: &str) -> Vec<&str> {
+    if id.len() <= DOT_WRAP_CHARS {
+        return vec![id];
+    }
+    let (namespace, name) = id.split_at(id.find('/').map_or(0, |i| i + 1));
+    let fewest = fill(name, DOT_WRAP_CHARS).len();
+    // The narrowest width that needs no more lines than the widest allowed.
+    let even = (1..DOT_WRAP_CHARS).map(|w| fill(name, w)).find(|lines| lines.len() <= fewest);
+    let mut lines: Vec<&str> = [namespace].into_iter().filter(|ns| !ns.is_empty()).collect();
+    lines.extend(even.unwrap_or_else(|| fill(name, DOT_WRAP_CHARS)));
+    lines
+}
+
+/// `name` broken greedily after `-`, `.` or `_` into lines of at most `width` characters; a
+/// piece longer than that stays whole.
+fn fill(name: &str, width: usize) -> Vec<&str> {
+    let mut lines = Vec::new();
+    let (mut line_start, mut end) = (0, 0);
+    for piece in name.split_inclusive(['-', '.', '_']) {
+        if end > line_start && end + piece.len() - line_start > width {
+            lines.push(&name[line_start..end]);
+            line_start = end;
+        }
+        end += piece.len();
+    }
+    lines.push(&name[line_start..]);
+    lines
+}
+
 /// The figures a DOT title gives for one view, in three parts: what the graph is, its waves and
 /// critical path, its worst case and cycles.
 fn dot_summary(view: &GraphView) -> [String; 3] {
@@ -234,6 +292,7 @@ fn dot_summary(view: &GraphView) -> [String; 3] {
 /// each view as a `subgraph cluster_N` (Graphviz's box) whose node ids carry the cluster's
 /// number, since two clusters may each hold a different object named `ns/name`.
 fn dot(views: &[GraphView]) -> String {
+    let wrap = dot_estimated_width(views) > DOT_MAX_WIDTH_PT;
     let mut s = String::new();
     match views {
         [view] if view.cluster.is_none() => {
@@ -261,7 +320,7 @@ fn dot(views: &[GraphView]) -> String {
     writeln!(s, "  labelloc=t;\n  rankdir=RL;\n  newrank=true;\n  ranksep=0.5;\n  nodesep=0.12;").unwrap();
     writeln!(s, "  node [shape=box, style=rounded, fontsize=12, height=0.3];").unwrap();
     match views {
-        [view] if view.cluster.is_none() => dot_body(&mut s, view, "", "  "),
+        [view] if view.cluster.is_none() => dot_body(&mut s, view, "", "  ", wrap),
         _ => {
             for (c, view) in views.iter().enumerate() {
                 writeln!(s, "  subgraph cluster_{c} {{").unwrap();
@@ -273,7 +332,7 @@ fn dot(views: &[GraphView]) -> String {
                 // `r`: Graphviz mirrors the justification of cluster labels under rankdir=RL, and
                 // the title belongs on the left, over wave 0.
                 writeln!(s, "    labeljust=r;\n    style=rounded;\n    color=gray;").unwrap();
-                dot_body(&mut s, view, &format!("c{c} "), "    ");
+                dot_body(&mut s, view, &format!("c{c} "), "    ", wrap);
                 writeln!(s, "  }}").unwrap();
             }
             // Wave k of every cluster in one column, so that columns read the same across the
@@ -298,11 +357,15 @@ fn dot(views: &[GraphView]) -> String {
 
 /// The waves, the objects without a wave and the edges of one view, node ids and wave
 /// subgraph names starting with `prefix` (DOT merges subgraphs and nodes of one name).
-fn dot_body(s: &mut String, view: &GraphView, prefix: &str, indent: &str) {
+fn dot_body(s: &mut String, view: &GraphView, prefix: &str, indent: &str, wrap: bool) {
     let critical: HashSet<(&str, &str)> =
         view.critical_path.windows(2).map(|w| (w[1].as_str(), w[0].as_str())).collect();
     let id = |n: &str| quote(&format!("{prefix}{n}"));
-    let node_label = |n: &str, note: &str| label(&[n, note]);
+    let node_label = |n: &str, note: &str| {
+        let mut lines = if wrap { wrapped(n) } else { vec![n] };
+        lines.push(note);
+        label(&lines)
+    };
     for (i, wave) in view.waves.iter().enumerate() {
         writeln!(s, "{indent}subgraph {} {{\n{indent}  rank=same;", quote(&format!("{prefix}wave {i}"))).unwrap();
         for n in wave {
@@ -435,4 +498,32 @@ fn under_paths(folder: &Path, paths: &[PathBuf]) -> String {
         .unwrap_or(folder)
         .display()
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_names_wrap_after_the_namespace_and_at_hyphens_short_ones_stay_whole() {
+        assert_eq!(wrapped("flux-system/cilium-app"), ["flux-system/cilium-app"]);
+        assert_eq!(
+            wrapped("flux-system/cert-manager-webhook-ionos"),
+            ["flux-system/", "cert-manager-", "webhook-ionos"]
+        );
+        assert_eq!(
+            wrapped("flux-system/prometheus-elasticsearch-exporter-app"),
+            ["flux-system/", "prometheus-", "elasticsearch-", "exporter-app"]
+        );
+        // Nothing to break at: the name stays whole rather than being cut mid-word.
+        assert_eq!(
+            wrapped("default/averyveryverylongnamewithoutbreaks"),
+            ["default/", "averyveryverylongnamewithoutbreaks"]
+        );
+        for id in ["flux-system/kube-prometheus-stack-externalnodes", "observability/loki.stack_v2-config"] {
+            let lines = wrapped(id);
+            assert_eq!(lines.concat(), id, "every character kept, in order");
+            assert!(lines.iter().all(|l| l.len() <= DOT_WRAP_CHARS), "{lines:?}");
+        }
+    }
 }
