@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -489,15 +489,32 @@ pub fn run(args: GraphArgs) -> ExitCode {
 }
 
 /// `folder` under the first of `paths` that holds it (`clusters/production` for a checkout given
-/// as its root), else as it is.
+/// as its root), else as it is. The loader names folders with `.` and `..` resolved in the
+/// text of the path (`a/./b/../c` is `a/c`), so the paths given are compared the same way.
 fn under_paths(folder: &Path, paths: &[PathBuf]) -> String {
     paths
         .iter()
-        .filter_map(|p| folder.strip_prefix(p).ok())
+        .filter_map(|p| folder.strip_prefix(lexical(p)).ok())
         .find(|rel| !rel.as_os_str().is_empty())
         .unwrap_or(folder)
         .display()
         .to_string()
+}
+
+/// `path` with `.` dropped and `..` taking off the component before it, without touching the
+/// file system.
+fn lexical(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if out.file_name().is_some() => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -525,5 +542,18 @@ mod tests {
             assert_eq!(lines.concat(), id, "every character kept, in order");
             assert!(lines.iter().all(|l| l.len() <= DOT_WRAP_CHARS), "{lines:?}");
         }
+    }
+
+    #[test]
+    fn cluster_folders_are_named_under_the_path_given_however_it_is_written() {
+        let folder = Path::new("/work/fleets/home-ops/kubernetes/clusters/prod");
+        for given in ["/work/fleets/home-ops", "/work/fleets/home-ops/", "/work/other/../fleets/./home-ops"] {
+            assert_eq!(under_paths(folder, &[PathBuf::from(given)]), "kubernetes/clusters/prod", "{given}");
+        }
+        assert_eq!(under_paths(Path::new("home-ops/clusters/a"), &[PathBuf::from("./home-ops")]), "clusters/a");
+        assert_eq!(under_paths(Path::new("../up/clusters/a"), &[PathBuf::from("../up")]), "clusters/a");
+        // A folder outside every path, or the path itself, keeps its full name.
+        assert_eq!(under_paths(folder, &[PathBuf::from("/elsewhere")]), folder.display().to_string());
+        assert_eq!(under_paths(folder, &[folder.to_path_buf()]), folder.display().to_string());
     }
 }
