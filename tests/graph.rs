@@ -111,3 +111,159 @@ fn clusters_reusing_names_are_drawn_one_by_one() {
     assert_eq!(clusters[1]["waves"][0], json!(["flux-system/apps"]));
     dot_accepts(&graph(&root("tests/fixtures/multi-cluster"), "dot"));
 }
+
+/// A repository laid out as `flux bootstrap` leaves it for two clusters: each cluster's
+/// `flux-system` Kustomization applies its folder, where both clusters name `apps`, `infra` and
+/// `monitoring` but wire them differently. Staging: infra, then apps on infra, then monitoring
+/// on apps. Production: apps, then infra on apps, and monitoring on `crds`, which it does not
+/// have. Merged into one graph, apps and infra would form a cycle.
+fn two_cluster_repo() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let ks = |name: &str, path: &str, deps: &[&str]| {
+        let mut doc = format!(
+            "apiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata:\n  name: {name}\n  \
+             namespace: flux-system\nspec:\n  interval: 10m\n  path: {path}\n  prune: true\n  \
+             sourceRef: {{ kind: GitRepository, name: flux-system }}\n"
+        );
+        if !deps.is_empty() {
+            doc.push_str("  dependsOn:\n");
+            for d in deps {
+                doc.push_str(&format!("    - name: {d}\n"));
+            }
+        }
+        doc
+    };
+    for (cluster, wiring) in [
+        ("staging", [("infra", &[][..]), ("apps", &["infra"][..]), ("monitoring", &["apps"][..])]),
+        ("production", [("apps", &[][..]), ("infra", &["apps"][..]), ("monitoring", &["crds"][..])]),
+    ] {
+        let root = dir.path().join("clusters").join(cluster);
+        std::fs::create_dir_all(root.join("flux-system")).unwrap();
+        std::fs::write(
+            root.join("flux-system/gotk-sync.yaml"),
+            ks("flux-system", &format!("./clusters/{cluster}"), &[]),
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("flux-system/kustomization.yaml"),
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - gotk-sync.yaml\n",
+        )
+        .unwrap();
+        let docs: Vec<String> =
+            wiring.iter().map(|(name, deps)| ks(name, &format!("./kubernetes/{cluster}/{name}"), deps)).collect();
+        std::fs::write(root.join("apps.yaml"), docs.join("---\n")).unwrap();
+    }
+    dir
+}
+
+/// The `<title>` of every node Graphviz drew: its DOT id, as the SVG writes it.
+fn svg_node_ids(svg: &str) -> Vec<String> {
+    svg.split("<g id=\"node")
+        .skip(1)
+        .map(|g| g.split_once("<title>").unwrap().1.split_once("</title>").unwrap().0.to_string())
+        .collect()
+}
+
+#[test]
+fn a_repository_of_two_clusters_is_one_dot_document_with_a_box_per_cluster() {
+    let repo = two_cluster_repo();
+    let path = repo.path().to_str().unwrap();
+    let g: Value = serde_json::from_str(&graph(path, "json")).unwrap();
+    let clusters = g["clusters"].as_array().expect("the loader splits the clusters");
+    assert_eq!(clusters.len(), 2);
+    let index = |name: &str| clusters.iter().position(|c| c["cluster"].as_str().unwrap().ends_with(name)).unwrap();
+    let (production, staging) = (index("clusters/production/flux-system"), index("clusters/staging/flux-system"));
+
+    let dot = graph(path, "dot");
+    assert_eq!(dot.matches("digraph").count(), 1, "one document: {dot}");
+    assert_eq!(dot.matches("subgraph cluster_").count(), 2, "{dot}");
+    // Each box is titled with its folder under the path given, and neither has a cycle.
+    assert!(dot.contains("label=\"clusters/staging/flux-system\\n3 waves, critical path 3 objects\\n"), "{dot}");
+    assert!(dot.contains("label=\"clusters/production/flux-system\\n2 waves, critical path 2 objects\\n"), "{dot}");
+    assert_eq!(dot.matches(", 0 cycles\"").count(), 2, "{dot}");
+    // The same ns/name in each cluster is a node of its own, wired as that cluster wires it,
+    // the critical path in blue; production's missing target is marked.
+    let (s, p) = (format!("c{staging} flux-system"), format!("c{production} flux-system"));
+    assert!(dot.contains(&format!("\"{s}/apps\" -> \"{s}/infra\" [color=blue, penwidth=2];")), "{dot}");
+    assert!(dot.contains(&format!("\"{p}/infra\" -> \"{p}/apps\" [color=blue, penwidth=2];")), "{dot}");
+    assert!(
+        dot.contains(&format!("\"{p}/crds\" [style=dashed, color=gray, label=\"flux-system/crds\\n(missing)\"];")),
+        "{dot}"
+    );
+    assert!(dot.contains(&format!("\"{s}/infra\" [label=\"flux-system/infra\\nwave 0\"];")), "{dot}");
+    assert!(dot.contains(&format!("\"{p}/infra\" [label=\"flux-system/infra\\nwave 1\"];")), "{dot}");
+
+    // Graphviz draws it as one picture holding the nodes of both clusters, labelled ns/name.
+    // Graphviz writes `-` in texts as `&#45;`.
+    let svg = graphviz::dot_svg(&dot).replace("&#45;", "-");
+    assert_eq!(svg.matches("<svg ").count(), 1);
+    assert_eq!(svg.matches("<g id=\"clust").count(), 2, "{svg}");
+    let mut ids = svg_node_ids(&svg);
+    ids.sort();
+    let mut expected: Vec<String> = ["apps", "flux-system", "infra", "monitoring"]
+        .iter()
+        .flat_map(|n| [format!("{s}/{n}"), format!("{p}/{n}")])
+        .chain([format!("{p}/crds")])
+        .collect();
+    expected.sort();
+    assert_eq!(ids, expected);
+    assert_eq!(svg.matches(">flux-system/apps</text>").count(), 2, "{svg}");
+    assert!(
+        svg.contains(">clusters/staging/flux-system</text>") && svg.contains(">clusters/production/flux-system</text>"),
+        "{svg}"
+    );
+}
+
+#[test]
+fn a_repository_of_two_clusters_is_one_mermaid_flowchart_with_a_subgraph_per_cluster() {
+    let repo = two_cluster_repo();
+    let m = graph(repo.path().to_str().unwrap(), "mermaid");
+    assert!(m.starts_with("flowchart BT\n"), "{m}");
+    assert_eq!(m.matches("flowchart").count(), 1, "{m}");
+    assert!(
+        m.contains("  subgraph c0 [\"clusters/production/flux-system\"]\n    subgraph c0wave0 [\"wave 0\"]\n"),
+        "{m}"
+    );
+    assert!(m.contains("  subgraph c1 [\"clusters/staging/flux-system\"]\n"), "{m}");
+    // Node ids are unique across clusters though both hold flux-system/apps.
+    let apps: Vec<&str> = m
+        .lines()
+        .filter(|l| l.ends_with("[\"flux-system/apps\"]"))
+        .map(|l| l.trim().split('[').next().unwrap())
+        .collect();
+    assert_eq!(apps.len(), 2, "{m}");
+    assert_ne!(apps[0], apps[1]);
+    assert!(m.contains("[\"flux-system/crds (missing)\"]:::missing"), "{m}");
+    // Every id an edge names is declared once.
+    for edge in m.lines().filter(|l| l.contains(" --> ")) {
+        for id in edge.trim().split(" --> ") {
+            assert_eq!(m.matches(&format!("{id}[\"")).count(), 1, "{id} in {m}");
+        }
+    }
+}
+
+/// `ricsanfre__pi-cluster` of the shared fleets: three clusters, one of them 13 waves deep with
+/// names up to 49 characters, which Graphviz drew 4,579 px wide.
+#[test]
+fn a_deep_real_fleet_draws_as_one_picture_no_wider_than_the_corpus_check_allows() {
+    let fleet = root("../shared/fleets/ricsanfre__pi-cluster");
+    if !std::path::Path::new(&fleet).exists() {
+        return;
+    }
+    // The repository holds templates fluxgate cannot read (exit 2): the rest is drawn.
+    let out = Command::new(env!("CARGO_BIN_EXE_fluxgate")).args(["graph", &fleet, "--format", "dot"]).output().unwrap();
+    let dot = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(dot.matches("subgraph cluster_").count(), 3, "{dot}");
+    let svg = graphviz::dot_svg(&dot);
+    assert_eq!(svg.matches("<svg ").count(), 1);
+    let width_pt: f64 = svg.split_once("<svg width=\"").unwrap().1.split_once("pt\"").unwrap().0.parse().unwrap();
+    // tests/page.rs holds every fleet to 4,000 px at 100% zoom (1 pt = 4/3 px).
+    assert!(width_pt * 4.0 / 3.0 <= 4000.0, "{width_pt} pt");
+    assert!(!svg.contains("scale(0"), "Graphviz shrank the drawing");
+    for cluster in ["kubernetes/clusters/dev/config", "kubernetes/clusters/prod/apps", "kubernetes/clusters/prod/infra"]
+    {
+        assert!(svg.contains(&format!(">{cluster}</text>")), "{cluster}");
+    }
+    // The long names are wrapped, not cut: the 49-character one is all there.
+    assert!(svg.contains(">flux&#45;system/</text>") && svg.contains(">elasticsearch&#45;</text>"), "{svg}");
+}
