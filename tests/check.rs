@@ -723,3 +723,72 @@ fn a_root_waiting_for_children_that_depend_on_it_is_a_deadlock() {
     );
     assert!(!f.iter().any(|f| f["cycle"] == serde_json::json!(["flux-system/flux-system", "flux-system/flux-system"])));
 }
+
+#[test]
+fn a_checkout_without_flux_objects_says_so_and_exits_zero() {
+    // Plain Kubernetes YAML built by kustomize (whose own `Kustomization` is not Flux's), and a
+    // Helm chart, as in a template repository before its first cluster.
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("apps/web");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(
+        app.join("kustomization.yaml"),
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: web\nresources:\n  - deployment.yaml\n",
+    )
+    .unwrap();
+    std::fs::write(
+        app.join("deployment.yaml"),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 1\n---\n\
+         apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\ndata:\n  a: b\n",
+    )
+    .unwrap();
+    let chart = dir.path().join("charts/web");
+    std::fs::create_dir_all(chart.join("templates")).unwrap();
+    std::fs::write(chart.join("Chart.yaml"), "apiVersion: v2\nname: web\nversion: 0.1.0\n").unwrap();
+    std::fs::write(
+        chart.join("templates/service.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {{ .Release.Name }}\n",
+    )
+    .unwrap();
+    let path = dir.path().to_str().unwrap();
+
+    let out = fluxgate(&["check", path]);
+    assert_eq!(out.status.code(), Some(0), "a warning, not a failure");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        text,
+        format!(
+            "no Flux Kustomization or HelmRelease found under {path} (2 YAML files read, 2 skipped as not manifests)\n"
+        ),
+        "not a clean \"0 objects checked\""
+    );
+
+    // JSON keeps its shape: no new key, objects 0.
+    let out = fluxgate(&["check", path, "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["errors", "findings", "notApplied", "notes", "objects", "skipped"]);
+    assert_eq!(json["objects"], 0);
+    assert_eq!(json["findings"], serde_json::json!([]));
+
+    // One Flux object is enough for the usual summary, even one that nothing applies (left out
+    // of its folder's kustomization.yaml): then the path is right and the report says why.
+    std::fs::write(
+        app.join("ks.yaml"),
+        "apiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata:\n  name: web\n  namespace: flux-system\n\
+         spec:\n  interval: 10m\n  path: ./apps/web\n  prune: true\n  sourceRef: { kind: GitRepository, name: flux-system }\n",
+    )
+    .unwrap();
+    let out = fluxgate(&["check", path]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.ends_with(
+            "\n0 objects checked: 0 findings (0 deny, 0 warn), 0 read errors, 1 not applied, 2 files skipped (not manifests)\n"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("no Flux"), "{text}");
+}

@@ -36,11 +36,24 @@ pub struct CheckOutput {
     pub skipped: usize,
     /// What could not be modelled offline (a ResourceSet's `inputsFrom`): notes, not errors.
     pub notes: Vec<LoadError>,
+    /// The paths checked and how many YAML files they held, for the text report of a checkout
+    /// without Flux objects; left out of JSON, whose `objects: 0` says it.
+    #[serde(skip)]
+    pub paths: Vec<PathBuf>,
+    #[serde(skip)]
+    pub files: usize,
 }
 
 impl CheckOutput {
     /// 0: clean or warnings only; 1: a deny-level finding; 2: input that could not be read
     /// (the result is incomplete, which outranks what was found in the rest).
+    ///
+    /// A checkout without any Flux object exits 0, with a warning in the text report
+    /// ([`CheckOutput::has_no_flux_objects`]): nothing in it is wrong, and a repository can
+    /// rightly hold none (a template before its first cluster, plain manifests run through the
+    /// same CI step as the fleets); failing would make `check` unusable as a blanket step, and 2
+    /// means input that cannot be read. The warning is there because the likelier cause is a
+    /// wrong path, which a clean "0 objects checked" would hide.
     pub fn exit_code(&self) -> u8 {
         if !self.errors.is_empty() {
             2
@@ -49,6 +62,12 @@ impl CheckOutput {
         } else {
             0
         }
+    }
+
+    /// Nothing read names a Flux Kustomization or HelmRelease: none checked, none left out as
+    /// not applied, and no file that could not be read (which might have held some).
+    pub fn has_no_flux_objects(&self) -> bool {
+        self.objects == 0 && self.not_applied.is_empty() && self.errors.is_empty()
     }
 }
 
@@ -107,6 +126,8 @@ pub fn check_paths_with(paths: &[PathBuf], policy: &Policy, options: LoadOptions
         not_applied: loaded.not_applied,
         skipped: loaded.skipped,
         notes: loaded.notes,
+        paths: paths.to_vec(),
+        files: loaded.files,
     }
 }
 
@@ -169,8 +190,21 @@ pub fn text(out: &CheckOutput) -> String {
 }
 
 /// `N objects checked: F findings (D deny, W warn), E read errors`, then the objects not
-/// applied and the files skipped, when there are any.
+/// applied and the files skipped, when there are any; or that no Flux object was found.
 fn summary(out: &CheckOutput) -> String {
+    if out.has_no_flux_objects() {
+        let paths: Vec<String> = out.paths.iter().map(|p| p.display().to_string()).collect();
+        let mut s = format!(
+            "no Flux Kustomization or HelmRelease found under {} ({} YAML files read",
+            paths.join(", "),
+            out.files
+        );
+        if out.skipped > 0 {
+            s.push_str(&format!(", {} skipped as not manifests", out.skipped));
+        }
+        s.push_str(")\n");
+        return s;
+    }
     let denies = out.findings.iter().filter(|f| f.finding.is_deny()).count();
     let mut s = format!(
         "{} objects checked: {} findings ({} deny, {} warn), {} read errors",
