@@ -114,14 +114,25 @@ fn clusters(repo: &Path) -> Vec<Vec<Target>> {
             let mut seen = HashSet::new();
             // A key still holding `${VAR}` (from a Secret's substituteFrom) is not what the
             // cluster would see: no edit can name it reliably.
+            // The Kustomization a FluxInstance creates, or an object a ResourceSet renders, has no
+            // document of its own to edit.
             g.into_iter()
                 .filter(|l| !l.object.key.to_string().contains("${"))
+                .filter(|l| written_as_itself(l))
                 .filter(|l| seen.insert((l.object.kind, l.object.key.clone())))
                 .map(target)
                 .collect()
         })
         .filter(|g: &Vec<Target>| !g.is_empty())
         .collect()
+}
+
+/// Whether the document at `l`'s file and line is that object's own manifest.
+fn written_as_itself(l: &Loaded) -> bool {
+    let Ok(text) = std::fs::read_to_string(&l.file) else { return false };
+    manifests::split_documents(&text).iter().find(|d| d.line == l.line).is_some_and(|d| {
+        manifests::parse_document(d.text).is_ok_and(|v| fluxgate::object::kind_of(&v) == Some(l.object.kind))
+    })
 }
 
 /// Picks `n` objects of `kind` in `cluster`, each in a different file.

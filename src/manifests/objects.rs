@@ -149,11 +149,11 @@ pub(super) fn resolve(docs: &Documents, placed: Placed, explicit: &[PathBuf], op
         out.groups = out.clusters.clone();
         return out;
     }
-    // One graph: each object once, as the first cluster that has it gives it.
-    let mut first: HashMap<(FluxKind, ObjectKey), usize> = HashMap::with_capacity(all.len());
+    // One graph: each document's object once, as the first cluster that has it gives it.
+    let mut first: HashMap<(FluxKind, ObjectKey, Arc<Path>, usize), usize> = HashMap::with_capacity(all.len());
     let mut renumber: Vec<usize> = Vec::with_capacity(all.len());
     for l in all {
-        let n = *first.entry((l.object.kind, l.object.key.clone())).or_insert_with(|| {
+        let n = *first.entry((l.object.kind, l.object.key.clone(), l.file.clone(), l.line)).or_insert_with(|| {
             out.objects.push(l);
             out.objects.len() - 1
         });
