@@ -142,7 +142,7 @@ pub fn run(args: CheckArgs) -> ExitCode {
         },
         None => Policy::default(),
     };
-    let options = LoadOptions { include_unapplied: args.include_unapplied };
+    let options = LoadOptions { include_unapplied: args.include_unapplied, cluster: args.cluster.clone() };
     let out = check_paths_with(&args.paths, &policy, options);
     match args.format {
         CheckFormat::Json => println!("{}", serde_json::to_string_pretty(&out).expect("output serialises")),

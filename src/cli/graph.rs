@@ -447,7 +447,10 @@ fn mermaid_nodes(s: &mut String, view: &GraphView, ids: &HashMap<&str, String>, 
 }
 
 pub fn run(args: GraphArgs) -> ExitCode {
-    let loaded = manifests::load(&args.paths);
+    let loaded = manifests::load_with(
+        &args.paths,
+        manifests::LoadOptions { cluster: args.cluster.clone(), ..Default::default() },
+    );
     for e in &loaded.errors {
         eprintln!("fluxgate graph: {e}");
     }

@@ -114,6 +114,10 @@ pub struct CheckArgs {
     /// cluster it would join.
     #[arg(long)]
     pub include_unapplied: bool,
+    /// Check one cluster only: the folder its entry point syncs (or its last parts, such as
+    /// `production`), or the file or folder of its entry point.
+    #[arg(long, value_name = "NAME|PATH")]
+    pub cluster: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -127,6 +131,9 @@ pub struct GraphArgs {
     /// Which graph to print.
     #[arg(long, value_enum, default_value = "kustomization")]
     pub kind: KindArg,
+    /// Draw one cluster only (as `check --cluster`).
+    #[arg(long, value_name = "NAME|PATH")]
+    pub cluster: Option<String>,
 }
 
 /// Where `status` and `why` read the objects from, and how they print.

@@ -43,6 +43,8 @@ pub(super) struct Instance {
 pub(super) struct ClusterOf {
     pub folder: PathBuf,
     pub members: Vec<usize>,
+    /// The file of its entry point; `None` for a guessed cluster.
+    pub entry: Option<PathBuf>,
 }
 
 /// Everything step 5 finds.
@@ -143,7 +145,7 @@ pub(super) fn place(docs: &Documents, inputs: &[PathBuf]) -> Placed {
                 if std::env::var_os("FLUXGATE_DEBUG").is_some() {
                     eprintln!("cluster {} root {} members {}", dir.display(), root.display(), members.len());
                 }
-                placer.out.clusters.push(ClusterOf { folder: dir, members });
+                placer.out.clusters.push(ClusterOf { folder: dir, members, entry: Some(entry.file.clone()) });
             }
         }
         let reached: HashSet<usize> = placer.out.instances.iter().filter_map(|i| i.doc).collect();
@@ -535,7 +537,7 @@ impl<'a> Placer<'a> {
                 self.out.applied_files.insert(self.docs.files[s.file].clone());
             }
             let members = self.traverse(starts, &root, source.clone());
-            self.out.clusters.push(ClusterOf { folder, members });
+            self.out.clusters.push(ClusterOf { folder, members, entry: None });
         }
         // What only a not-applied object applied stays not applied; anything else read by no
         // cluster is not applied either.

@@ -23,6 +23,7 @@ mod kustomize;
 mod objects;
 mod resource_set;
 mod root;
+mod scope;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -109,10 +110,13 @@ pub struct NotApplied {
 }
 
 /// How [`load_with`] reads a checkout.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
     /// Check objects that no cluster applies too, against the cluster they would join.
     pub include_unapplied: bool,
+    /// Only this cluster: the folder its entry point syncs (or a trailing part of it, such as
+    /// `production`), or the file or folder of its entry point.
+    pub cluster: Option<String>,
 }
 
 /// One cluster of a repository holding several: its roots' folder and its objects.
@@ -133,15 +137,21 @@ pub fn load_with(paths: &[PathBuf], options: LoadOptions) -> Manifests {
     let mut errors = Vec::new();
     let mut files = Vec::new();
     let mut skipped = 0;
-    for path in paths {
+    let explicit: Vec<PathBuf> = paths.iter().map(|p| files::normalize(p)).collect();
+    // A folder inside a Git checkout is checked as part of its repository: its cluster's entry
+    // point and the paths it applies are elsewhere in the checkout.
+    let read = scope::repository(&explicit).map_or_else(|| explicit.clone(), |root| vec![root]);
+    for path in &read {
         skipped += files::collect_files(path, true, &mut files, &mut errors);
     }
     files.sort();
     files.dedup();
     let documents = documents::read(files);
-    let placed = clusters::place(&documents, paths);
-    let explicit: Vec<PathBuf> = paths.iter().map(|p| files::normalize(p)).collect();
-    let mut out = objects::resolve(&documents, placed, &explicit, options);
+    let mut placed = clusters::place(&documents, &read);
+    if let Err(e) = scope::narrow(&mut placed, &documents, &explicit, &read, options.cluster.as_deref()) {
+        errors.push(e);
+    }
+    let mut out = objects::resolve(&documents, placed, &explicit, &options);
     out.errors.extend(errors);
     out.errors.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
     out.skipped += skipped;

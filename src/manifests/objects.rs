@@ -28,7 +28,7 @@ fn namespace_of(value: &Value) -> String {
 
 /// Turns what step 5 placed into [`Manifests`]. `explicit` are the paths given on the command
 /// line: a file named there that does not parse is always an error.
-pub(super) fn resolve(docs: &Documents, placed: Placed, explicit: &[PathBuf], options: LoadOptions) -> Manifests {
+pub(super) fn resolve(docs: &Documents, placed: Placed, explicit: &[PathBuf], options: &LoadOptions) -> Manifests {
     let mut out = Manifests { files: docs.files.len(), ..Manifests::default() };
     out.errors.extend(docs.errors.iter().cloned());
     out.notes = placed.notes;
