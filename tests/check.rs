@@ -792,3 +792,285 @@ fn a_checkout_without_flux_objects_says_so_and_exits_zero() {
     );
     assert!(!text.contains("no Flux"), "{text}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Applying a repository the way Flux does: small trees built like the real repositories whose
+// layouts once gave false findings.
+// ---------------------------------------------------------------------------------------------
+
+/// A Flux Kustomization document. `extra` is more YAML under `spec` (indented two spaces).
+fn ks_doc(name: &str, namespace: Option<&str>, path: &str, extra: &str) -> String {
+    let ns = namespace.map(|n| format!("  namespace: {n}\n")).unwrap_or_default();
+    format!(
+        "apiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata:\n  name: {name}\n{ns}spec:\n  \
+         interval: 10m\n  path: {path}\n  prune: true\n  sourceRef:\n    kind: GitRepository\n    name: flux-system\n{extra}"
+    )
+}
+
+/// `flux bootstrap`'s sync file for a cluster folder.
+fn gotk_sync(cluster: &str) -> String {
+    format!(
+        "apiVersion: source.toolkit.fluxcd.io/v1\nkind: GitRepository\nmetadata:\n  name: flux-system\n  namespace: flux-system\n\
+         spec:\n  interval: 1m\n  url: ssh://git@example.com/fleet\n---\n{}",
+        ks_doc("flux-system", Some("flux-system"), &format!("./{cluster}"), "")
+    )
+}
+
+/// Writes `files` (path, text) under a new temporary folder.
+fn tree(files: &[(&str, String)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, text) in files {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    dir
+}
+
+fn check_tree(dir: &std::path::Path, extra: &[&str]) -> (i32, Value) {
+    let mut args = vec!["check", dir.to_str().unwrap(), "--format", "json"];
+    args.extend_from_slice(extra);
+    let out = fluxgate(&args);
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    });
+    (out.status.code().unwrap(), json)
+}
+
+/// The `ns/name` of every object `graph --format json` draws, both kinds.
+fn drawn(dir: &std::path::Path) -> Vec<String> {
+    let mut ids = Vec::new();
+    for kind in ["kustomization", "helmrelease"] {
+        let out = fluxgate(&["graph", dir.to_str().unwrap(), "--format", "json", "--kind", kind]);
+        let Ok(g) = serde_json::from_slice::<Value>(&out.stdout) else { continue };
+        let views: Vec<&Value> = match g.get("clusters") {
+            Some(c) => c.as_array().unwrap().iter().collect(),
+            None => vec![&g],
+        };
+        for v in views {
+            ids.extend(
+                v["nodes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|n| n["missing"] == false)
+                    .map(|n| n["id"].as_str().unwrap().to_string()),
+            );
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+#[test]
+fn kustomize_namespace_overrides_the_namespace_a_ks_file_writes() {
+    // A stray `namespace: flux-system` in ks.yaml under a folder whose kustomization.yaml says
+    // `namespace: kopiur-system`: kustomize puts both objects in kopiur-system.
+    let dir = tree(&[
+        ("clusters/prod/flux-system/gotk-sync.yaml", gotk_sync("clusters/prod")),
+        ("clusters/prod/apps.yaml", ks_doc("apps", Some("flux-system"), "./apps", "")),
+        ("apps/kustomization.yaml", "namespace: kopiur-system\nresources: [ks.yaml, db.yaml]\n".into()),
+        (
+            "apps/ks.yaml",
+            ks_doc("kopiur", Some("flux-system"), "./apps/kopiur", "  dependsOn:\n    - name: kopiur-db\n"),
+        ),
+        ("apps/db.yaml", ks_doc("kopiur-db", None, "./apps/db", "")),
+    ]);
+    let (code, json) = check_tree(dir.path(), &[]);
+    assert_eq!(code, 0, "{json}");
+    assert!(findings(&json).is_empty(), "{json}");
+    assert_eq!(
+        drawn(dir.path()),
+        ["flux-system/apps", "flux-system/flux-system", "kopiur-system/kopiur", "kopiur-system/kopiur-db"]
+    );
+}
+
+#[test]
+fn empty_resources_apply_nothing_and_hide_no_real_dangling_dependency() {
+    // `resources: []` disables the folder: its ks.yaml files are not applied, so they neither
+    // get checked nor satisfy the dependency of an applied object.
+    let dir = tree(&[
+        ("clusters/prod/flux-system/gotk-sync.yaml", gotk_sync("clusters/prod")),
+        ("clusters/prod/kustomization.yaml", "resources: [apps.yaml, ../../disabled]\n".into()),
+        ("clusters/prod/apps.yaml", ks_doc("apps", Some("flux-system"), "./apps", "  dependsOn:\n    - name: redis\n")),
+        ("apps/web.yaml", ks_doc("web", Some("flux-system"), "./apps/web", "")),
+        ("disabled/kustomization.yaml", "resources: []\n".into()),
+        (
+            "disabled/redis.yaml",
+            ks_doc("redis", Some("flux-system"), "./disabled/redis", "  dependsOn:\n    - name: nothing\n"),
+        ),
+    ]);
+    let (code, json) = check_tree(dir.path(), &[]);
+    assert_eq!(code, 1, "{json}");
+    let f = findings(&json);
+    assert_eq!(f.len(), 1, "only the real dangling dependency: {json}");
+    assert_eq!(
+        (f[0]["object"].as_str(), f[0]["target"].as_str()),
+        (Some("flux-system/apps"), Some("flux-system/redis"))
+    );
+    let notes = not_applied(&json);
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert_eq!(notes[0].0, "flux-system/redis");
+}
+
+#[test]
+fn a_stale_copy_of_an_app_tree_that_nothing_applies_is_not_checked() {
+    let dir = tree(&[
+        ("kubernetes/clusters/prod/flux-system/gotk-sync.yaml", gotk_sync("kubernetes/clusters/prod")),
+        ("kubernetes/clusters/prod/apps.yaml", ks_doc("apps", Some("flux-system"), "./kubernetes/apps", "")),
+        ("kubernetes/apps/web.yaml", ks_doc("web", Some("flux-system"), "./kubernetes/apps/web", "")),
+        // The earlier layout, kept in the repository, applied by nothing.
+        (
+            "kube_old/flux/apps.yaml",
+            ks_doc("apps", Some("flux-system"), "./kube_old/apps", "  dependsOn:\n    - name: core\n"),
+        ),
+        (
+            "kube_old/apps/web.yaml",
+            ks_doc("web", Some("flux-system"), "./kube_old/apps/web", "  dependsOn:\n    - name: gone\n"),
+        ),
+    ]);
+    let (code, json) = check_tree(dir.path(), &[]);
+    assert_eq!(code, 0, "{json}");
+    assert!(findings(&json).is_empty(), "{json}");
+    assert_eq!(json["objects"], 3, "flux-system, apps and web of the real cluster: {json}");
+    let notes = not_applied(&json);
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    let reason = |key: &str, of: &str| notes.iter().any(|(k, r)| k == key && r.starts_with(of));
+    assert!(reason("flux-system/apps", "not in any path applied from the entry points"), "{notes:?}");
+    assert!(reason("flux-system/web", "applied only by a Kustomization that is not applied"), "{notes:?}");
+    // One cluster is drawn, not one per folder that nothing applies.
+    let out = fluxgate(&["graph", dir.path().to_str().unwrap(), "--format", "json"]);
+    let g: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(g.get("clusters").is_none(), "{g}");
+}
+
+#[test]
+fn the_bootstrap_root_exists_though_no_kustomization_yaml_lists_it() {
+    // clusters/prod/kustomization.yaml leaves flux-system/ out (as fdk-infra's dev cluster does):
+    // Flux created the bootstrap Kustomization itself, so a dependency on it is satisfied.
+    let dir = tree(&[
+        ("clusters/prod/flux-system/gotk-sync.yaml", gotk_sync("clusters/prod")),
+        ("clusters/prod/kustomization.yaml", "resources: [infra.yaml]\n".into()),
+        (
+            "clusters/prod/infra.yaml",
+            ks_doc("infra", Some("flux-system"), "./infra", "  dependsOn:\n    - name: flux-system\n"),
+        ),
+        ("infra/config.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n".into()),
+    ]);
+    let (code, json) = check_tree(dir.path(), &[]);
+    assert_eq!(code, 0, "{json}");
+    assert!(findings(&json).is_empty(), "{json}");
+    assert_eq!(drawn(dir.path()), ["flux-system/flux-system", "flux-system/infra"]);
+}
+
+#[test]
+fn a_flux_instance_sync_path_is_the_entry_point() {
+    let instance = "apiVersion: fluxcd.controlplane.io/v1\nkind: FluxInstance\nmetadata:\n  name: flux\n  namespace: flux-system\n\
+                    spec:\n  distribution:\n    version: 2.x\n  sync:\n    kind: GitRepository\n    url: https://example.com/fleet\n    \
+                    ref: refs/heads/main\n    path: clusters/dev\n";
+    let dir = tree(&[
+        ("bootstrap/flux-instance.yaml", instance.into()),
+        ("clusters/dev/infra.yaml", ks_doc("infra", Some("flux-system"), "./infra", "")),
+        ("clusters/dev/apps.yaml", ks_doc("apps", Some("flux-system"), "./apps", "  dependsOn:\n    - name: infra\n")),
+        ("infra/x.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n".into()),
+        ("apps/x.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: y\n".into()),
+        // A template for new clusters, synced by nothing.
+        ("templates/apps.yaml", ks_doc("apps", Some("flux-system"), "./apps", "  dependsOn:\n    - name: missing\n")),
+    ]);
+    let (code, json) = check_tree(dir.path(), &[]);
+    assert_eq!(code, 0, "{json}");
+    assert!(findings(&json).is_empty(), "{json}");
+    // The Kustomization flux-operator creates for the sync is an object of the cluster.
+    assert_eq!(drawn(dir.path()), ["flux-system/apps", "flux-system/flux-system", "flux-system/infra"]);
+    assert_eq!(not_applied(&json).len(), 1, "{json}");
+}
+
+#[test]
+fn a_self_applied_kustomization_with_target_namespace_deadlocks_with_its_copy() {
+    // `team` applies its own folder into `team-a`: the copy is a real Kustomization, owned by
+    // the original. The original waits for what it applies (wait: true), and the copy's
+    // dependsOn names the original: they wait on each other. The originals alone form no cycle.
+    let dir = tree(&[
+        ("clusters/prod/flux-system/gotk-sync.yaml", gotk_sync("clusters/prod")),
+        (
+            "clusters/prod/team.yaml",
+            ks_doc("team", Some("flux-system"), "./teams/a", "  targetNamespace: team-a\n  wait: true\n"),
+        ),
+        (
+            "teams/a/team.yaml",
+            ks_doc(
+                "team",
+                Some("flux-system"),
+                "./teams/a",
+                "  targetNamespace: team-a\n  wait: true\n  dependsOn:\n    - name: team\n      namespace: flux-system\n",
+            ),
+        ),
+    ]);
+    let (code, json) = check_tree(dir.path(), &[]);
+    let cycles: Vec<&Value> = findings(&json).into_iter().filter(|f| f["rule"] == "cycle").collect();
+    assert_eq!(code, 1, "{json}");
+    assert_eq!(cycles.len(), 1, "{json}");
+    let members: Vec<&str> = cycles[0]["cycle"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
+    assert!(members.contains(&"flux-system/team") && members.contains(&"team-a/team"), "{members:?}");
+}
+
+#[test]
+fn a_broken_file_outside_everything_flux_applies_is_skipped_and_counted() {
+    let dir = tree(&[
+        ("clusters/prod/flux-system/gotk-sync.yaml", gotk_sync("clusters/prod")),
+        ("clusters/prod/apps.yaml", ks_doc("apps", Some("flux-system"), "./apps", "")),
+        ("apps/x.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n".into()),
+        (
+            "tmp/scratch.yaml",
+            "apiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata: [unclosed\n".into(),
+        ),
+    ]);
+    let (code, json) = check_tree(dir.path(), &[]);
+    assert_eq!(code, 0, "{json}");
+    assert!(json["errors"].as_array().unwrap().is_empty(), "{json}");
+    assert_eq!(json["skipped"], 1, "{json}");
+
+    // The same file inside an applied tree stops the check: Flux could not apply it either.
+    std::fs::rename(dir.path().join("tmp/scratch.yaml"), dir.path().join("apps/scratch.yaml")).unwrap();
+    let (code, json) = check_tree(dir.path(), &[]);
+    assert_eq!(code, 2, "{json}");
+    assert!(json["errors"][0]["file"].as_str().unwrap().ends_with("apps/scratch.yaml"), "{json}");
+}
+
+#[test]
+fn a_cluster_folder_inside_a_checkout_is_checked_from_its_entry_point() {
+    let two = |cluster: &str, dep: &str| {
+        vec![
+            (format!("clusters/{cluster}/flux-system/gotk-sync.yaml"), gotk_sync(&format!("clusters/{cluster}"))),
+            (
+                format!("clusters/{cluster}/apps.yaml"),
+                ks_doc("apps", Some("flux-system"), "./apps", &format!("  dependsOn:\n    - name: {dep}\n")),
+            ),
+        ]
+    };
+    let mut files = two("prod", "infra");
+    files.extend(two("staging", "typo"));
+    files.push(("clusters/prod/infra.yaml".into(), ks_doc("infra", Some("flux-system"), "./infra", "")));
+    files.push(("apps/x.yaml".into(), "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n".into()));
+    files.push(("infra/x.yaml".into(), "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: y\n".into()));
+    let files: Vec<(&str, String)> = files.iter().map(|(p, t)| (p.as_str(), t.clone())).collect();
+    let dir = tree(&files);
+    std::fs::create_dir(dir.path().join(".git")).unwrap();
+
+    // The staging cluster's typo is found when the whole checkout is checked...
+    let (code, json) = check_tree(dir.path(), &[]);
+    assert_eq!(code, 1, "{json}");
+    // ...not when the prod folder is, which still sees prod's whole cluster (apps applies ./apps,
+    // outside the folder).
+    let (code, json) = check_tree(&dir.path().join("clusters/prod"), &[]);
+    assert_eq!(code, 0, "{json}");
+    assert_eq!(json["objects"], 3, "flux-system, apps, infra of prod: {json}");
+    // --cluster picks one by the folder it syncs.
+    let (code, json) = check_tree(dir.path(), &["--cluster", "staging"]);
+    assert_eq!(code, 1, "{json}");
+    assert_eq!(findings(&json)[0]["target"], "flux-system/typo");
+    let (code, json) = check_tree(dir.path(), &["--cluster", "nowhere"]);
+    assert_eq!(code, 2, "{json}");
+    assert!(json["errors"][0]["message"].as_str().unwrap().contains("no such cluster"), "{json}");
+}

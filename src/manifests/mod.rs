@@ -134,21 +134,23 @@ pub fn load(paths: &[PathBuf]) -> Manifests {
 
 /// [`load`] with options: the pipeline of steps the module describes.
 pub fn load_with(paths: &[PathBuf], options: LoadOptions) -> Manifests {
-    let mut errors = Vec::new();
-    let mut files = Vec::new();
-    let mut skipped = 0;
     let explicit: Vec<PathBuf> = paths.iter().map(|p| files::normalize(p)).collect();
-    // A folder inside a Git checkout is checked as part of its repository: its cluster's entry
-    // point and the paths it applies are elsewhere in the checkout.
-    let read = scope::repository(&explicit).map_or_else(|| explicit.clone(), |root| vec![root]);
-    for path in &read {
-        skipped += files::collect_files(path, true, &mut files, &mut errors);
+    let (mut documents, mut errors, mut skipped) = read_files(&explicit);
+    let mut placed = clusters::place(&documents, &explicit);
+    // A folder without an entry point of its own (or whose entry point syncs a path outside it),
+    // inside a Git checkout, is checked as part of
+    // its repository: the entry point of its cluster and the paths that cluster applies lie
+    // elsewhere in the checkout. Only when some cluster of the checkout reaches into it.
+    let entered = !documents.entries.is_empty() && placed.clusters.iter().any(|c| c.entry.is_some());
+    if !entered && let Some(root) = scope::repository(&explicit) {
+        let (wide, wide_errors, wide_skipped) = read_files(std::slice::from_ref(&root));
+        let mut wide_placed = clusters::place(&wide, std::slice::from_ref(&root));
+        if scope::reaches(&wide_placed, &wide, &explicit) {
+            scope::keep_reaching(&mut wide_placed, &wide, &explicit);
+            (documents, errors, skipped, placed) = (wide, wide_errors, wide_skipped, wide_placed);
+        }
     }
-    files.sort();
-    files.dedup();
-    let documents = documents::read(files);
-    let mut placed = clusters::place(&documents, &read);
-    if let Err(e) = scope::narrow(&mut placed, &documents, &explicit, &read, options.cluster.as_deref()) {
+    if let Err(e) = scope::narrow(&mut placed, options.cluster.as_deref()) {
         errors.push(e);
     }
     let mut out = objects::resolve(&documents, placed, &explicit, &options);
@@ -156,6 +158,20 @@ pub fn load_with(paths: &[PathBuf], options: LoadOptions) -> Manifests {
     out.errors.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
     out.skipped += skipped;
     out
+}
+
+/// Steps 1 and 2: the files under `paths` and their documents, with the files that could not
+/// be listed and how many were skipped as not manifests.
+fn read_files(paths: &[PathBuf]) -> (documents::Documents, Vec<LoadError>, usize) {
+    let mut errors = Vec::new();
+    let mut files = Vec::new();
+    let mut skipped = 0;
+    for path in paths {
+        skipped += files::collect_files(path, true, &mut files, &mut errors);
+    }
+    files.sort();
+    files.dedup();
+    (documents::read(files), errors, skipped)
 }
 
 /// The Flux objects (Kustomizations and HelmReleases) that kustomize-controller applies for the

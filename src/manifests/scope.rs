@@ -2,15 +2,16 @@
 //! reach into it, and `--cluster` for one cluster.
 //!
 //! `check clusters/production` must see that cluster as Flux does: its entry point and the paths
-//! it applies lie elsewhere in the repository. So when the paths given are inside a Git checkout
-//! (a `.git` above them), the whole checkout is read, and only the clusters whose entry point is
-//! under the paths, or that apply something under them, are kept; objects under the paths that
-//! no cluster applies are listed as not applied.
+//! it applies lie elsewhere in the repository. So when the paths given hold no entry point and
+//! are inside a Git checkout (a `.git` above them), the whole checkout is read, and the clusters
+//! whose entry point is under the paths, or that apply something under them, are kept; objects
+//! under the paths that no cluster applies are listed as not applied. When no cluster of the
+//! checkout reaches into the paths, they are read on their own.
 
 use std::path::{Path, PathBuf};
 
 use super::LoadError;
-use super::clusters::Placed;
+use super::clusters::{ClusterOf, Placed};
 use super::documents::Documents;
 
 /// The root of the Git checkout holding every one of `paths`, when that is above them.
@@ -33,41 +34,40 @@ pub(super) fn repository(paths: &[PathBuf]) -> Option<PathBuf> {
     Some(super::files::normalize(&relative))
 }
 
-/// Keeps the clusters the user asked for: those `cluster` names, or, when the checkout was read
-/// from above the paths given, those reaching into them.
-pub(super) fn narrow(
-    placed: &mut Placed,
-    docs: &Documents,
-    paths: &[PathBuf],
-    read: &[PathBuf],
-    cluster: Option<&str>,
-) -> Result<(), LoadError> {
+/// Whether some cluster of `placed` has its entry point under `paths` or applies a file there.
+pub(super) fn reaches(placed: &Placed, docs: &Documents, paths: &[PathBuf]) -> bool {
+    placed.clusters.iter().any(|c| reaches_into(c, placed, docs, paths))
+}
+
+fn reaches_into(c: &ClusterOf, placed: &Placed, docs: &Documents, paths: &[PathBuf]) -> bool {
     let under = |file: &Path| paths.iter().any(|p| file.starts_with(p));
-    if let Some(name) = cluster {
-        let wanted = super::files::normalize(Path::new(name));
-        let names = |c: &super::clusters::ClusterOf| {
-            c.folder.ends_with(&wanted)
-                || c.entry.as_ref().is_some_and(|e| e.starts_with(&wanted) || e.ends_with(&wanted))
-        };
-        let known: Vec<String> = placed.clusters.iter().map(|c| c.folder.display().to_string()).collect();
-        placed.clusters.retain(names);
-        if placed.clusters.is_empty() {
-            return Err(LoadError {
-                file: PathBuf::from(name),
-                line: 0,
-                message: format!("--cluster {name}: no such cluster; the clusters are: {}", known.join(", ")),
-            });
-        }
-    } else if read != paths {
-        let instances = &placed.instances;
-        placed.clusters.retain(|c| {
-            c.entry.as_deref().is_some_and(under) || c.members.iter().any(|&i| under(&docs.files[instances[i].file]))
+    c.entry.as_deref().is_some_and(under) || c.members.iter().any(|&i| under(&docs.files[placed.instances[i].file]))
+}
+
+/// Keeps the clusters reaching into `paths`, and the not-applied objects written there.
+pub(super) fn keep_reaching(placed: &mut Placed, docs: &Documents, paths: &[PathBuf]) {
+    let keep: Vec<bool> = placed.clusters.iter().map(|c| reaches_into(c, placed, docs, paths)).collect();
+    let mut keep = keep.into_iter();
+    placed.clusters.retain(|_| keep.next().unwrap_or(false));
+    placed.not_applied.retain(|&d, _| paths.iter().any(|p| docs.files[docs.docs[d].file].starts_with(p)));
+}
+
+/// Keeps the cluster `--cluster` names: the folder its entry point syncs (or a trailing part
+/// of it), or its entry point's file or a folder above it.
+pub(super) fn narrow(placed: &mut Placed, cluster: Option<&str>) -> Result<(), LoadError> {
+    let Some(name) = cluster else { return Ok(()) };
+    let wanted = super::files::normalize(Path::new(name));
+    let names = |c: &ClusterOf| {
+        c.folder.ends_with(&wanted) || c.entry.as_ref().is_some_and(|e| e.starts_with(&wanted) || e.ends_with(&wanted))
+    };
+    let known: Vec<String> = placed.clusters.iter().map(|c| c.folder.display().to_string()).collect();
+    placed.clusters.retain(names);
+    if placed.clusters.is_empty() {
+        return Err(LoadError {
+            file: PathBuf::from(name),
+            line: 0,
+            message: format!("--cluster {name}: no such cluster; the clusters are: {}", known.join(", ")),
         });
-    } else {
-        return Ok(());
-    }
-    if read != paths {
-        placed.not_applied.retain(|&d, _| under(&docs.files[docs.docs[d].file]));
     }
     Ok(())
 }
