@@ -19,7 +19,7 @@ use serde_json::Value;
 use super::LoadError;
 use super::documents::{Body, Documents};
 use super::entry::{Entry, Origin, source_of};
-use super::files::normalize;
+use super::files::{join, normalize};
 use super::kustomize::{Builder, Folders};
 use super::{FALLBACK_NAMESPACE, resource_set, root};
 use crate::object::{FluxKind, at, kind_of};
@@ -172,7 +172,7 @@ pub(super) fn place(docs: &Documents, inputs: &[PathBuf]) -> Placed {
                 else {
                     continue;
                 };
-                let dir = normalize(&root.join(path));
+                let dir = join(&root, path);
                 if !folders.knows(&dir) {
                     continue;
                 }
@@ -246,13 +246,13 @@ impl<'a> Placer<'a> {
     fn matching(&self, root: &Path, path: &str) -> Vec<PathBuf> {
         let known = |d: &Path| self.folders.knows(d) || self.docs.kustomizations.contains_key(d);
         if !path.contains("${") {
-            let dir = normalize(&root.join(path));
+            let dir = join(root, path);
             return if known(&dir) { vec![dir] } else { Vec::new() };
         }
         let mut dirs = vec![root.to_path_buf()];
         for part in Path::new(path).components() {
             let part = part.as_os_str().to_string_lossy();
-            if part == "." {
+            if part == "." || part == "/" {
                 continue;
             }
             if !part.contains("${") {
@@ -326,7 +326,7 @@ impl<'a> Placer<'a> {
             if path.contains("${") {
                 continue;
             }
-            let dir = normalize(&root.join(path));
+            let dir = join(root, path);
             if !self.folders.knows(&dir) && !self.docs.kustomizations.contains_key(&dir) {
                 continue;
             }
@@ -405,7 +405,7 @@ impl<'a> Placer<'a> {
             let Some(path) = at(value, &["spec", "path"]).and_then(Value::as_str).filter(|p| !p.contains("${")) else {
                 continue;
             };
-            let dir = normalize(&root.join(path));
+            let dir = join(&root, path);
             if !self.folders.knows(&dir) {
                 continue;
             }
@@ -482,7 +482,7 @@ impl<'a> Placer<'a> {
             let Some(path) = at(value, &["spec", "path"]).and_then(Value::as_str).filter(|p| !p.contains("${")) else {
                 continue;
             };
-            let dir = normalize(&root.join(path));
+            let dir = join(&root, path);
             if self.folders.knows(&dir) {
                 // A Kustomization applying its own file is still a root.
                 applied.extend(self.builder.flux(value, &dir).0.iter().map(|i| i.doc).filter(|&i| i != d));

@@ -188,6 +188,11 @@ fn read_file(file: &Path, index: usize) -> FileRead {
     // A file naming a Flux API group is meant as a manifest: it never goes unreported.
     let flux = is_kustomize_file || is_flux_text(&text);
     let mut failed = false;
+    // An empty kustomization.yaml is still one: kustomize-controller reads it as `{}`.
+    if is_kustomize_file && split_documents(&text).is_empty() {
+        let dir = file.parent().unwrap_or(Path::new("."));
+        read.kustomization = Some((dir.to_path_buf(), KustomizeFile::read(&Value::Null, file)));
+    }
     for doc in split_documents(&text) {
         let how = if is_kustomize_file || doc.text.contains(resource_set::GROUP) || is_instance_values(doc.text) {
             Parse::Whole
@@ -215,7 +220,7 @@ fn read_file(file: &Path, index: usize) -> FileRead {
             }
         };
         if is_kustomize_file {
-            if super::kustomize::is_config(&value) {
+            if super::kustomize::is_config(&value) || value.is_null() {
                 let dir = file.parent().unwrap_or(Path::new("."));
                 read.kustomization = Some((dir.to_path_buf(), KustomizeFile::read(&value, file)));
             }

@@ -5,6 +5,11 @@ use std::path::{Path, PathBuf};
 
 use super::LoadError;
 
+/// Files source-controller leaves out of every artifact it builds (its default ignore patterns):
+/// kustomize-controller never sees them. Hidden files and folders are skipped already.
+const EXCLUDED_BY_SOURCE: [&str; 4] =
+    ["appveyor.yml", "cloudbuild.yaml", "codeship-services.yml", "codeship-steps.yml"];
+
 pub(super) fn is_yaml(path: &Path) -> bool {
     matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
         || path.file_name().and_then(|n| n.to_str()) == Some("Kustomization")
@@ -37,6 +42,10 @@ pub(super) fn collect_files(
             // A file named on the command line is read whatever its extension or name.
             files.push(normalize(path));
         } else if is_yaml(path) {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if EXCLUDED_BY_SOURCE.contains(&name) {
+                return 0;
+            }
             if is_helmfile(path) {
                 return 1;
             }
@@ -92,6 +101,26 @@ pub(super) fn normalize(path: &Path) -> PathBuf {
                 }
             }
             other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// `path` (a Flux Kustomization's `spec.path`) inside the source whose root is `root`, joined
+/// as kustomize-controller joins it: a leading `/` is the root, and `..` stops at the root.
+pub(super) fn join(root: &Path, path: &str) -> PathBuf {
+    use std::path::Component;
+    let mut out = normalize(root);
+    let depth = out.components().count();
+    for c in Path::new(path).components() {
+        match c {
+            Component::Normal(part) => out.push(part),
+            Component::ParentDir => {
+                if out.components().count() > depth {
+                    out.pop();
+                }
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
         }
     }
     out

@@ -361,15 +361,13 @@ impl<'a> Builder<'a> {
         let k = base.with_flux_steps(ks, dir);
         let mut notes = Vec::new();
         let mut items = self.run(&k, dir, &mut notes);
-        if let Some(vars) = at(ks, &["spec", "postBuild", "substitute"]).and_then(Value::as_object) {
-            let vars: HashMap<String, String> = vars
-                .iter()
-                .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string)))
-                .collect();
+        if let Some(vars) = substitution(ks) {
             for item in &mut items {
-                let disabled = at(&item.value, &["metadata", "annotations", SUBSTITUTE_ANNOTATION])
-                    .and_then(Value::as_str)
-                    .is_some_and(|v| v == "disabled");
+                let disabled = ["labels", "annotations"].iter().any(|field| {
+                    at(&item.value, &["metadata", field, SUBSTITUTE_ANNOTATION])
+                        .and_then(Value::as_str)
+                        .is_some_and(|v| v == "disabled")
+                });
                 if !disabled {
                     let text = item.value.to_string();
                     let replaced = substitute(&text, &vars);
@@ -653,6 +651,26 @@ fn apply_merge(patch: &Value, target: Option<&Selector>, items: &mut Vec<Item>) 
     });
 }
 
+/// The variables of `ks`'s post-build substitution, when kustomize-controller runs it: with
+/// variables given inline or from ConfigMaps and Secrets (whose values are unknown offline, so
+/// only the defaults written in the objects apply to them), or with `substituteStrategy: Always`.
+fn substitution(ks: &Value) -> Option<HashMap<String, String>> {
+    let post = at(ks, &["spec", "postBuild"])?;
+    let inline = post.get("substitute").and_then(Value::as_object);
+    let from = post.get("substituteFrom").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
+    let always = post.get("substituteStrategy").and_then(Value::as_str) == Some("Always");
+    if !(inline.is_some_and(|v| !v.is_empty()) || from || always) {
+        return None;
+    }
+    Some(
+        inline
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), |s| s.replace('\n', ""))))
+            .collect(),
+    )
+}
+
 /// kustomize treats an empty namespace and `default` as the same.
 fn same_namespace(a: &str, b: &str) -> bool {
     fn norm(s: &str) -> &str {
@@ -677,37 +695,75 @@ fn apply_json(ops: &[Value], target: &Selector, items: &mut [Item]) {
     }
 }
 
-/// Replaces `${VAR}`, `${VAR:=default}`, `${VAR:-default}` and `${VAR=default}` the way Flux's
-/// post-build substitution does. A variable with no value and no default is left as written:
-/// offline, values from `substituteFrom` are unknown.
+/// Replaces `${VAR}`, `${VAR:=default}`, `${VAR:-default}`, `${VAR=default}` and
+/// `${VAR-default}` the way Flux's post-build substitution (envsubst) does: a default applies when
+/// the variable is unset or empty and may itself hold expressions; `$$` is a literal `$`. A
+/// variable with no value and no default, and any other form, is left as written: offline,
+/// values from `substituteFrom` are unknown.
 pub(super) fn substitute(text: &str, vars: &HashMap<String, String>) -> String {
-    if !text.contains("${") {
+    if !text.contains('$') {
         return text.to_string();
     }
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let Some(len) = rest[start..].find('}') else {
-            out.push_str(&rest[start..]);
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while let Some(pos) = text[i..].find('$') {
+        let at = i + pos;
+        out.push_str(&text[i..at]);
+        let rest = &text[at..];
+        if rest.starts_with("$$") {
+            out.push('$');
+            i = at + 2;
+            continue;
+        }
+        if !rest.starts_with("${") {
+            out.push('$');
+            i = at + 1;
+            continue;
+        }
+        let mut depth = 0;
+        let mut end = None;
+        for (j, c) in rest.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = Some(j);
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let Some(end) = end else {
+            out.push_str(rest);
             return out;
         };
-        let inner = &rest[start + 2..start + len];
-        let (name, default) = match inner.find([':', '=']) {
-            Some(i) => {
-                let d = inner[i..].trim_start_matches([':', '=', '-']);
-                (&inner[..i], Some(d))
-            }
-            None => (inner, None),
-        };
-        match vars.get(name).map(String::as_str).or(default) {
-            Some(v) => out.push_str(v),
-            None => out.push_str(&rest[start..=start + len]),
+        match expand(&rest[2..end], vars) {
+            Some(value) => out.push_str(&value),
+            None => out.push_str(&rest[..=end]),
         }
-        rest = &rest[start + len + 1..];
+        i = at + end + 1;
     }
-    out.push_str(rest);
+    out.push_str(&text[i..]);
     out
+}
+
+/// The value of one `${...}` expression, `None` to leave it as written.
+fn expand(inner: &str, vars: &HashMap<String, String>) -> Option<String> {
+    let name_len = inner.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(inner.len());
+    let (name, op) = inner.split_at(name_len);
+    if name.is_empty() {
+        return None;
+    }
+    if op.is_empty() {
+        return vars.get(name).cloned();
+    }
+    let set = vars.get(name).filter(|v| !v.is_empty());
+    [":=", ":-", "=", "-"]
+        .iter()
+        .find_map(|p| op.strip_prefix(p))
+        .map(|default| set.cloned().unwrap_or_else(|| substitute(default, vars)))
 }
 
 #[cfg(test)]
@@ -723,6 +779,9 @@ mod tests {
         assert_eq!(substitute("${MISSING}", &vars), "${MISSING}");
         assert_eq!(substitute("plain", &vars), "plain");
         assert_eq!(substitute("${unterminated", &vars), "${unterminated");
+        assert_eq!(substitute("${CLAIM:=${CLUSTER}}-data", &vars), "prod-data", "a default holding an expression");
+        assert_eq!(substitute("$${CLUSTER}", &vars), "${CLUSTER}", "$$ is a literal $");
+        assert_eq!(substitute("${CLUSTER/a/b}", &vars), "${CLUSTER/a/b}", "other forms stay as written");
     }
 
     #[test]

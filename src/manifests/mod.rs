@@ -174,30 +174,46 @@ fn read_files(paths: &[PathBuf]) -> (documents::Documents, Vec<LoadError>, usize
     (documents::read(files), errors, skipped)
 }
 
-/// The Flux objects (Kustomizations and HelmReleases) that kustomize-controller applies for the
-/// Flux Kustomization `kustomization` (a document as written) whose `spec.path` is relative to
-/// the repository folder `root`: kustomize's build of the path, kustomize-controller's own steps,
-/// post-build substitution. What the differential test holds against `kubectl kustomize`.
+/// A repository read once, to build many of its Flux Kustomizations ([`Repository::build`]).
+pub struct Repository {
+    root: PathBuf,
+    documents: documents::Documents,
+    folders: kustomize::Folders,
+}
+
+impl Repository {
+    /// Reads every YAML file under the repository folder `root`.
+    pub fn read(root: &Path) -> Result<Repository, String> {
+        let (documents, errors, _) = read_files(&[root.to_path_buf()]);
+        if let Some(e) = errors.first() {
+            return Err(e.to_string());
+        }
+        let folders = kustomize::Folders::new(&documents.files);
+        Ok(Repository { root: files::normalize(root), documents, folders })
+    }
+
+    /// The Flux objects (Kustomizations and HelmReleases) that kustomize-controller applies for
+    /// the Flux Kustomization `kustomization` (a document as written), whose `spec.path` is
+    /// relative to the repository: kustomize's build of the path, kustomize-controller's own
+    /// steps, post-build substitution. What the differential test holds against `kubectl
+    /// kustomize`.
+    pub fn build(&self, kustomization: &Value) -> Result<Vec<Value>, String> {
+        let path = crate::object::at(kustomization, &["spec", "path"])
+            .and_then(Value::as_str)
+            .ok_or("the Kustomization has no spec.path")?;
+        let dir = files::join(&self.root, path);
+        if !self.folders.knows(&dir) && !self.documents.kustomizations.contains_key(&dir) {
+            return Err(format!("{} holds no YAML file", dir.display()));
+        }
+        let builder = kustomize::Builder::new(&self.documents, &self.folders);
+        let (items, _) = builder.flux(kustomization, &dir);
+        Ok(items.into_iter().map(|i| i.value).filter(|v| kind_of(v).is_some()).collect())
+    }
+}
+
+/// [`Repository::build`] of one Kustomization of the repository folder `root`.
 pub fn build_kustomization(root: &Path, kustomization: &Value) -> Result<Vec<Value>, String> {
-    let path = crate::object::at(kustomization, &["spec", "path"])
-        .and_then(Value::as_str)
-        .ok_or("the Kustomization has no spec.path")?;
-    let mut errors = Vec::new();
-    let mut found = Vec::new();
-    files::collect_files(root, true, &mut found, &mut errors);
-    if let Some(e) = errors.first() {
-        return Err(e.to_string());
-    }
-    found.sort();
-    let documents = documents::read(found);
-    let folders = kustomize::Folders::new(&documents.files);
-    let dir = files::normalize(&root.join(path));
-    if !folders.knows(&dir) && !documents.kustomizations.contains_key(&dir) {
-        return Err(format!("{} holds no YAML file", dir.display()));
-    }
-    let builder = kustomize::Builder::new(&documents, &folders);
-    let (items, _) = builder.flux(kustomization, &dir);
-    Ok(items.into_iter().map(|i| i.value).filter(|v| kind_of(v).is_some()).collect())
+    Repository::read(root)?.build(kustomization)
 }
 
 /// `f` of every item, spread over the machine's cores, in the order of `items` (the result does

@@ -63,7 +63,7 @@ pub(super) fn source_root<'s>(
                 .filter(|a| a.source.is_none_or(|s| s == source))
                 .filter_map(|a| a.path)
                 .filter(|p| !p.contains("${") && may_resolve(p))
-                .filter(|p| knows(&normalize(&root.join(p))))
+                .filter(|p| knows(&super::files::join(root, p)))
                 .count();
             let deeper = |r: &PathBuf| root.components().count() > r.components().count();
             if score > 0 && best.as_ref().is_none_or(|(s, r, _)| score > *s || (score == *s && deeper(r))) {
