@@ -1074,3 +1074,73 @@ fn a_cluster_folder_inside_a_checkout_is_checked_from_its_entry_point() {
     assert_eq!(code, 2, "{json}");
     assert!(json["errors"][0]["message"].as_str().unwrap().contains("no such cluster"), "{json}");
 }
+
+#[test]
+fn a_resource_sets_own_depends_on_is_checked_for_dangling_targets_and_cycles() {
+    let set = |name: &str, deps: &str| {
+        format!(
+            "apiVersion: fluxcd.controlplane.io/v1\nkind: ResourceSet\nmetadata:\n  name: {name}\n  namespace: apps\nspec:\n  \
+             dependsOn:\n{deps}  inputs:\n    - tier: web\n  resources:\n    - apiVersion: helm.toolkit.fluxcd.io/v2\n      \
+             kind: HelmRelease\n      metadata:\n        name: {name}-<< inputs.tier >>\n      spec:\n        interval: 10m\n        \
+             chart:\n          spec:\n            chart: x\n            sourceRef:\n              kind: HelmRepository\n              \
+             name: charts\n"
+        )
+    };
+    let dep = |api: &str, kind: &str, name: &str| {
+        format!("    - apiVersion: {api}\n      kind: {kind}\n      name: {name}\n      namespace: apps\n")
+    };
+    let dir = tree(&[
+        ("clusters/prod/flux-system/gotk-sync.yaml", gotk_sync("clusters/prod")),
+        ("clusters/prod/apps.yaml", ks_doc("apps", Some("flux-system"), "./apps", "")),
+        ("apps/infra.yaml", ks_doc("infra", Some("apps"), "./infra", "")),
+        ("infra/x.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n".into()),
+        (
+            "apps/front.yaml",
+            set(
+                "front",
+                &[
+                    dep("kustomize.toolkit.fluxcd.io/v1", "Kustomization", "infra"),
+                    // A typo: nothing is named infrastructure.
+                    dep("kustomize.toolkit.fluxcd.io/v1", "Kustomization", "infrastructure"),
+                    // The wrong kind: infra is a Kustomization.
+                    dep("helm.toolkit.fluxcd.io/v2", "HelmRelease", "infra"),
+                    // Not in the Flux graph: not judged.
+                    dep("v1", "Secret", "token"),
+                ]
+                .concat(),
+            ),
+        ),
+        // back waits for what front renders, and front... does not: no cycle yet.
+        ("apps/back.yaml", set("back", &dep("helm.toolkit.fluxcd.io/v2", "HelmRelease", "front-web"))),
+    ]);
+    let (code, json) = check_tree(dir.path(), &[]);
+    assert_eq!(code, 1, "{json}");
+    let f = findings(&json);
+    let of_sets: Vec<&&Value> = f.iter().filter(|f| f["kind"] == "ResourceSet").collect();
+    assert_eq!(of_sets.len(), 2, "{json}");
+    assert!(of_sets.iter().all(|f| f["rule"] == "danglingDependsOn" && f["object"] == "apps/front"), "{json}");
+    assert!(of_sets.iter().any(|f| f["target"] == "apps/infrastructure"), "{json}");
+    let wrong_kind =
+        of_sets.iter().find(|f| f["message"].as_str().unwrap().contains("HelmRelease apps/infra")).unwrap();
+    assert!(
+        wrong_kind["message"].as_str().unwrap().ends_with("; a Kustomization named infra exists in apps"),
+        "{wrong_kind}"
+    );
+    assert!(wrong_kind["file"].as_str().unwrap().ends_with("apps/front.yaml"));
+    // The objects they render are checked like any other: back's HelmRelease target exists.
+    assert!(f.iter().all(|f| f["kind"] == "ResourceSet"), "{json}");
+
+    // front now waits for back, which waits for what front renders: neither ever renders.
+    std::fs::write(
+        dir.path().join("apps/front.yaml"),
+        set("front", &dep("fluxcd.controlplane.io/v1", "ResourceSet", "back")),
+    )
+    .unwrap();
+    let (code, json) = check_tree(dir.path(), &[]);
+    assert_eq!(code, 1, "{json}");
+    let cycles: Vec<&Value> = findings(&json).into_iter().filter(|f| f["rule"] == "cycle").collect();
+    assert_eq!(cycles.len(), 1, "{json}");
+    assert_eq!(cycles[0]["kind"], "ResourceSet");
+    let members: Vec<&str> = cycles[0]["cycle"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
+    assert!(members.contains(&"apps/front") && members.contains(&"apps/back"), "{members:?}");
+}

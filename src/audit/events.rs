@@ -183,9 +183,8 @@ impl Publisher {
         let mut order: Vec<(Rule, FluxKind, ObjectKey)> = Vec::new();
         let mut notes: HashMap<(Rule, FluxKind, ObjectKey), Vec<&str>> = HashMap::new();
         for f in &report.findings {
-            if reason(f.rule).is_none() {
-                continue;
-            }
+            // Events go on the guarded objects the watch knows.
+            let (Some(_), Some(kind)) = (reason(f.rule), f.kind.flux()) else { continue };
             let mut objects = vec![&f.object];
             for member in f.cycle.iter().flatten() {
                 if !objects.contains(&member) {
@@ -193,7 +192,7 @@ impl Publisher {
                 }
             }
             for object in objects {
-                let key = (f.rule, f.kind, object.clone());
+                let key = (f.rule, kind, object.clone());
                 let messages = notes.entry(key.clone()).or_default();
                 if messages.is_empty() {
                     order.push(key);

@@ -14,7 +14,7 @@ use crate::graph::Graph;
 use crate::live_policy::LivePolicy;
 use crate::object::{FluxKind, ObjectKey};
 use crate::policy::{Policy, Rule};
-use crate::rules::{self, Finding};
+use crate::rules::{self, Finding, FindingKind};
 
 /// The last audit's result, as `/report` serves it.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -77,7 +77,7 @@ pub fn counts(report: &Report) -> Vec<(FluxKind, Rule, usize)> {
     out
 }
 
-type FindingId = (Rule, FluxKind, String, String);
+type FindingId = (Rule, FindingKind, String, String);
 
 fn id(f: &Finding) -> FindingId {
     (f.rule, f.kind, f.object.to_string(), f.message.clone())

@@ -59,6 +59,21 @@ pub(super) struct Placed {
     pub notes: Vec<LoadError>,
     /// No entry point was found: the clusters are guessed.
     pub guessed: bool,
+    /// The ResourceSets each cluster applies, with what they render.
+    pub resource_sets: Vec<PlacedSet>,
+}
+
+/// A ResourceSet as a cluster has it.
+#[derive(Debug, Clone)]
+pub(super) struct PlacedSet {
+    /// The folder naming its cluster ([`ClusterOf::folder`]).
+    pub cluster: PathBuf,
+    pub file: usize,
+    pub line: usize,
+    /// As applied: built, patched, substituted.
+    pub value: Value,
+    /// The Flux objects it renders.
+    pub renders: Vec<(FluxKind, Value)>,
 }
 
 /// The key that makes an object one object in a cluster.
@@ -140,7 +155,7 @@ pub(super) fn place(docs: &Documents, inputs: &[PathBuf]) -> Placed {
                     value,
                     parent: None,
                 };
-                let members = placer.traverse(vec![start], &root, Some(entry.source()));
+                let members = placer.traverse(&dir, vec![start], &root, Some(entry.source()));
                 first_root.get_or_insert_with(|| root.clone());
                 if std::env::var_os("FLUXGATE_DEBUG").is_some() {
                     eprintln!("cluster {} root {} members {}", dir.display(), root.display(), members.len());
@@ -295,7 +310,13 @@ impl<'a> Placer<'a> {
     /// Builds and renders from `starts` down: the instances of one cluster. Kustomizations of
     /// another source than `source` (another repository, an OCI artifact) apply nothing of this
     /// checkout.
-    fn traverse(&mut self, starts: Vec<Instance>, root: &Path, source: Option<(String, String)>) -> Vec<usize> {
+    fn traverse(
+        &mut self,
+        cluster: &Path,
+        starts: Vec<Instance>,
+        root: &Path,
+        source: Option<(String, String)>,
+    ) -> Vec<usize> {
         let mut members = Vec::new();
         let mut seen: HashMap<Key, usize> = HashMap::new();
         let mut queue = VecDeque::new();
@@ -343,7 +364,16 @@ impl<'a> Placer<'a> {
                         for n in notes {
                             self.note(self.docs.files[doc.file].clone(), doc.line, n);
                         }
-                        values.into_iter().filter_map(|v| flux_kind(&v).map(|k| (k, v))).collect()
+                        let renders: Vec<(FluxKind, Value)> =
+                            values.into_iter().filter_map(|v| flux_kind(&v).map(|k| (k, v))).collect();
+                        self.out.resource_sets.push(PlacedSet {
+                            cluster: cluster.to_path_buf(),
+                            file: doc.file,
+                            line: doc.line,
+                            value: item.value.clone(),
+                            renders: renders.clone(),
+                        });
+                        renders
                     }
                     Body::Flux(..) => Vec::new(),
                 };
@@ -514,12 +544,26 @@ impl<'a> Placer<'a> {
                 self.note(self.docs.files[doc.file].clone(), doc.line, n);
             }
             let folder = self.docs.files[doc.file].parent().map(Path::to_path_buf).unwrap_or_default();
-            for value in values {
-                if let Some(kind) = flux_kind(&value) {
-                    let start = Instance { kind, doc: Some(d), file: doc.file, line: doc.line, value, parent: None };
-                    by_folder.entry(folder.clone()).or_default().push(start);
-                }
+            let renders: Vec<(FluxKind, Value)> =
+                values.into_iter().filter_map(|v| flux_kind(&v).map(|k| (k, v))).collect();
+            for (kind, value) in &renders {
+                let start = Instance {
+                    kind: *kind,
+                    doc: Some(d),
+                    file: doc.file,
+                    line: doc.line,
+                    value: value.clone(),
+                    parent: None,
+                };
+                by_folder.entry(folder.clone()).or_default().push(start);
             }
+            self.out.resource_sets.push(PlacedSet {
+                cluster: folder,
+                file: doc.file,
+                line: doc.line,
+                value: set,
+                renders,
+            });
         }
         for mut start in candidates {
             let d = start.doc.expect("written documents have one");
@@ -536,7 +580,7 @@ impl<'a> Placer<'a> {
             for s in &starts {
                 self.out.applied_files.insert(self.docs.files[s.file].clone());
             }
-            let members = self.traverse(starts, &root, source.clone());
+            let members = self.traverse(&folder, starts, &root, source.clone());
             self.out.clusters.push(ClusterOf { folder, members, entry: None });
         }
         // What only a not-applied object applied stays not applied; anything else read by no

@@ -87,6 +87,9 @@ pub struct Manifests {
     /// objects of each cluster (indices into `objects`), to be checked one cluster at a time.
     /// Empty when everything forms one graph.
     pub clusters: Vec<Cluster>,
+    /// The flux-operator ResourceSets the clusters apply, with their own `dependsOn` and the
+    /// objects they render.
+    pub resource_sets: Vec<LoadedSet>,
     /// Every cluster of the checkout (roots of one folder and what they apply), whether or not
     /// they must be checked one by one: indices into `objects`.
     pub groups: Vec<Cluster>,
@@ -117,6 +120,29 @@ pub struct LoadOptions {
     /// Only this cluster: the folder its entry point syncs (or a trailing part of it, such as
     /// `production`), or the file or folder of its entry point.
     pub cluster: Option<String>,
+}
+
+/// A flux-operator ResourceSet as its cluster applies it.
+#[derive(Debug, Clone)]
+pub struct LoadedSet {
+    pub key: ObjectKey,
+    pub file: PathBuf,
+    pub line: usize,
+    /// Its cluster: an index into [`Manifests::groups`].
+    pub group: usize,
+    /// Its own `spec.dependsOn`: objects of any kind. An entry without a namespace is read in
+    /// the ResourceSet's own namespace.
+    pub depends_on: Vec<SetDependency>,
+    /// The Flux objects it renders.
+    pub renders: Vec<(FluxKind, ObjectKey)>,
+}
+
+/// One entry of a ResourceSet's `spec.dependsOn`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetDependency {
+    pub api_version: String,
+    pub kind: String,
+    pub key: ObjectKey,
 }
 
 /// One cluster of a repository holding several: its roots' folder and its objects.

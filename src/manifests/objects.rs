@@ -12,9 +12,12 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::clusters::Placed;
+use super::clusters::{Placed, PlacedSet};
 use super::documents::{Body, Documents};
-use super::{Cluster, FALLBACK_NAMESPACE, LoadError, LoadOptions, Loaded, Manifests, NotApplied};
+use super::{
+    Cluster, FALLBACK_NAMESPACE, LoadError, LoadOptions, Loaded, LoadedSet, Manifests, NotApplied, SetDependency,
+    resource_set,
+};
 use crate::object::{FluxKind, FluxObject, ObjectKey, at};
 use crate::status::ObjectStatus;
 
@@ -143,6 +146,7 @@ pub(super) fn resolve(docs: &Documents, placed: Placed, explicit: &[PathBuf], op
         }
     }
     drop(definitions);
+    out.resource_sets = sets(docs, &placed.resource_sets, &per_cluster);
     if conflict && per_cluster.len() > 1 {
         out.objects = all;
         out.clusters = per_cluster.into_iter().map(|(folder, members)| Cluster { folder, members }).collect();
@@ -167,6 +171,40 @@ pub(super) fn resolve(docs: &Documents, placed: Placed, explicit: &[PathBuf], op
             Cluster { folder, members }
         })
         .collect();
+    out
+}
+
+/// The placed ResourceSets of the clusters kept, each with the index of its cluster.
+fn sets(docs: &Documents, placed: &[PlacedSet], clusters: &[(PathBuf, Vec<usize>)]) -> Vec<LoadedSet> {
+    let mut out = Vec::new();
+    for set in placed {
+        let Some(group) = clusters.iter().position(|(folder, _)| *folder == set.cluster) else { continue };
+        let name = at(&set.value, &["metadata", "name"]).and_then(Value::as_str).unwrap_or_default();
+        if name.is_empty() {
+            continue;
+        }
+        let namespace = namespace_of(&set.value);
+        let key = ObjectKey::new(namespace.as_str(), name);
+        let depends_on = resource_set::dependencies(&set.value)
+            .into_iter()
+            .map(|d| SetDependency {
+                key: ObjectKey::new(d.namespace.as_deref().unwrap_or(&namespace), d.name.as_str()),
+                api_version: d.api_version,
+                kind: d.kind,
+            })
+            .collect();
+        let renders = set
+            .renders
+            .iter()
+            .filter_map(|(kind, v)| {
+                let name = at(v, &["metadata", "name"]).and_then(Value::as_str)?;
+                Some((*kind, ObjectKey::new(namespace_of(v), name)))
+            })
+            .collect();
+        if !out.iter().any(|s: &LoadedSet| s.key == key && s.group == group) {
+            out.push(LoadedSet { key, file: docs.files[set.file].clone(), line: set.line, group, depends_on, renders });
+        }
+    }
     out
 }
 

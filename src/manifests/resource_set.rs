@@ -48,7 +48,6 @@ pub(super) struct Dependency {
 
 /// The objects `set` waits for, from its `spec.dependsOn`. Entries the CRD rejects (no
 /// `apiVersion`, `kind` or `name`) are left out: such a ResourceSet never reaches a cluster.
-#[cfg_attr(not(test), expect(dead_code, reason = "read by the loader once it checks ResourceSet dependsOn (issue 17)"))]
 pub(super) fn dependencies(set: &Value) -> Vec<Dependency> {
     let entries = set.pointer("/spec/dependsOn").and_then(Value::as_array).into_iter().flatten();
     entries

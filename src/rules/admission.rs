@@ -62,7 +62,7 @@ pub fn evaluate_upsert_with(
         let action = if was_too_long { Action::Warn } else { policy.action(Rule::MaxDepth) };
         findings.push(Finding {
             rule: Rule::MaxDepth,
-            kind: new.kind,
+            kind: new.kind.into(),
             object: new.key.clone(),
             target: None,
             cycle: None,
@@ -104,7 +104,7 @@ pub fn evaluate_delete(graph: &Graph, policy: &Policy, key: &ObjectKey) -> Vec<F
     );
     vec![Finding {
         rule: Rule::DeleteWithDependents,
-        kind: graph.kind(),
+        kind: graph.kind().into(),
         object: key.clone(),
         target: None,
         cycle: None,
@@ -135,7 +135,7 @@ impl Ctx<'_> {
         }
         self.findings.push(Finding {
             rule,
-            kind: self.object.kind,
+            kind: self.object.kind.into(),
             object: self.object.key.clone(),
             target,
             cycle,

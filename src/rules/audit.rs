@@ -32,7 +32,7 @@ pub fn audit_with(graph: &Graph, other: Option<&Graph>, policy: &Policy) -> Vec<
     let mut push = |rule: Rule, object: &crate::object::ObjectKey, target, cycle, message: String| {
         let action = policy.action(rule);
         if action != Action::Off {
-            findings.push(Finding { rule, kind, object: object.clone(), target, cycle, action, message });
+            findings.push(Finding { rule, kind: kind.into(), object: object.clone(), target, cycle, action, message });
         }
     };
 

@@ -16,11 +16,55 @@ use crate::graph::{EdgeKind, Graph, NodeId};
 use crate::object::{FluxKind, ObjectKey};
 use crate::policy::{Action, Rule};
 
+/// What a finding is about: an object of one of the two guarded kinds, or a flux-operator
+/// ResourceSet, whose own `dependsOn` (naming objects of any kind) `check` reads offline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum FindingKind {
+    Kustomization,
+    HelmRelease,
+    ResourceSet,
+}
+
+impl FindingKind {
+    /// The guarded kind, `None` for a ResourceSet.
+    pub fn flux(self) -> Option<FluxKind> {
+        match self {
+            FindingKind::Kustomization => Some(FluxKind::Kustomization),
+            FindingKind::HelmRelease => Some(FluxKind::HelmRelease),
+            FindingKind::ResourceSet => None,
+        }
+    }
+}
+
+impl From<FluxKind> for FindingKind {
+    fn from(kind: FluxKind) -> FindingKind {
+        match kind {
+            FluxKind::Kustomization => FindingKind::Kustomization,
+            FluxKind::HelmRelease => FindingKind::HelmRelease,
+        }
+    }
+}
+
+impl PartialEq<FluxKind> for FindingKind {
+    fn eq(&self, other: &FluxKind) -> bool {
+        self.flux() == Some(*other)
+    }
+}
+
+impl std::fmt::Display for FindingKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.flux() {
+            Some(kind) => kind.fmt(f),
+            None => f.write_str("ResourceSet"),
+        }
+    }
+}
+
 /// One problem found in a graph. `action` is `Deny` or `Warn`, never `Off`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Finding {
     pub rule: Rule,
-    pub kind: FluxKind,
+    pub kind: FindingKind,
     pub object: ObjectKey,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<ObjectKey>,
