@@ -466,13 +466,16 @@ impl<'a> Builder<'a> {
             notes.push(format!("{}: `{what}` is not modelled offline", location(k, dir)));
         }
         let mut items = Vec::new();
+        let mut remote = Vec::new();
         for resource in &k.resources {
             match resource {
-                Resource::Remote(url) => {
-                    notes.push(format!("{}: remote resource {url} is not read offline", location(k, dir)))
-                }
+                Resource::Remote(url) => remote.push(url.as_str()),
                 Resource::Local(path) => items.extend(self.resource(path, notes)),
             }
+        }
+        if let Some(first) = remote.first() {
+            let more = if remote.len() > 1 { format!(" and {} more", remote.len() - 1) } else { String::new() };
+            notes.push(format!("{}: remote resource {first}{more} not read offline", location(k, dir)));
         }
         for component in &k.components {
             self.component(component, &mut items, notes);

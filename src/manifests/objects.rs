@@ -35,6 +35,9 @@ pub(super) fn resolve(docs: &Documents, placed: Placed, explicit: &[PathBuf], op
     let mut out = Manifests { files: docs.files.len(), ..Manifests::default() };
     out.errors.extend(docs.errors.iter().cloned());
     out.notes = placed.notes;
+    // A base several clusters build gives its note once.
+    let mut seen_notes = std::collections::HashSet::new();
+    out.notes.retain(|n| seen_notes.insert((n.file.clone(), n.line, n.message.clone())));
     let mut skipped_files: Vec<&Path> = Vec::new();
     for (error, flux) in &docs.unparsed {
         // Without entry points what Flux applies is a guess: a broken file meant as a Flux
