@@ -32,10 +32,22 @@ pub(super) struct Instance {
     pub doc: Option<usize>,
     pub file: usize,
     pub line: usize,
-    /// As applied: built, patched, substituted.
-    pub value: Value,
+    /// As applied: built, patched, substituted; `None` when that is its document as written
+    /// (then read again when needed, so a large checkout is not held as values twice).
+    pub value: Option<Value>,
     /// The instance of the Kustomization that applies it.
     pub parent: Option<usize>,
+}
+
+impl Instance {
+    /// Its value as applied.
+    pub fn value<'a>(&'a self, docs: &Documents) -> std::borrow::Cow<'a, Value> {
+        match (&self.value, self.doc) {
+            (Some(v), _) => std::borrow::Cow::Borrowed(v),
+            (None, Some(d)) => std::borrow::Cow::Owned(docs.value(d)),
+            (None, None) => unreachable!("an instance without a document has a value"),
+        }
+    }
 }
 
 /// One cluster: a name (the folder its entry point syncs, or its roots' folder) and its objects.
@@ -61,6 +73,8 @@ pub(super) struct Placed {
     pub guessed: bool,
     /// The ResourceSets each cluster applies, with what they render.
     pub resource_sets: Vec<PlacedSet>,
+    /// The documents of the ResourceSets some cluster applies.
+    pub reached_sets: HashSet<usize>,
 }
 
 /// A ResourceSet as a cluster has it.
@@ -152,7 +166,7 @@ pub(super) fn place(docs: &Documents, inputs: &[PathBuf]) -> Placed {
                     doc: doc.filter(|_| entry.origin == Origin::Bootstrap || entry.origin == Origin::SelfApplied),
                     file,
                     line: entry.line,
-                    value,
+                    value: Some(value),
                     parent: None,
                 };
                 let members = placer.traverse(&dir, vec![start], &root, Some(entry.source()));
@@ -163,7 +177,8 @@ pub(super) fn place(docs: &Documents, inputs: &[PathBuf]) -> Placed {
                 placer.out.clusters.push(ClusterOf { folder: dir, members, entry: Some(entry.file.clone()) });
             }
         }
-        let reached: HashSet<usize> = placer.out.instances.iter().filter_map(|i| i.doc).collect();
+        let reached: HashSet<usize> =
+            placer.out.instances.iter().filter_map(|i| i.doc).chain(placer.out.reached_sets.iter().copied()).collect();
         let entry_files: Vec<String> = entries.iter().map(|e| e.file.display().to_string()).collect();
         for (d, doc) in docs.docs.iter().enumerate() {
             if reached.contains(&d) || patch_docs.contains(&d) {
@@ -182,18 +197,17 @@ pub(super) fn place(docs: &Documents, inputs: &[PathBuf]) -> Placed {
             let unapplied: Vec<usize> = placer.out.not_applied.keys().copied().collect();
             for d in unapplied {
                 let doc = &docs.docs[d];
-                let Body::Flux(FluxKind::Kustomization, value) = &doc.body else { continue };
-                let Some(path) = at(value, &["spec", "path"]).and_then(Value::as_str).filter(|p| !p.contains("${"))
-                else {
+                let Body::Flux { kind: FluxKind::Kustomization, path: Some(path), .. } = &doc.body else { continue };
+                if path.contains("${") {
                     continue;
-                };
+                }
                 let dir = join(&root, path);
                 if !folders.knows(&dir) {
                     continue;
                 }
                 let why =
                     format!("applied only by a Kustomization that is not applied ({})", docs.files[doc.file].display());
-                for item in placer.builder.flux(value, &dir).0 {
+                for item in placer.builder.flux(&docs.value(d), &dir).0 {
                     if item.doc != d
                         && let Some(reason) = placer.out.not_applied.get_mut(&item.doc)
                         && reason != "in an archive folder"
@@ -321,7 +335,7 @@ impl<'a> Placer<'a> {
         let mut seen: HashMap<Key, usize> = HashMap::new();
         let mut queue = VecDeque::new();
         for start in starts {
-            let key = key_of(start.kind, &start.value);
+            let key = key_of(start.kind, &start.value(self.docs));
             if seen.contains_key(&key) {
                 continue;
             }
@@ -335,7 +349,24 @@ impl<'a> Placer<'a> {
             if inst.kind != FluxKind::Kustomization {
                 continue;
             }
-            let value = inst.value.clone();
+            // An instance as written is judged on its document's own fields first: most of a
+            // large checkout is never read as a value again.
+            if inst.value.is_none()
+                && let Some(Body::Flux { path, source: written_source, .. }) = inst.doc.map(|d| &self.docs.docs[d].body)
+            {
+                let other_source = match (&source, written_source) {
+                    (Some((k, n)), Some((wk, wn))) => **wk != **k || **wn != **n,
+                    _ => false,
+                };
+                let resolves = path.as_deref().is_some_and(|p| {
+                    let dir = join(root, p);
+                    !p.contains("${") && (self.folders.knows(&dir) || self.docs.kustomizations.contains_key(&dir))
+                });
+                if other_source || !resolves {
+                    continue;
+                }
+            }
+            let value = inst.value(self.docs).into_owned();
             let (file, line) = (inst.file, inst.line);
             let own_key = key_of(FluxKind::Kustomization, &value);
             if let (Some(want), Some(has)) = (&source, source_of(&value))
@@ -375,7 +406,7 @@ impl<'a> Placer<'a> {
                         });
                         renders
                     }
-                    Body::Flux(..) => Vec::new(),
+                    Body::Flux { .. } => Vec::new(),
                 };
                 let mut place = |kind: FluxKind, value: Value, parent: Option<usize>, this: &mut Self| {
                     let key = key_of(kind, &value);
@@ -388,25 +419,18 @@ impl<'a> Placer<'a> {
                         doc: Some(item.doc),
                         file: doc.file,
                         line: doc.line,
-                        value,
+                        value: Some(value),
                         parent,
                     });
                     seen.insert(key, n);
                     members.push(n);
                     queue.push_back(n);
                 };
-                if let Body::Flux(kind, _) = &doc.body {
+                if let Body::Flux { kind, .. } = &doc.body {
                     place(*kind, item.value.clone(), Some(i), self);
                 } else {
-                    // The ResourceSet itself is applied: mark its document reached.
-                    self.out.instances.push(Instance {
-                        kind: FluxKind::Kustomization,
-                        doc: Some(item.doc),
-                        file: doc.file,
-                        line: doc.line,
-                        value: Value::Null,
-                        parent: None,
-                    });
+                    // The ResourceSet itself is applied.
+                    self.out.reached_sets.insert(item.doc);
                     // Objects a ResourceSet renders are owned by it, not by a Kustomization.
                     for (kind, value) in generated {
                         place(kind, value, None, self);
@@ -428,18 +452,17 @@ impl<'a> Placer<'a> {
         let mut applied_by_others: HashSet<usize> = HashSet::new();
         let mut own: Vec<usize> = Vec::new();
         for (d, doc) in self.docs.docs.iter().enumerate() {
-            let Body::Flux(FluxKind::Kustomization, value) = &doc.body else { continue };
-            if source_of(value).is_some_and(|s| s != source) {
-                continue;
-            }
-            let Some(path) = at(value, &["spec", "path"]).and_then(Value::as_str).filter(|p| !p.contains("${")) else {
+            let Body::Flux { kind: FluxKind::Kustomization, path: Some(path), source: written, .. } = &doc.body else {
                 continue;
             };
+            if written.as_ref().is_some_and(|(k, n)| **k != *source.0 || **n != *source.1) || path.contains("${") {
+                continue;
+            }
             let dir = join(&root, path);
             if !self.folders.knows(&dir) {
                 continue;
             }
-            let (items, _) = self.builder.flux(value, &dir);
+            let (items, _) = self.builder.flux(&self.docs.value(d), &dir);
             for item in items {
                 if item.doc == d {
                     own.push(d);
@@ -454,12 +477,11 @@ impl<'a> Placer<'a> {
             .filter(|d| !applied_by_others.contains(d))
             .map(|d| {
                 let doc = &self.docs.docs[d];
-                let Body::Flux(_, value) = &doc.body else { unreachable!("only Kustomizations were kept") };
                 Entry {
                     origin: Origin::SelfApplied,
                     file: self.docs.files[doc.file].clone(),
                     line: doc.line,
-                    root: value.clone(),
+                    root: self.docs.value(d),
                 }
             })
             .collect()
@@ -467,22 +489,16 @@ impl<'a> Placer<'a> {
 
     /// The checkout's root and source as the most `spec.path`s resolve against them.
     fn source_root(&self, inputs: &[PathBuf]) -> Option<(PathBuf, (String, String))> {
-        let paths: Vec<(Option<(String, String)>, &str)> = self
+        let appliers: Vec<root::Applier<'_>> = self
             .docs
             .docs
             .iter()
             .filter_map(|doc| match &doc.body {
-                Body::Flux(FluxKind::Kustomization, v) => {
-                    Some((source_of(v), at(v, &["spec", "path"]).and_then(Value::as_str)?))
-                }
+                Body::Flux { kind: FluxKind::Kustomization, path: Some(path), source, .. } => Some(root::Applier {
+                    path: Some(path),
+                    source: source.as_ref().map(|(k, n)| (&**k, &**n)),
+                }),
                 _ => None,
-            })
-            .collect();
-        let appliers: Vec<root::Applier<'_>> = paths
-            .iter()
-            .map(|(source, path)| root::Applier {
-                path: Some(path),
-                source: source.as_ref().map(|(k, n)| (k.as_str(), n.as_str())),
             })
             .collect();
         root::source_root(inputs, &appliers, &|dir| self.folders.knows(dir), &|dir| {
@@ -504,18 +520,18 @@ impl<'a> Placer<'a> {
         };
         let mut applied: HashSet<usize> = HashSet::new();
         for (d, doc) in self.docs.docs.iter().enumerate() {
-            let Body::Flux(FluxKind::Kustomization, value) = &doc.body else { continue };
-            let Some(source) = &source else { break };
-            if source_of(value).is_some_and(|s| s != *source) {
-                continue;
-            }
-            let Some(path) = at(value, &["spec", "path"]).and_then(Value::as_str).filter(|p| !p.contains("${")) else {
+            let Body::Flux { kind: FluxKind::Kustomization, path: Some(path), source: written, .. } = &doc.body else {
                 continue;
             };
+            let Some(source) = &source else { break };
+            if written.as_ref().is_some_and(|(k, n)| **k != *source.0 || **n != *source.1) || path.contains("${") {
+                continue;
+            }
             let dir = join(&root, path);
             if self.folders.knows(&dir) {
                 // A Kustomization applying its own file is still a root.
-                applied.extend(self.builder.flux(value, &dir).0.iter().map(|i| i.doc).filter(|&i| i != d));
+                let items = self.builder.flux(&self.docs.value(d), &dir).0;
+                applied.extend(items.iter().map(|i| i.doc).filter(|&i| i != d));
             }
         }
         self.builder.read.borrow_mut().clear();
@@ -552,7 +568,7 @@ impl<'a> Placer<'a> {
                     doc: Some(d),
                     file: doc.file,
                     line: doc.line,
-                    value: value.clone(),
+                    value: Some(value.clone()),
                     parent: None,
                 };
                 by_folder.entry(folder.clone()).or_default().push(start);
@@ -569,7 +585,7 @@ impl<'a> Placer<'a> {
             let d = start.doc.expect("written documents have one");
             let file = self.docs.files[start.file].clone();
             if let Some(value) = built.remove(&d) {
-                start.value = value;
+                start.value = Some(value);
             } else if let Some(reason) = self.reason(&file) {
                 self.out.not_applied.insert(d, reason);
                 continue;
@@ -585,7 +601,8 @@ impl<'a> Placer<'a> {
         }
         // What only a not-applied object applied stays not applied; anything else read by no
         // cluster is not applied either.
-        let reached: HashSet<usize> = self.out.instances.iter().filter_map(|i| i.doc).collect();
+        let reached: HashSet<usize> =
+            self.out.instances.iter().filter_map(|i| i.doc).chain(self.out.reached_sets.iter().copied()).collect();
         for (d, _) in self.docs.docs.iter().enumerate() {
             if !reached.contains(&d) && !patch_docs.contains(&d) && !self.out.not_applied.contains_key(&d) {
                 self.out.not_applied.insert(d, "applied only by a Kustomization that is not applied".into());
@@ -601,12 +618,12 @@ impl<'a> Placer<'a> {
             .enumerate()
             .filter(|(d, _)| !patch_docs.contains(d) && !except.contains(d))
             .filter_map(|(d, doc)| match &doc.body {
-                Body::Flux(kind, value) => Some(Instance {
+                Body::Flux { kind, .. } => Some(Instance {
                     kind: *kind,
                     doc: Some(d),
                     file: doc.file,
                     line: doc.line,
-                    value: value.clone(),
+                    value: None,
                     parent: None,
                 }),
                 Body::ResourceSet(_) => None,

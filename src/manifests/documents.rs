@@ -17,7 +17,7 @@ use serde_json::Value;
 use super::entry::Entry;
 use super::kustomize::{KUSTOMIZATION_FILES, KustomizeFile};
 use super::{LoadError, resource_set};
-use crate::object::{FluxKind, kind_of};
+use crate::object::{FluxKind, at, kind_of};
 use crate::slim::Shape::{All, Each, Fields};
 use crate::slim::{MANAGED_FIELDS, STATUS, Shape, Shaped};
 
@@ -93,8 +93,18 @@ pub(super) struct Doc {
 
 #[derive(Debug, Clone)]
 pub(super) enum Body {
-    /// A Flux Kustomization or HelmRelease ([`MANIFEST`] fields).
-    Flux(FluxKind, Value),
+    /// A Flux Kustomization or HelmRelease: its [`MANIFEST`] fields as compact JSON text in its
+    /// file's buffer ([`Documents::value`] reads it), and what finding the clusters needs of it.
+    /// A hundred thousand documents cost their text, not a tree of maps each, and the text of a
+    /// file's documents is one allocation that goes back to the system when the load ends.
+    Flux {
+        kind: FluxKind,
+        span: std::ops::Range<usize>,
+        /// `spec.path`, for Kustomizations.
+        path: Option<Box<str>>,
+        /// `spec.sourceRef` kind (GitRepository when unset) and name.
+        source: Option<(Box<str>, Box<str>)>,
+    },
     /// A flux-operator ResourceSet, whole: its templates are rendered once it is placed.
     ResourceSet(Value),
 }
@@ -104,6 +114,8 @@ pub(super) enum Body {
 pub(super) struct Documents {
     pub files: Vec<PathBuf>,
     pub docs: Vec<Doc>,
+    /// Each file's buffer of the JSON texts of its Flux documents.
+    texts: Vec<String>,
     /// For each file, the range of its documents in `docs`.
     pub by_file: Vec<std::ops::Range<usize>>,
     /// Each folder's kustomize configuration.
@@ -122,6 +134,16 @@ impl Documents {
         &self.docs[self.by_file[file].clone()]
     }
 
+    /// Document `d`'s value: a Flux object's [`MANIFEST`] fields, a ResourceSet whole.
+    pub fn value(&self, d: usize) -> Value {
+        let doc = &self.docs[d];
+        match &doc.body {
+            Body::Flux { span, .. } => serde_json::from_str(&self.texts[doc.file][span.clone()])
+                .unwrap_or_else(|e| unreachable!("a Value's JSON text reads back: {e}")),
+            Body::ResourceSet(v) => v.clone(),
+        }
+    }
+
     /// Index of `path` among the files read.
     pub fn file_index(&self, path: &Path) -> Option<usize> {
         self.files.binary_search_by(|f| f.as_path().cmp(path)).ok()
@@ -137,6 +159,7 @@ pub(super) fn read(files: Vec<PathBuf>) -> Documents {
         let start = out.docs.len();
         out.docs.extend(read.docs);
         out.by_file.push(start..out.docs.len());
+        out.texts.push(read.text);
         out.errors.extend(read.error);
         out.kustomizations.extend(read.kustomization);
         out.entries.extend(read.entries);
@@ -151,6 +174,7 @@ pub(super) fn read(files: Vec<PathBuf>) -> Documents {
 struct FileRead {
     error: Option<LoadError>,
     docs: Vec<Doc>,
+    text: String,
     kustomization: Option<(PathBuf, KustomizeFile)>,
     entries: Vec<Entry>,
     unparsed: Vec<(LoadError, bool)>,
@@ -232,7 +256,14 @@ fn read_file(file: &Path, index: usize) -> FileRead {
                 read.entries.push(entry);
             }
             if let Some(kind) = kind_of(&item) {
-                read.docs.push(place(Body::Flux(kind, item)));
+                let start = read.text.len();
+                read.text.push_str(&item.to_string());
+                let field = |p: &[&str]| at(&item, p).and_then(Value::as_str).map(Box::from);
+                let source = field(&["spec", "sourceRef", "name"])
+                    .map(|name| (field(&["spec", "sourceRef", "kind"]).unwrap_or_else(|| "GitRepository".into()), name));
+                let body =
+                    Body::Flux { kind, span: start..read.text.len(), path: field(&["spec", "path"]), source };
+                read.docs.push(place(body));
             } else if resource_set::is_resource_set(&item) {
                 read.docs.push(place(Body::ResourceSet(item)));
             }

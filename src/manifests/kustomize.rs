@@ -33,7 +33,7 @@ use std::rc::Rc;
 
 use serde_json::{Map, Value};
 
-use super::documents::{Body, Documents};
+use super::documents::Documents;
 use super::files::normalize;
 use crate::object::at;
 
@@ -493,11 +493,9 @@ impl<'a> Builder<'a> {
                 .of_file(f)
                 .iter()
                 .enumerate()
-                .map(|(n, doc)| {
-                    let value = match &doc.body {
-                        Body::Flux(_, v) | Body::ResourceSet(v) => v.clone(),
-                    };
-                    Item::new(self.docs.by_file[f].start + n, value)
+                .map(|(n, _)| {
+                    let d = self.docs.by_file[f].start + n;
+                    Item::new(d, self.docs.value(d))
                 })
                 .collect();
         }

@@ -52,24 +52,21 @@ pub(super) fn resolve(docs: &Documents, placed: Placed, explicit: &[PathBuf], op
         }
     }
     let shared_files: Vec<Arc<Path>> = docs.files.iter().map(|f| Arc::from(f.as_path())).collect();
-    let written = |doc: Option<usize>| match doc.map(|d| &docs.docs[d].body) {
-        Some(Body::Flux(_, v)) => ObjectStatus::from_value(v),
-        _ => ObjectStatus::default(),
-    };
 
     // Every instance of every cluster as an object; an instance that cannot be read is reported
     // once per document.
     let mut object_of: Vec<Option<usize>> = vec![None; placed.instances.len()];
     let mut all: Vec<Loaded> = Vec::new();
     let mut reported = std::collections::HashSet::new();
+    // The key of each instance that applies others: the owner of what it applies.
     let mut keys: Vec<Option<ObjectKey>> = vec![None; placed.instances.len()];
-    for (i, inst) in placed.instances.iter().enumerate() {
-        if inst.value.is_null() {
-            continue;
-        }
-        let name = at(&inst.value, &["metadata", "name"]).and_then(Value::as_str).unwrap_or_default();
-        if !name.is_empty() {
-            keys[i] = Some(ObjectKey::new(namespace_of(&inst.value), name));
+    for p in placed.instances.iter().filter_map(|i| i.parent) {
+        if keys[p].is_none() {
+            let value = placed.instances[p].value(docs);
+            let name = at(&value, &["metadata", "name"]).and_then(Value::as_str).unwrap_or_default();
+            if !name.is_empty() {
+                keys[p] = Some(ObjectKey::new(namespace_of(&value), name));
+            }
         }
     }
     for cluster in &placed.clusters {
@@ -78,7 +75,8 @@ pub(super) fn resolve(docs: &Documents, placed: Placed, explicit: &[PathBuf], op
             if object_of[i].is_some() {
                 continue;
             }
-            match FluxObject::from_value(inst.kind, &inst.value, &namespace_of(&inst.value), "") {
+            let value = inst.value(docs);
+            match FluxObject::from_value(inst.kind, &value, &namespace_of(&value), "") {
                 Ok(mut object) => {
                     if object.owner.is_none() {
                         object.owner = inst.parent.and_then(|p| keys[p].clone());
@@ -88,7 +86,8 @@ pub(super) fn resolve(docs: &Documents, placed: Placed, explicit: &[PathBuf], op
                         object,
                         file: shared_files[inst.file].clone(),
                         line: inst.line,
-                        status: written(inst.doc),
+                        // Kustomize and Flux's steps leave the status written in a dump as it is.
+                        status: ObjectStatus::from_value(&value),
                     });
                 }
                 Err(e) => {
@@ -111,7 +110,8 @@ pub(super) fn resolve(docs: &Documents, placed: Placed, explicit: &[PathBuf], op
 
     for (&d, reason) in &placed.not_applied {
         let doc = &docs.docs[d];
-        let Body::Flux(kind, value) = &doc.body else { continue };
+        let Body::Flux { kind, .. } = &doc.body else { continue };
+        let value = &docs.value(d);
         let name = at(value, &["metadata", "name"]).and_then(Value::as_str).unwrap_or_default();
         if name.is_empty() {
             continue;
