@@ -300,3 +300,15 @@ async fn dry_run_reviews_are_judged_but_never_remembered() {
     assert_eq!(w.cache.lock().pending_admissions(), 0);
     assert!(w.cache.lock().graphs().get(FluxKind::Kustomization).get(&ObjectKey::new(F, "b")).is_none());
 }
+
+#[tokio::test]
+async fn the_audit_reports_only_what_the_watch_delivered() {
+    let w = webhook(&[ks(F, "apps", &[])], None);
+    // Owner labels make the dangling target a warning: the forged object is admitted.
+    let forged = owned_by(ks(F, "forged", &["nowhere"]), "flux-system/apps");
+    assert!(judge(&w, &create(&forged)).await.response.allowed);
+    assert_eq!(w.cache.lock().pending_admissions(), 1);
+    let report = fluxgate::audit::scan(&w.cache, &Policy::default());
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+    assert_eq!(report.objects.kustomizations, 1);
+}

@@ -475,13 +475,13 @@ impl State {
         }
     }
 
-    /// Every object of each kind (in [`FluxKind::ALL`] order), as decisions see them now: a
-    /// copy of pointers, cheap enough to take under the lock, for work done outside it.
-    pub fn snapshot(&self) -> [Vec<Arc<FluxObject>>; 2] {
-        FluxKind::ALL.map(|kind| {
-            let graph = self.graphs.get(kind);
-            graph.present_ids().filter_map(|id| graph.object(id).cloned()).collect()
-        })
+    /// Every object of each kind (in [`FluxKind::ALL`] order) as the source delivered it: a
+    /// copy of pointers, cheap enough to take under the lock, for work done outside it. The
+    /// audit reads this rather than what decisions see: an admitted object the source has not
+    /// delivered is not known to exist (a forged review is admitted too), and the audit's
+    /// findings and Events must be about the cluster; a real one arrives within moments.
+    pub fn delivered_objects(&self) -> [Vec<Arc<FluxObject>>; 2] {
+        FluxKind::ALL.map(|kind| self.base[kind.index()].iter().cloned().collect())
     }
 
     /// How many admitted objects wait for the source to confirm them.
