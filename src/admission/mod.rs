@@ -146,8 +146,8 @@ fn denial_message(denials: &[String]) -> String {
 /// Where the webhook confirms what it remembers before a denial rests on it, and looks for a
 /// dangling target that another replica admitted: the API server, in cluster mode
 /// ([`Lookup`]). A trait so that tests can stand in for it. `--manifests` mode has none: no
-/// object is ever stored there, so what was admitted counts, unconfirmed, until it expires
-/// (see [`Webhook::review`]).
+/// object is ever stored there, so what was admitted counts until it expires (see
+/// [`Webhook::review`]).
 pub trait StoredObjects: Send + Sync {
     /// Whether objects of `kind` can be asked for now.
     fn serves(&self, kind: FluxKind) -> bool;
@@ -315,8 +315,9 @@ impl Webhook {
     /// - **Dangling targets are looked for**: another replica may have admitted the target
     ///   moments ago. Targets the API server has join the cache until the watch delivers them.
     ///
-    /// Without a lookup (`--manifests` mode) nothing is confirmed: admitted objects count until
-    /// they expire, and a denial resting on one says so.
+    /// Without a lookup (`--manifests` mode) nothing is confirmed and nothing is noted: there
+    /// is no API server for a change to be stored in, the files and what was sent since are the
+    /// whole cluster, and admitted objects count until they expire.
     ///
     /// While the request's kind is lagging (an outage, a relist, a silent watch), a request that
     /// adds an edge or that would be denied is not decided on the cache alone: it waits up to
@@ -346,7 +347,7 @@ impl Webhook {
                 verdict = self.find_dangling_targets(req, verdict, now, lookup, kind, &budget).await?;
             }
         }
-        if !verdict.response.allowed {
+        if !verdict.response.allowed && self.lookup.is_some() {
             self.explain_pending(req, &mut verdict, now, kind);
         }
         Ok(verdict)
