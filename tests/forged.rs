@@ -319,3 +319,29 @@ async fn the_audit_reports_only_what_the_watch_delivered() {
     assert!(report.findings.is_empty(), "{:?}", report.findings);
     assert_eq!(report.objects.kustomizations, 1);
 }
+
+#[tokio::test]
+async fn evicted_admissions_are_counted_in_the_metrics() {
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let limits = fluxgate::cache::OverlayLimits { max_entries: 3, max_bytes: 1024 * 1024 };
+    let app = App::new(Webhook::new(Arc::new(Cache::with_limits(limits)), Arc::new(Policy::default())));
+    for i in 0..5 {
+        let forged = owned_by(ks(F, &format!("forged-{i}"), &["nowhere"]), "flux-system/apps");
+        let body = Body::from(serde_json::to_vec(&create(&forged)).unwrap());
+        let request = axum::http::Request::post("/validate").header("content-type", "application/json").body(body);
+        let response = server::webhook_router(app.clone()).oneshot(request.unwrap()).await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    // Twice: a scrape publishes what was dropped since the last one, never the same drop again.
+    for _ in 0..2 {
+        let request = axum::http::Request::get("/metrics").body(Body::empty()).unwrap();
+        let response = server::admin_router(app.clone()).oneshot(request).await.unwrap();
+        let text = String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        assert!(text.contains("fluxgate_pending_admissions 3\n"), "{text}");
+        assert!(text.contains("fluxgate_pending_admissions_dropped_total{reason=\"evicted\"} 2\n"), "{text}");
+        assert!(text.contains("fluxgate_pending_admissions_dropped_total{reason=\"refused\"} 0\n"), "{text}");
+    }
+}
