@@ -226,6 +226,30 @@ fn cert_manager_variant_adds_the_certificate_chain_and_injects_the_ca() {
     }
 }
 
+#[test]
+fn client_ca_variant_passes_the_flag_and_mounts_the_ca_read_only() {
+    let objects = render("deploy/overlays/client-ca");
+    check_base(&objects);
+    let deployment: Deployment = one(&objects, "Deployment");
+    let pod = deployment.spec.unwrap().template.spec.unwrap();
+    let c = &pod.containers[0];
+    let args = c.args.clone().unwrap();
+    assert!(args.contains(&"--client-ca=/etc/fluxgate/client-ca/ca.crt".to_string()), "{args:?}");
+    // The flag as the binary reads it.
+    let mut cli = vec!["fluxgate".to_string()];
+    cli.extend(args);
+    use clap::Parser as _;
+    let parsed = fluxgate::cli::Cli::try_parse_from(&cli).unwrap_or_else(|e| panic!("{e}"));
+    let fluxgate::cli::Command::Serve(serve) = parsed.command else { panic!("not serve") };
+    assert_eq!(serve.client_ca.as_deref(), Some(Path::new("/etc/fluxgate/client-ca/ca.crt")));
+    let mount = c.volume_mounts.as_ref().unwrap().iter().find(|m| m.name == "client-ca").unwrap();
+    assert_eq!((mount.mount_path.as_str(), mount.read_only), ("/etc/fluxgate/client-ca", Some(true)));
+    let volume = pod.volumes.unwrap().into_iter().find(|v| v.name == "client-ca").unwrap();
+    assert_eq!(volume.config_map.unwrap().name, "fluxgate-client-ca");
+    // cert-manager still provides the serving certificate.
+    assert!(objects.iter().any(|o| o["kind"] == "Certificate"));
+}
+
 // --- installing with Flux ---------------------------------------------------------------------
 
 /// Whether a label selector matches `labels` (matchLabels and the four operators).

@@ -41,7 +41,7 @@ pub struct Objects {
 /// no graph work); the graphs are rebuilt and scanned afterwards, so admission never waits
 /// for an audit. Blocking work: call it off the async runtime.
 pub fn scan(cache: &Cache, policy: &Policy) -> Report {
-    let snapshot = cache.lock().snapshot();
+    let snapshot = cache.lock().delivered_objects();
     let mut findings = Vec::new();
     let mut counts = [0; 2];
     let mut uids = HashMap::new();

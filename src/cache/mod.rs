@@ -8,7 +8,11 @@
 //!   ends when the source delivers that object (confirming or replacing it), when it deletes
 //!   it, or [`OVERLAY_TTL`] after it was admitted *and* the source was current, so a request
 //!   that a later admission step rejected cannot haunt the graph, while an outage of the source
-//!   never makes the replica forget what it admitted.
+//!   never makes the replica forget what it admitted. Anyone who can reach the webhook port
+//!   can send a non-dry-run review, so the overlay is bounded ([`OverlayLimits`]: the oldest
+//!   entries are evicted, an oversized object is not remembered, both counted), and the webhook
+//!   confirms an entry with the API server before a denial rests on it (see
+//!   [`crate::admission::Webhook::review`]).
 //!
 //! Each kind also has a [`KindHealth`]: whether its source is current (complete and followed
 //! live) or lagging (an outage, a relist, a silent watch), and since when. Readiness and every
@@ -23,7 +27,7 @@
 
 pub mod watch;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -71,12 +75,99 @@ impl Graphs {
     }
 }
 
+/// Bounds of the overlay, whatever is sent to the webhook port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverlayLimits {
+    /// Most admitted objects remembered at once; past it the oldest is evicted.
+    pub max_entries: usize,
+    /// Most bytes (by [`footprint`]) remembered at once; past it the oldest are evicted. An
+    /// object larger than an eighth of this is not remembered at all.
+    pub max_bytes: usize,
+}
+
+/// The shipped bounds: far above what one replica admits in [`OVERLAY_TTL`] (Flux applies a
+/// parent's children one by one; the largest fleets studied hold 2,445 Kustomizations in all),
+/// and a few MiB of memory at most.
+pub const OVERLAY_LIMITS: OverlayLimits = OverlayLimits { max_entries: 10_000, max_bytes: 8 * 1024 * 1024 };
+
+/// What an admitted object costs while remembered: the object, its keys' text, and the graph's
+/// node and edges for each target, estimated from the layout rather than measured.
+pub fn footprint(object: &FluxObject) -> usize {
+    const PER_KEY: usize = std::mem::size_of::<ObjectKey>() + 2 * 16;
+    // A petgraph node or edge, the index entries, the overlay's own bookkeeping.
+    const GRAPH_PER_TARGET: usize = 64;
+    let key = |k: &ObjectKey| PER_KEY + k.namespace.len() + k.name.len();
+    let targets = object.depends_on.iter().chain(object.health_check_kustomizations());
+    std::mem::size_of::<FluxObject>()
+        + 256
+        + key(&object.key)
+        + targets.map(|k| key(k) + GRAPH_PER_TARGET).sum::<usize>()
+        + object.unreadable_depends_on().len() * 128
+}
+
+/// Why admitted objects were dropped from the overlay before the source delivered them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// The overlay was full ([`OverlayLimits`]); the oldest entry made room.
+    Evicted,
+    /// The object alone was too large to remember.
+    Refused,
+    /// The API server did not have it when asked, after a real admission would have been
+    /// stored: a later admission step rejected it, or nobody ever sent it to the API server.
+    Unstored,
+}
+
+impl Dropped {
+    pub const ALL: [Dropped; 3] = [Dropped::Evicted, Dropped::Refused, Dropped::Unstored];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dropped::Evicted => "evicted",
+            Dropped::Refused => "refused",
+            Dropped::Unstored => "unstored",
+        }
+    }
+}
+
 #[derive(Debug)]
 struct OverlayEntry {
+    /// The object as admitted (the graph holds the same).
+    object: Arc<FluxObject>,
+    /// When it was last admitted.
     admitted_at: Instant,
+    /// When this content was first admitted: admitting the same content again (a client
+    /// retrying, or one sending it over and over) does not make it younger.
+    pending_since: Instant,
+    /// Orders entries by age for eviction and expiry.
+    seq: u64,
     /// The `resourceVersion` of the object this admission replaced: a source event carrying it
     /// is older than the admitted object and must not end the entry.
     replaced_version: Option<String>,
+    /// The API server was seen holding this content: a real change the source has not
+    /// delivered yet, never to be looked up again.
+    stored: bool,
+    bytes: usize,
+}
+
+/// An object this replica admitted that the source has not delivered, as the webhook sees it
+/// when a denial rests on it.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub object: Arc<FluxObject>,
+    pub admitted_at: Instant,
+    pub pending_since: Instant,
+    pub stored: bool,
+}
+
+/// Whether two copies of an object are the same apart from `metadata.uid` (a retried create
+/// gets a new one).
+pub fn same_content(a: &FluxObject, b: &FluxObject) -> bool {
+    if a.uid == b.uid {
+        return a == b;
+    }
+    let (mut a, mut b) = (a.clone(), b.clone());
+    (a.uid, b.uid) = (None, None);
+    a == b
 }
 
 type Key = (FluxKind, ObjectKey);
@@ -104,17 +195,46 @@ impl KindHealth {
 }
 
 /// The cache's state. Reach it through [`Cache::lock`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct State {
     graphs: Graphs,
     /// Per kind: what the source delivered.
     base: [ByKey<Arc<FluxObject>>; 2],
     overlay: HashMap<Key, OverlayEntry>,
+    /// The overlay's keys, oldest admission first.
+    overlay_order: BTreeMap<(Instant, u64), Key>,
+    overlay_bytes: usize,
+    overlay_seq: u64,
+    limits: OverlayLimits,
+    /// Per [`Dropped`] reason, how many admitted objects were dropped.
+    dropped: [u64; 3],
     synced: [bool; 2],
     health: [KindHealth; 2],
 }
 
+impl Default for State {
+    fn default() -> Self {
+        State::with_limits(OVERLAY_LIMITS)
+    }
+}
+
 impl State {
+    /// An empty state whose overlay is bounded by `limits`.
+    pub fn with_limits(limits: OverlayLimits) -> State {
+        State {
+            graphs: Graphs::default(),
+            base: Default::default(),
+            overlay: HashMap::new(),
+            overlay_order: BTreeMap::new(),
+            overlay_bytes: 0,
+            overlay_seq: 0,
+            limits,
+            dropped: [0; 3],
+            synced: [false; 2],
+            health: Default::default(),
+        }
+    }
+
     pub fn graphs(&self) -> &Graphs {
         &self.graphs
     }
@@ -138,7 +258,7 @@ impl State {
             if stale {
                 return;
             }
-            self.overlay.remove(&key);
+            self.remove_entry(&key);
         }
         self.graphs.get_mut(object.kind).upsert(object);
     }
@@ -146,7 +266,7 @@ impl State {
     /// The source says the object is gone.
     pub fn delete(&mut self, kind: FluxKind, key: &ObjectKey) {
         self.base[kind.index()].remove(key);
-        self.overlay.remove(&(kind, key.clone()));
+        self.remove_entry(&(kind, key.clone()));
         self.graphs.get_mut(kind).remove(key);
     }
 
@@ -222,25 +342,111 @@ impl State {
         self.health[kind.index()].api_version = api_version;
     }
 
-    /// Records an object admitted by a non-dry-run request.
+    /// Records an object admitted by a non-dry-run request. Beyond the [`OverlayLimits`], the
+    /// oldest entries are evicted; an object too large on its own is not remembered (and an
+    /// older admission of it is dropped: it no longer says what was last admitted).
     pub fn admit(&mut self, object: Arc<FluxObject>, replaced_version: Option<String>, now: Instant) {
-        let key = (object.kind, object.key.clone());
-        self.overlay.insert(key, OverlayEntry { admitted_at: now, replaced_version });
-        self.graphs.get_mut(object.kind).upsert(object);
+        self.record(object, replaced_version, now, false);
     }
 
-    /// Whether `key` is known only because this replica admitted it, at or before `before`:
-    /// the source has not delivered it.
-    pub fn is_unconfirmed(&self, kind: FluxKind, key: &ObjectKey, before: Instant) -> bool {
-        !self.base[kind.index()].contains(key)
-            && self.overlay.get(&(kind, key.clone())).is_some_and(|e| e.admitted_at <= before)
+    /// Records an object the API server was seen holding, until the source delivers it.
+    pub fn admit_stored(&mut self, object: Arc<FluxObject>, now: Instant) {
+        self.record(object, None, now, true);
+    }
+
+    fn record(&mut self, object: Arc<FluxObject>, replaced_version: Option<String>, now: Instant, stored: bool) {
+        let key = (object.kind, object.key.clone());
+        let bytes = footprint(&object);
+        let previous = self.remove_entry(&key);
+        if bytes > self.limits.max_bytes / 8 {
+            self.dropped[Dropped::Refused as usize] += 1;
+            if previous.is_some() {
+                self.show_base(&key);
+            }
+            return;
+        }
+        let (pending_since, stored) = match previous {
+            Some(p) if same_content(&p.object, &object) => (p.pending_since, stored || p.stored),
+            _ => (now, stored),
+        };
+        self.overlay_seq += 1;
+        let seq = self.overlay_seq;
+        self.overlay_order.insert((now, seq), key.clone());
+        self.overlay_bytes += bytes;
+        self.graphs.get_mut(object.kind).upsert(object.clone());
+        self.overlay.insert(
+            key.clone(),
+            OverlayEntry { object, admitted_at: now, pending_since, seq, replaced_version, stored, bytes },
+        );
+        while self.overlay.len() > self.limits.max_entries || self.overlay_bytes > self.limits.max_bytes {
+            // The new entry fits on its own (checked above), so another one is always there.
+            let Some(oldest) = self.overlay_order.values().find(|k| **k != key).cloned() else { break };
+            self.remove_entry(&oldest);
+            self.show_base(&oldest);
+            self.dropped[Dropped::Evicted as usize] += 1;
+        }
+    }
+
+    /// Takes an entry out of the overlay and its bookkeeping; the graph is left as it is.
+    fn remove_entry(&mut self, key: &Key) -> Option<OverlayEntry> {
+        let entry = self.overlay.remove(key)?;
+        self.overlay_order.remove(&(entry.admitted_at, entry.seq));
+        self.overlay_bytes -= entry.bytes;
+        Some(entry)
+    }
+
+    /// Puts the source's view of `key` back in the graph.
+    fn show_base(&mut self, key: &Key) {
+        let graph = self.graphs.get_mut(key.0);
+        match self.base[key.0.index()].get(&key.1) {
+            Some(object) => {
+                graph.upsert(object.clone());
+            }
+            None => {
+                graph.remove(&key.1);
+            }
+        }
+    }
+
+    /// The admitted object `key`, if the source has not delivered it yet.
+    pub fn pending(&self, kind: FluxKind, key: &ObjectKey) -> Option<Pending> {
+        self.overlay.get(&(kind, key.clone())).map(|e| Pending {
+            object: e.object.clone(),
+            admitted_at: e.admitted_at,
+            pending_since: e.pending_since,
+            stored: e.stored,
+        })
+    }
+
+    /// What the source delivered for `key`, if anything.
+    pub fn delivered(&self, kind: FluxKind, key: &ObjectKey) -> Option<&Arc<FluxObject>> {
+        self.base[kind.index()].get(key)
+    }
+
+    /// Whether the overlay still holds what `seen` describes: the same content, pending since
+    /// the same moment. The webhook checks this after a lookup made without the lock.
+    pub fn still_pending(&self, kind: FluxKind, key: &ObjectKey, seen: &Pending) -> bool {
+        self.overlay
+            .get(&(kind, key.clone()))
+            .is_some_and(|e| e.pending_since == seen.pending_since && same_content(&e.object, &seen.object))
+    }
+
+    /// The API server holds the admitted object `key` as admitted: it is real, the source
+    /// will deliver it.
+    pub fn mark_stored(&mut self, kind: FluxKind, key: &ObjectKey) {
+        if let Some(e) = self.overlay.get_mut(&(kind, key.clone())) {
+            e.stored = true;
+        }
     }
 
     /// The API server does not have an object this replica admitted (a later step rejected
-    /// it): it stops counting now rather than at its expiry.
+    /// it, or it never came from the API server): it stops counting now rather than at its
+    /// expiry.
     pub fn forget_unstored(&mut self, kind: FluxKind, key: &ObjectKey) {
-        if self.overlay.remove(&(kind, key.clone())).is_some() && !self.base[kind.index()].contains(key) {
-            self.graphs.get_mut(kind).remove(key);
+        let key = (kind, key.clone());
+        if self.remove_entry(&key).is_some() {
+            self.dropped[Dropped::Unstored as usize] += 1;
+            self.show_base(&key);
         }
     }
 
@@ -249,46 +455,48 @@ impl State {
     /// source cannot have confirmed anything, and forgetting an admitted object then is how
     /// both halves of a cycle got in.
     pub fn expire(&mut self, now: Instant) {
-        if self.overlay.is_empty() {
-            return;
-        }
         let health = &self.health;
-        let expired: Vec<Key> = self
-            .overlay
-            .iter()
-            .filter(|((kind, _), e)| {
-                let h = &health[kind.index()];
-                let from = h.current_since.map_or(e.admitted_at, |since| since.max(e.admitted_at));
-                h.is_current() && now.saturating_duration_since(from) >= OVERLAY_TTL
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in expired {
-            self.overlay.remove(&key);
-            let graph = self.graphs.get_mut(key.0);
-            match self.base[key.0.index()].get(&key.1) {
-                Some(object) => {
-                    graph.upsert(object.clone());
-                }
-                None => {
-                    graph.remove(&key.1);
-                }
+        let mut expired = Vec::new();
+        // Oldest first: an entry admitted less than the TTL ago cannot have aged past it,
+        // whatever its kind's health, so the walk stops at the first one.
+        for ((admitted_at, _), key) in &self.overlay_order {
+            if now.saturating_duration_since(*admitted_at) < OVERLAY_TTL {
+                break;
             }
+            let h = &health[key.0.index()];
+            let from = h.current_since.map_or(*admitted_at, |since| since.max(*admitted_at));
+            if h.is_current() && now.saturating_duration_since(from) >= OVERLAY_TTL {
+                expired.push(key.clone());
+            }
+        }
+        for key in expired {
+            self.remove_entry(&key);
+            self.show_base(&key);
         }
     }
 
-    /// Every object of each kind (in [`FluxKind::ALL`] order), as decisions see them now: a
-    /// copy of pointers, cheap enough to take under the lock, for work done outside it.
-    pub fn snapshot(&self) -> [Vec<Arc<FluxObject>>; 2] {
-        FluxKind::ALL.map(|kind| {
-            let graph = self.graphs.get(kind);
-            graph.present_ids().filter_map(|id| graph.object(id).cloned()).collect()
-        })
+    /// Every object of each kind (in [`FluxKind::ALL`] order) as the source delivered it: a
+    /// copy of pointers, cheap enough to take under the lock, for work done outside it. The
+    /// audit reads this rather than what decisions see: an admitted object the source has not
+    /// delivered is not known to exist (a forged review is admitted too), and the audit's
+    /// findings and Events must be about the cluster; a real one arrives within moments.
+    pub fn delivered_objects(&self) -> [Vec<Arc<FluxObject>>; 2] {
+        FluxKind::ALL.map(|kind| self.base[kind.index()].iter().cloned().collect())
     }
 
     /// How many admitted objects wait for the source to confirm them.
     pub fn pending_admissions(&self) -> usize {
         self.overlay.len()
+    }
+
+    /// The [`footprint`] of the admitted objects waiting for the source.
+    pub fn pending_bytes(&self) -> usize {
+        self.overlay_bytes
+    }
+
+    /// How many admitted objects were dropped for `reason` since start.
+    pub fn dropped(&self, reason: Dropped) -> u64 {
+        self.dropped[reason as usize]
     }
 }
 
@@ -307,6 +515,11 @@ pub struct Cache {
 impl Cache {
     pub fn new() -> Cache {
         Cache::default()
+    }
+
+    /// A cache whose overlay is bounded by `limits` instead of [`OVERLAY_LIMITS`].
+    pub fn with_limits(limits: OverlayLimits) -> Cache {
+        Cache { state: Mutex::new(State::with_limits(limits)), ..Cache::default() }
     }
 
     /// Locks the cache. A panic while holding the lock cannot leave a half-made decision
@@ -439,5 +652,86 @@ mod tests {
         assert!(present(&s, "a"));
         assert!(!present(&s, "b"));
         assert!(present(&s, "new"));
+    }
+    fn small() -> OverlayLimits {
+        OverlayLimits { max_entries: 100, max_bytes: 1024 * 1024 }
+    }
+
+    #[test]
+    fn a_flood_of_new_names_evicts_the_oldest_admissions_and_counts_them() {
+        let mut s = State::with_limits(small());
+        let t0 = Instant::now();
+        for i in 0..10_000u64 {
+            s.admit(ks("f", &format!("forged-{i}"), &["nowhere"]), None, t0 + Duration::from_millis(i));
+        }
+        assert_eq!(s.pending_admissions(), 100);
+        assert_eq!(s.dropped(Dropped::Evicted), 9_900);
+        assert!(present(&s, "forged-9999"), "the newest stay");
+        assert!(!present(&s, "forged-0"), "the oldest went");
+        let g = s.graphs().get(FluxKind::Kustomization);
+        assert_eq!(g.len(), 100, "evicted objects left the graph");
+        assert!(g.node_count() <= 101, "with their nodes: {}", g.node_count());
+        assert!(s.pending_bytes() <= small().max_bytes);
+    }
+
+    #[test]
+    fn the_byte_bound_evicts_before_the_count_bound() {
+        let limits = OverlayLimits { max_entries: 1_000, max_bytes: 64 * 1024 };
+        let mut s = State::with_limits(limits);
+        let targets: Vec<String> = (0..40).map(|i| format!("target-{i}")).collect();
+        let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
+        for i in 0..200 {
+            s.admit(ks("f", &format!("wide-{i}"), &targets), None, Instant::now());
+        }
+        assert!(s.pending_bytes() <= limits.max_bytes, "{} bytes", s.pending_bytes());
+        assert!(s.pending_admissions() < 200);
+        assert_eq!(s.dropped(Dropped::Evicted) as usize, 200 - s.pending_admissions());
+    }
+
+    #[test]
+    fn an_object_too_large_to_remember_is_refused_and_counted() {
+        let limits = OverlayLimits { max_entries: 1_000, max_bytes: 64 * 1024 };
+        let mut s = State::with_limits(limits);
+        s.apply(ks("f", "huge", &[]), Some("3"));
+        s.admit(ks("f", "huge", &["a"]), Some("3".into()), Instant::now());
+        let names: Vec<String> = (0..1_000).map(|i| format!("target-{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        s.admit(ks("f", "huge", &names), Some("3".into()), Instant::now());
+        assert_eq!(s.dropped(Dropped::Refused), 1);
+        assert_eq!(s.pending_admissions(), 0, "the earlier admission no longer says what was last admitted");
+        let g = s.graphs().get(FluxKind::Kustomization);
+        assert!(g.get(&ObjectKey::new("f", "huge")).unwrap().depends_on.is_empty(), "the source's view is back");
+    }
+
+    #[test]
+    fn admitting_the_same_content_again_does_not_make_it_younger() {
+        let mut s = State::default();
+        let t0 = Instant::now();
+        let key = ObjectKey::new("f", "a");
+        s.admit(ks("f", "a", &["b"]), None, t0);
+        s.admit(ks("f", "a", &["b"]), None, t0 + Duration::from_millis(900));
+        let p = s.pending(FluxKind::Kustomization, &key).unwrap();
+        assert_eq!(p.pending_since, t0);
+        assert_eq!(p.admitted_at, t0 + Duration::from_millis(900));
+        assert!(s.still_pending(FluxKind::Kustomization, &key, &p));
+        // Other content starts afresh, and is no longer what an earlier look saw.
+        s.admit(ks("f", "a", &["c"]), None, t0 + Duration::from_secs(1));
+        assert_eq!(s.pending(FluxKind::Kustomization, &key).unwrap().pending_since, t0 + Duration::from_secs(1));
+        assert!(!s.still_pending(FluxKind::Kustomization, &key, &p));
+    }
+
+    #[test]
+    fn forgetting_an_unstored_admission_puts_the_source_view_back_and_counts_it() {
+        let mut s = State::default();
+        s.apply(ks("f", "a", &[]), Some("4"));
+        s.admit(ks("f", "a", &["b"]), Some("4".into()), Instant::now());
+        s.admit(ks("f", "new", &[]), None, Instant::now());
+        s.forget_unstored(FluxKind::Kustomization, &ObjectKey::new("f", "a"));
+        s.forget_unstored(FluxKind::Kustomization, &ObjectKey::new("f", "new"));
+        let g = s.graphs().get(FluxKind::Kustomization);
+        assert!(g.get(&ObjectKey::new("f", "a")).unwrap().depends_on.is_empty());
+        assert!(!present(&s, "new"));
+        assert_eq!(s.dropped(Dropped::Unstored), 2);
+        assert_eq!((s.pending_admissions(), s.pending_bytes()), (0, 0));
     }
 }

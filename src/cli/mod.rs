@@ -69,6 +69,11 @@ pub struct ServeArgs {
     /// Serving key (PEM); re-read when it changes.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Require a client certificate signed by this CA (PEM) on the webhook port: the API server
+    /// authenticating itself (see the README). Re-read when it changes. A caller without such a
+    /// certificate is refused at the TLS handshake.
+    #[arg(long, value_name = "FILE")]
+    pub client_ca: Option<PathBuf>,
     /// Load Flux objects from these YAML files or folders instead of watching a cluster.
     #[arg(long, value_name = "PATH")]
     pub manifests: Vec<PathBuf>,

@@ -16,13 +16,14 @@ use crate::live_policy::LivePolicy;
 use crate::manifests;
 use crate::object::{FluxKind, FluxObject};
 use crate::policy::Policy;
-use crate::server::{self, App, tls::ReloadingCert};
+use crate::server::tls::{ReloadingCert, ReloadingClientCa};
+use crate::server::{self, App};
 use crate::status::ObjectStatus;
 
 /// How long the audit Lease is held without renewal before another replica takes over.
 const LEASE_DURATION: Duration = Duration::from_secs(30);
 
-/// How often the serving certificate files are re-read.
+/// How often the serving certificate files and the client CA are re-read.
 const CERT_POLL: Duration = Duration::from_secs(2);
 
 /// How often the policy file is re-read.
@@ -98,7 +99,16 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     };
     let cert = ReloadingCert::load(&cert_path, &key_path).map_err(|e| format!("serving certificate: {e}"))?;
     cert.spawn_watch(CERT_POLL);
-    let tls_config = Arc::new(cert.server_config());
+    let client_ca = match &args.client_ca {
+        Some(path) => {
+            let ca = ReloadingClientCa::load(path).map_err(|e| format!("--client-ca: {e}"))?;
+            ca.spawn_watch(CERT_POLL);
+            tracing::info!(client_ca = %path.display(), "the webhook port requires a client certificate signed by this CA");
+            Some(ca)
+        }
+        None => None,
+    };
+    let tls_config = Arc::new(cert.server_config_with(client_ca));
 
     let mut webhook = Webhook::live(cache.clone(), policy.clone());
     if let Some(lookup) = lookup {

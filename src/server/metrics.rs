@@ -52,6 +52,12 @@ pub struct CauseLabels {
     pub cause: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DroppedLabels {
+    /// `evicted`, `refused` or `unstored` (see [`crate::cache::Dropped`]).
+    pub reason: &'static str,
+}
+
 /// Every metric fluxgate exports.
 pub struct Metrics {
     registry: Registry,
@@ -67,6 +73,9 @@ pub struct Metrics {
     pub objects: Family<StateLabels, Gauge>,
     pub blocked: Family<KindLabels, Gauge>,
     pub root_causes: Family<CauseLabels, Gauge>,
+    pub pending_admissions: Gauge,
+    pub pending_admission_bytes: Gauge,
+    pub pending_dropped: Family<DroppedLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -122,6 +131,28 @@ impl Metrics {
         registry.register("blocked_objects", "Objects waiting for a dependency (DependencyNotReady)", blocked.clone());
         let root_causes = Family::<CauseLabels, Gauge>::default();
         registry.register("root_causes", "Distinct objects holding up waiting objects, by cause", root_causes.clone());
+        let pending_admissions = Gauge::default();
+        registry.register(
+            "pending_admissions",
+            "Objects admitted by this replica that the watch has not delivered yet",
+            pending_admissions.clone(),
+        );
+        let pending_admission_bytes = Gauge::default();
+        registry.register(
+            "pending_admission_bytes",
+            "Estimated memory held by the pending admissions",
+            pending_admission_bytes.clone(),
+        );
+        let pending_dropped = Family::<DroppedLabels, Counter>::default();
+        registry.register(
+            "pending_admissions_dropped",
+            "Admitted objects dropped before the watch delivered them: evicted (memory bound reached), refused \
+             (too large to remember), unstored (the API server did not hold them when asked)",
+            pending_dropped.clone(),
+        );
+        for reason in crate::cache::Dropped::ALL {
+            drop(pending_dropped.get_or_create(&DroppedLabels { reason: reason.as_str() }));
+        }
         Metrics {
             registry,
             requests,
@@ -136,6 +167,21 @@ impl Metrics {
             objects,
             blocked,
             root_causes,
+            pending_admissions,
+            pending_admission_bytes,
+            pending_dropped,
+        }
+    }
+
+    /// Publishes the overlay's size and drop counts. Called with the cache locked, which also
+    /// keeps two scrapes from adding the same drops twice.
+    pub fn publish_pending(&self, state: &crate::cache::State) {
+        self.pending_admissions.set(state.pending_admissions() as i64);
+        self.pending_admission_bytes.set(state.pending_bytes() as i64);
+        for reason in crate::cache::Dropped::ALL {
+            let counter = self.pending_dropped.get_or_create(&DroppedLabels { reason: reason.as_str() });
+            let total = state.dropped(reason);
+            counter.inc_by(total.saturating_sub(counter.get()));
         }
     }
 

@@ -293,6 +293,7 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
             }
         }
         app.metrics.cache_ready.set(i64::from(state.is_ready()));
+        app.metrics.publish_pending(&state);
     }
     let cache = app.webhook.cache.clone();
     if let Ok(report) = tokio::task::spawn_blocking(move || cache.status_report()).await {

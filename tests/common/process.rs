@@ -133,6 +133,15 @@ impl Client {
 
     /// A client trusting each CA in `cas`.
     pub fn trusting(cas: &[&Path]) -> Client {
+        Client::build(cas, None)
+    }
+
+    /// A client trusting `ca` that presents the client certificate `cert` with its key `key`.
+    pub fn with_identity(ca: &Path, cert: &Path, key: &Path) -> Client {
+        Client::build(&[ca], Some((cert, key)))
+    }
+
+    fn build(cas: &[&Path], identity: Option<(&Path, &Path)>) -> Client {
         let provider = fluxgate::server::tls::provider();
         let mut roots = rustls::RootCertStore::empty();
         for ca in cas {
@@ -140,11 +149,18 @@ impl Client {
                 roots.add(cert.unwrap()).unwrap();
             }
         }
-        let config = rustls::ClientConfig::builder_with_provider(provider)
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let config = match identity {
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_file_iter(cert).unwrap().map(Result::unwrap).collect();
+                let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
+                builder.with_client_auth_cert(chain, key).unwrap()
+            }
+            None => builder.with_no_client_auth(),
+        };
         // Full handshakes only: a resumed session shows the certificate of the session it
         // resumes, not the one the server presents now.
         let mut config = config;
@@ -191,7 +207,7 @@ impl Client {
         Connection { sender, peer_certificate }
     }
 
-    fn connector_config(&self) -> Arc<rustls::ClientConfig> {
+    pub fn connector_config(&self) -> Arc<rustls::ClientConfig> {
         self.connector.config().clone()
     }
 }
