@@ -494,10 +494,9 @@ impl<'a> Placer<'a> {
             .docs
             .iter()
             .filter_map(|doc| match &doc.body {
-                Body::Flux { kind: FluxKind::Kustomization, path: Some(path), source, .. } => Some(root::Applier {
-                    path: Some(path),
-                    source: source.as_ref().map(|(k, n)| (&**k, &**n)),
-                }),
+                Body::Flux { kind: FluxKind::Kustomization, path: Some(path), source, .. } => {
+                    Some(root::Applier { path: Some(path), source: source.as_ref().map(|(k, n)| (&**k, &**n)) })
+                }
                 _ => None,
             })
             .collect();

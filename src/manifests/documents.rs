@@ -259,10 +259,10 @@ fn read_file(file: &Path, index: usize) -> FileRead {
                 let start = read.text.len();
                 read.text.push_str(&item.to_string());
                 let field = |p: &[&str]| at(&item, p).and_then(Value::as_str).map(Box::from);
-                let source = field(&["spec", "sourceRef", "name"])
-                    .map(|name| (field(&["spec", "sourceRef", "kind"]).unwrap_or_else(|| "GitRepository".into()), name));
-                let body =
-                    Body::Flux { kind, span: start..read.text.len(), path: field(&["spec", "path"]), source };
+                let source = field(&["spec", "sourceRef", "name"]).map(|name| {
+                    (field(&["spec", "sourceRef", "kind"]).unwrap_or_else(|| "GitRepository".into()), name)
+                });
+                let body = Body::Flux { kind, span: start..read.text.len(), path: field(&["spec", "path"]), source };
                 read.docs.push(place(body));
             } else if resource_set::is_resource_set(&item) {
                 read.docs.push(place(Body::ResourceSet(item)));
