@@ -52,6 +52,17 @@ pub struct CauseLabels {
     pub cause: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookStateLabels {
+    pub webhook: &'static str,
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub webhook: &'static str,
+}
+
 /// Every metric fluxgate exports.
 pub struct Metrics {
     registry: Registry,
@@ -67,6 +78,8 @@ pub struct Metrics {
     pub objects: Family<StateLabels, Gauge>,
     pub blocked: Family<KindLabels, Gauge>,
     pub root_causes: Family<CauseLabels, Gauge>,
+    pub webhook_config_state: Family<WebhookStateLabels, Gauge>,
+    pub webhook_skipped_needs: Family<WebhookLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -122,6 +135,19 @@ impl Metrics {
         registry.register("blocked_objects", "Objects waiting for a dependency (DependencyNotReady)", blocked.clone());
         let root_causes = Family::<CauseLabels, Gauge>::default();
         registry.register("root_causes", "Distinct objects holding up waiting objects, by cause", root_causes.clone());
+        let webhook_config_state = Family::<WebhookStateLabels, Gauge>::default();
+        registry.register(
+            "webhook_config_state",
+            "1 for the state of each webhook configuration: inStep, sends (not written by fluxgate, sends what \
+             the policy needs), skips (keeps defaults or rules from taking effect), unknown (cannot be read)",
+            webhook_config_state.clone(),
+        );
+        let webhook_skipped_needs = Family::<WebhookLabels, Gauge>::default();
+        registry.register(
+            "webhook_skipped_needs",
+            "Defaults and rules of the policy whose requests the registered webhook configuration skips",
+            webhook_skipped_needs.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -136,6 +162,27 @@ impl Metrics {
             objects,
             blocked,
             root_causes,
+            webhook_config_state,
+            webhook_skipped_needs,
+        }
+    }
+
+    /// Publishes the last look at the webhook configurations.
+    pub fn publish_webhook_config(&self, state: &crate::webhooks::sync::SyncState) {
+        use crate::webhooks::{Hook, sync::Outcome};
+        for hook in Hook::ALL {
+            let Some(outcome) = state.get(hook) else { continue };
+            let webhook = hook.as_str();
+            for s in Outcome::STATES {
+                self.webhook_config_state
+                    .get_or_create(&WebhookStateLabels { webhook, state: s })
+                    .set(i64::from(outcome.state() == s));
+            }
+            let skipped = match &outcome {
+                Outcome::Skips { skipped, .. } => skipped.len() as i64,
+                _ => 0,
+            };
+            self.webhook_skipped_needs.get_or_create(&WebhookLabels { webhook }).set(skipped);
         }
     }
 

@@ -63,11 +63,13 @@ pub struct App {
     pub webhook: Webhook,
     pub metrics: Metrics,
     pub report: Arc<RwLock<Report>>,
+    /// Whether the registered webhook configurations send what the policy needs.
+    pub webhook_config: Arc<crate::webhooks::sync::SyncState>,
 }
 
 impl App {
     pub fn new(webhook: Webhook) -> Arc<App> {
-        Arc::new(App { webhook, metrics: Metrics::new(), report: Arc::default() })
+        Arc::new(App { webhook, metrics: Metrics::new(), report: Arc::default(), webhook_config: Arc::default() })
     }
 }
 
@@ -259,6 +261,9 @@ async fn handle(app: &App, request: Request, hook: Hook) -> Response {
 /// `ready` or `not ready`, then one line per kind: the version watched and whether the source
 /// is current. 200 only when every kind is listed and current: a replica whose watch is down,
 /// relisting or silent is taken out of the Service once the probe's failure threshold is reached.
+/// Then one line per webhook configuration: whether it sends what the policy needs. A
+/// configuration that skips some does not make the replica unready (admission itself works, and
+/// taking every replica out would stop validation cluster-wide); the line says what is lost.
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     let state = app.webhook.cache.lock();
     let ready = state.is_ready();
@@ -274,6 +279,11 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
             }
         };
         body.push_str(&line);
+    }
+    drop(state);
+    for line in app.webhook_config.lines() {
+        body.push_str(&line);
+        body.push('\n');
     }
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, body).into_response()
@@ -294,6 +304,7 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
         }
         app.metrics.cache_ready.set(i64::from(state.is_ready()));
     }
+    app.metrics.publish_webhook_config(&app.webhook_config);
     let cache = app.webhook.cache.clone();
     if let Ok(report) = tokio::task::spawn_blocking(move || cache.status_report()).await {
         app.metrics.publish_status(&report);
