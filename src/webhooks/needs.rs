@@ -81,7 +81,11 @@ pub fn review(operation: &str, object: Option<&Value>, old: Option<&Value>) -> V
             "object": object.cloned().unwrap_or(Value::Null),
             "oldObject": old.cloned().unwrap_or(Value::Null),
             "dryRun": false,
-            "options": { "apiVersion": "meta.k8s.io/v1", "kind": if operation == "DELETE" { "DeleteOptions" } else { "CreateOptions" } },
+            "options": { "apiVersion": "meta.k8s.io/v1", "kind": match operation {
+                "CREATE" => "CreateOptions",
+                "UPDATE" => "UpdateOptions",
+                _ => "DeleteOptions",
+            } },
         }
     })
 }
