@@ -95,9 +95,9 @@ impl Outcome {
             }
             Outcome::Skips { skipped, why } => {
                 let names: Vec<&str> = skipped.iter().map(|s| s.what.as_str()).collect();
-                let first = skipped.first().map(|s| format!("; {}: {}", s.what, s.why)).unwrap_or_default();
+                let first = skipped.first().map(|s| format!("; for {}, {}", s.what, s.why)).unwrap_or_default();
                 format!(
-                    "{config} skips requests the policy needs, so these do not take effect: {} ({why}{first})",
+                    "{config} skips requests the policy needs, so these do not take effect: {}. Why: {why}{first}",
                     names.join(", ")
                 )
             }
