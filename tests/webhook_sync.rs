@@ -169,6 +169,8 @@ async fn a_policy_reload_reaches_the_mutating_configuration_and_gitops_leaves_it
         "{readyz}"
     );
     assert!(fake.events().iter().all(|e| e["reason"] != "WebhookSkipsPolicy"), "nothing to warn about");
+    let (_, status) = admin_get(server.admin, "/status").await;
+    assert_eq!(serde_json::from_str::<Value>(&status).unwrap()["notices"], json!([]));
 }
 
 /// A HelmRelease CREATE as the API server sends it.
@@ -222,6 +224,14 @@ async fn without_rbac_the_skipped_defaults_are_named_in_log_metric_event_and_rea
     assert_eq!(status, 200, "admission is unaffected: {readyz}");
     assert!(readyz.contains("webhook mutate: MutatingWebhookConfiguration fluxgate skips requests"), "{readyz}");
     assert!(readyz.contains(default), "{readyz}");
+    // The status page shows it above the graphs, and its refresh (`/status`) carries it.
+    let (_, status) = admin_get(server.admin, "/status").await;
+    let status: Value = serde_json::from_str(&status).unwrap();
+    let notices = status["notices"].as_array().unwrap();
+    assert_eq!(notices.len(), 1, "the validating configuration is no problem: {notices:?}");
+    assert!(notices[0].as_str().unwrap().contains(default), "{notices:?}");
+    let (_, page) = admin_get(server.admin, "/").await;
+    assert!(page.contains(default) && page.contains("\"notices\":["), "the page's data holds the notice");
 
     // Nothing else breaks: fluxgate itself still applies the default to what reaches it.
     let mut connection = Client::new(&ca).connect(server.webhook, Http::One).await;

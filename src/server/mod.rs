@@ -331,9 +331,17 @@ async fn report(State(app): State<Arc<App>>) -> Response {
 async fn status_json(State(app): State<Arc<App>>) -> Response {
     let cache = app.webhook.cache.clone();
     match tokio::task::spawn_blocking(move || cache.status_report()).await {
-        Ok(report) => axum::Json(report).into_response(),
+        Ok(report) => axum::Json(StatusWithNotices { report, notices: app.webhook_config.problems() }).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("status could not be computed: {e}")),
     }
+}
+
+/// `/status`: the report, and the lines a person must act on (see [`crate::status::page`]).
+#[derive(serde::Serialize)]
+struct StatusWithNotices {
+    #[serde(flatten)]
+    report: crate::status::StatusReport,
+    notices: Vec<String>,
 }
 
 /// The status page, live: it refreshes itself from `/status`.
@@ -342,7 +350,12 @@ async fn status_page(State(app): State<Arc<App>>) -> Response {
     match tokio::task::spawn_blocking(move || cache.status_report()).await {
         Ok(report) => (
             [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")],
-            crate::status::page::render(&report, "fluxgate: Flux dependency status", true),
+            crate::status::page::render_with_notices(
+                &report,
+                "fluxgate: Flux dependency status",
+                true,
+                &app.webhook_config.problems(),
+            ),
         )
             .into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("status could not be computed: {e}")),

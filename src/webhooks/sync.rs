@@ -124,11 +124,25 @@ impl SyncState {
         self.outcomes.read().unwrap_or_else(|p| p.into_inner()).get(&hook).cloned()
     }
 
-    /// One line per configuration looked at, for `/readyz` and the status page.
+    /// One line per configuration looked at, for `/readyz`.
     pub fn lines(&self) -> Vec<String> {
+        self.lines_where(|_| true)
+    }
+
+    /// The lines of the configurations that keep defaults or rules from taking effect (or
+    /// cannot be read), for the status page.
+    pub fn problems(&self) -> Vec<String> {
+        self.lines_where(Outcome::is_problem)
+    }
+
+    fn lines_where(&self, keep: impl Fn(&Outcome) -> bool) -> Vec<String> {
         let name = self.configuration.read().unwrap_or_else(|p| p.into_inner()).clone();
         let outcomes = self.outcomes.read().unwrap_or_else(|p| p.into_inner());
-        outcomes.iter().map(|(hook, o)| format!("webhook {}: {}", hook.as_str(), o.message(*hook, &name))).collect()
+        outcomes
+            .iter()
+            .filter(|(_, o)| keep(o))
+            .map(|(hook, o)| format!("webhook {}: {}", hook.as_str(), o.message(*hook, &name)))
+            .collect()
     }
 }
 
