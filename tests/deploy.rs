@@ -471,3 +471,16 @@ fn a_real_api_server_accepts_deploy_and_the_generated_conditions() {
         assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
+
+#[test]
+fn webhook_config_refuses_a_bad_policy_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("policy.yaml");
+    std::fs::write(&bad, "defaults: { helmRelease: { install: { crds: Always } } }\n").unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_fluxgate")).args(["webhook-config", "--policy"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("defaults.helmRelease.install.crds"), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing half-printed");
+}

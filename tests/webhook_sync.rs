@@ -220,6 +220,10 @@ async fn without_rbac_the_skipped_defaults_are_named_in_log_metric_event_and_rea
     assert_eq!(warning["metadata"]["namespace"], "fluxgate-system");
     assert!(warning["note"].as_str().unwrap().contains(default), "{warning}");
     assert!(warning["note"].as_str().unwrap().contains("may not patch"), "{warning}");
+    let (_, report) = admin_get(server.admin, "/report").await;
+    let report: Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["webhooks"]["mutate"]["state"], "skips", "{report}");
+    assert_eq!(report["webhooks"]["mutate"]["skipped"][0]["what"], default, "{report}");
     let (status, readyz) = admin_get(server.admin, "/readyz").await;
     assert_eq!(status, 200, "admission is unaffected: {readyz}");
     assert!(readyz.contains("webhook mutate: MutatingWebhookConfiguration fluxgate skips requests"), "{readyz}");
@@ -268,4 +272,37 @@ async fn a_configuration_fluxgate_may_not_read_is_reported_as_unknown() {
             .any(|e| e["reason"] == "WebhookSkipsPolicy" && e["note"].as_str().unwrap().contains("may not read"))
     );
     assert!(server.log_lines().iter().any(|l| l.contains("\"level\":\"ERROR\"") && l.contains("may not read")));
+}
+
+/// Conditions that another field manager owns are not taken over (no `force`): the conflict is
+/// reported as a configuration managed elsewhere, naming what it holds back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditions_another_manager_owns_are_not_taken_over_but_reported() {
+    let fake = FakeApi::start(true).await;
+    let shipped = Policy::parse(&shipped_policy_text(), "shipped").unwrap();
+    for config in
+        fluxgate::webhooks::configurations(&shipped, "fluxgate-system", fluxgate::webhooks::Conditions::Included)
+    {
+        fake.server_side_apply(&config, "argocd-controller", true).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let policy_file = dir.path().join("policy.yaml");
+    write_policy(&policy_file, &with_helm_defaults());
+    let (server, _) = start(&fake, dir.path(), &policy_file);
+    eventually("the conflict is reported", &server, async || {
+        admin_get(server.admin, "/readyz").await.1.contains("managed elsewhere")
+    })
+    .await;
+    let (_, readyz) = admin_get(server.admin, "/readyz").await;
+    assert!(readyz.contains("default helmRelease.upgrade.cleanupOnFail"), "{readyz}");
+    // The other manager's conditions are as it wrote them; the validating ones, equal to what
+    // fluxgate writes, are shared rather than fought over.
+    let mutating = fake.webhook_configuration(MUTATING, "fluxgate").unwrap();
+    assert_eq!(conditions(&mutating), json!(match_conditions(&shipped, Hook::Mutate)));
+    assert!(!fake.managed_paths(MUTATING, "fluxgate").contains_key("fluxgate"));
+    let validating = fake.managed_paths(VALIDATING, "fluxgate");
+    assert!(validating["fluxgate"].iter().any(|p| p.contains("matchConditions")), "{validating:?}");
+    let (_, metrics) = admin_get(server.admin, "/metrics").await;
+    assert!(metrics.contains("fluxgate_webhook_config_state{webhook=\"validate\",state=\"inStep\"} 1"), "{metrics}");
+    assert!(metrics.contains("fluxgate_webhook_config_state{webhook=\"mutate\",state=\"skips\"} 1"), "{metrics}");
 }

@@ -317,13 +317,20 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
 #[derive(serde::Serialize)]
 struct ReportWithPolicy {
     policy: crate::live_policy::InForce,
+    /// The last look at each webhook configuration (cluster mode).
+    webhooks: std::collections::BTreeMap<crate::webhooks::Hook, crate::webhooks::sync::Outcome>,
     #[serde(flatten)]
     report: Report,
 }
 
 async fn report(State(app): State<Arc<App>>) -> Response {
     let report = app.report.read().unwrap_or_else(|p| p.into_inner()).clone();
-    axum::Json(ReportWithPolicy { policy: app.webhook.policy.in_force().as_ref().clone(), report }).into_response()
+    axum::Json(ReportWithPolicy {
+        policy: app.webhook.policy.in_force().as_ref().clone(),
+        webhooks: app.webhook_config.outcomes(),
+        report,
+    })
+    .into_response()
 }
 
 /// Every object's state and, for waiting ones, their root causes. Computed on a blocking thread

@@ -120,6 +120,11 @@ impl SyncState {
         self.outcomes.write().unwrap_or_else(|p| p.into_inner()).insert(hook, outcome);
     }
 
+    /// Every outcome, for `/report`.
+    pub fn outcomes(&self) -> BTreeMap<Hook, Outcome> {
+        self.outcomes.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     pub fn get(&self, hook: Hook) -> Option<Outcome> {
         self.outcomes.read().unwrap_or_else(|p| p.into_inner()).get(&hook).cloned()
     }
