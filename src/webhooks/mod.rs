@@ -202,12 +202,13 @@ fn validate_expression(policy: &Policy) -> String {
         parts.push("request.operation == 'CREATE'".to_string());
         let changes: Vec<String> =
             fields.iter().map(|f| format!("{} != {}", f.of("object"), f.of("oldObject"))).collect();
-        parts.push(format!("(request.operation == 'UPDATE' && ({}))", changes.join(" || ")));
+        parts.push(format!("(request.operation == 'UPDATE' && (\n  {}))", changes.join("\n  || ")));
     }
     if on(policy, Rule::DeleteWithDependents) {
         parts.push("request.operation == 'DELETE'".to_string());
     }
-    if parts.is_empty() { "false".to_string() } else { parts.join(" || ") }
+    // One line per part, so that `webhook-config` prints a block a person can read.
+    if parts.is_empty() { "false".to_string() } else { parts.join("\n|| ") }
 }
 
 /// Every leaf of a partial spec as a path of keys: a value that is not a non-empty mapping
@@ -279,12 +280,12 @@ fn mutate_scope(defaults: &Defaults) -> String {
         }
         let clauses: Vec<String> = clauses.into_iter().map(|c| format!("({c})")).collect();
         parts.push(format!(
-            "(request.kind.kind == {} && has(object.spec) && ({}))",
+            "(request.kind.kind == {} && has(object.spec) && (\n    {}))",
             quote(kind.as_str()),
-            clauses.join(" || ")
+            clauses.join("\n    || ")
         ));
     }
-    parts.join(" || ")
+    parts.join("\n|| ")
 }
 
 /// The mutating expression: the scope of the request's namespace, namespaces whose defaults
@@ -308,7 +309,7 @@ fn mutate_expression(policy: &Policy) -> String {
     ordered.sort();
     for (nss, scope) in ordered {
         let list: Vec<String> = nss.iter().map(|n| quote(n)).collect();
-        expression.push_str(&format!("request.namespace in [{}] ? ({scope}) : ", list.join(", ")));
+        expression.push_str(&format!("request.namespace in [{}] ? (\n{scope}\n) : ", list.join(", ")));
     }
     expression.push_str(&format!("({global})"));
     expression
