@@ -306,3 +306,25 @@ async fn conditions_another_manager_owns_are_not_taken_over_but_reported() {
     assert!(metrics.contains("fluxgate_webhook_config_state{webhook=\"validate\",state=\"inStep\"} 1"), "{metrics}");
     assert!(metrics.contains("fluxgate_webhook_config_state{webhook=\"mutate\",state=\"skips\"} 1"), "{metrics}");
 }
+
+/// In process: a condition the new policy no longer needs goes (server-side apply removes what
+/// its manager stops applying), and the outcome is recorded for `/readyz`.
+#[tokio::test]
+async fn a_condition_the_policy_no_longer_needs_is_removed() {
+    use fluxgate::webhooks::sync::{Outcome, SyncState, Syncer};
+    let fake = FakeApi::start(true).await;
+    gitops_apply(&fake);
+    let state = std::sync::Arc::new(SyncState::default());
+    let syncer = Syncer::new(fake.client(), "fluxgate", true, state.clone());
+    let names = |fake: &FakeApi| -> Vec<String> {
+        let config = fake.webhook_configuration(MUTATING, "fluxgate").unwrap();
+        conditions(&config).as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap().to_string()).collect()
+    };
+    syncer.sync(&Policy::parse("namespaces: { exclude: [legacy] }", "p").unwrap()).await;
+    assert_eq!(names(&fake), ["namespace-not-excluded", "policy-may-patch"]);
+    syncer.sync(&Policy::parse("namespaces: { exclude: [] }", "p").unwrap()).await;
+    assert_eq!(names(&fake), ["policy-may-patch"]);
+    assert_eq!(state.get(Hook::Mutate), Some(Outcome::InStep));
+    assert_eq!(state.get(Hook::Validate), Some(Outcome::InStep));
+    assert!(state.problems().is_empty());
+}
