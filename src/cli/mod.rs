@@ -95,7 +95,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub manage_webhooks: bool,
     /// Name of the ValidatingWebhookConfiguration and MutatingWebhookConfiguration to keep in step.
-    #[arg(long, default_value = crate::webhooks::CONFIGURATION_NAME, value_name = "NAME")]
+    #[arg(long, default_value = crate::webhooks::CONFIGURATION_NAME, value_name = "NAME",
+          value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub webhook_configuration: String,
 }
 

@@ -458,6 +458,21 @@ mod tests {
     }
 
     #[test]
+    fn namespaces_with_the_same_defaults_share_a_branch_and_the_global_ones_need_none() {
+        let p = Policy::parse(
+            "namespaces: { overrides: {
+               a: { defaults: { helmRelease: { timeout: 9m } } },
+               b: { defaults: { helmRelease: { timeout: 9m } } },
+               c: { enforcement: audit, defaults: { kustomization: { timeout: 5m } } } } }",
+            "p",
+        )
+        .unwrap();
+        let expression = mutate_expression(&p);
+        assert_eq!(expression.matches("request.namespace in").count(), 1, "{expression}");
+        assert!(expression.starts_with("request.namespace in ['a', 'b'] ? ("), "{expression}");
+    }
+
+    #[test]
     fn every_generated_expression_compiles() {
         let p = Policy::parse(
             "defaults: { helmRelease: { install: { crds: Create }, values: { image.tag: v1 } } }\n\
