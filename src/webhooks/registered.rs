@@ -8,11 +8,15 @@ use serde_json::Value;
 
 use super::{Hook, cel_value, needs::Need};
 
-/// A need the registered configuration does not send, and why.
+/// A need the registered configuration does not send (or may not), and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Skipped {
     pub what: String,
     pub why: String,
+    /// `false` when a condition could not be evaluated here: one written by someone else may
+    /// use a function of the API server's CEL library that this interpreter lacks, so whether
+    /// the request is sent is not known.
+    pub certain: bool,
 }
 
 /// The needs of `hook` that `configuration` (a Validating- or MutatingWebhookConfiguration as
@@ -23,11 +27,11 @@ pub fn skipped(configuration: &Value, hook: Hook, needs: &[Need]) -> Vec<Skipped
     let mut out = Vec::new();
     for need in needs.iter().filter(|n| n.hook == hook) {
         let why = match webhook {
-            None => Some(format!("the configuration has no webhook named {}", hook.webhook_name())),
+            None => Some((format!("the configuration has no webhook named {}", hook.webhook_name()), true)),
             Some(w) => why_skipped(w, &need.review["request"]),
         };
-        if let Some(why) = why {
-            out.push(Skipped { what: need.what.clone(), why });
+        if let Some((why, certain)) = why {
+            out.push(Skipped { what: need.what.clone(), why, certain });
         }
     }
     out
@@ -37,8 +41,10 @@ fn listed(list: &Value, want: &str) -> bool {
     list.as_array().is_some_and(|l| l.iter().any(|x| x == "*" || x == want))
 }
 
-/// Why `webhook` would not be called for `request`, or `None` when it would.
-fn why_skipped(webhook: &Value, request: &Value) -> Option<String> {
+/// Why `webhook` would not be called for `request` (and whether that is certain), or `None`
+/// when it would.
+fn why_skipped(webhook: &Value, request: &Value) -> Option<(String, bool)> {
+    let certain = |why: String| Some((why, true));
     let (group, version, resource) = (
         request["resource"]["group"].as_str().unwrap_or_default(),
         request["resource"]["version"].as_str().unwrap_or_default(),
@@ -55,20 +61,20 @@ fn why_skipped(webhook: &Value, request: &Value) -> Option<String> {
         })
     });
     if !matched {
-        return Some(format!("its rules leave out {operation} of {resource}.{group}"));
+        return certain(format!("its rules leave out {operation} of {resource}.{group}"));
     }
     let namespace = request["namespace"].as_str().unwrap_or_default();
     // The namespace's other labels are not known here: the selector is judged on the one the
     // API server always sets.
     let ns_labels = BTreeMap::from([("kubernetes.io/metadata.name".to_string(), namespace.to_string())]);
     if !selects(&webhook["namespaceSelector"], &ns_labels) {
-        return Some(format!("its namespaceSelector leaves out namespace {namespace}"));
+        return certain(format!("its namespaceSelector leaves out namespace {namespace}"));
     }
     let object = if request["object"].is_null() { &request["oldObject"] } else { &request["object"] };
     let labels: BTreeMap<String, String> =
         serde_json::from_value(object["metadata"]["labels"].clone()).unwrap_or_default();
     if !selects(&webhook["objectSelector"], &labels) {
-        return Some("its objectSelector leaves the object out".to_string());
+        return certain("its objectSelector leaves the object out".to_string());
     }
     let mut context = cel::Context::default();
     context.add_variable_from_value("request", cel_value(request));
@@ -79,13 +85,13 @@ fn why_skipped(webhook: &Value, request: &Value) -> Option<String> {
         let expression = condition["expression"].as_str().unwrap_or_default();
         let program = match cel::Program::compile(expression) {
             Ok(p) => p,
-            Err(e) => return Some(format!("its matchCondition {name} cannot be read here ({e})")),
+            Err(e) => return Some((format!("its matchCondition {name} cannot be read here ({e})"), false)),
         };
         match program.execute(&context) {
             Ok(cel::Value::Bool(true)) => {}
-            Ok(cel::Value::Bool(false)) => return Some(format!("its matchCondition {name} is false for it")),
-            Ok(other) => return Some(format!("its matchCondition {name} gives {other:?}, not a boolean")),
-            Err(e) => return Some(format!("its matchCondition {name} fails on it ({e})")),
+            Ok(cel::Value::Bool(false)) => return certain(format!("its matchCondition {name} is false for it")),
+            Ok(other) => return certain(format!("its matchCondition {name} gives {other:?}, not a boolean")),
+            Err(e) => return Some((format!("its matchCondition {name} cannot be evaluated here ({e})"), false)),
         }
     }
     None
@@ -133,6 +139,13 @@ mod tests {
         assert_eq!(missed.len(), 1, "{missed:?}");
         assert_eq!(missed[0].what, "default helmRelease.install.crds");
         assert!(missed[0].why.contains("policy-may-patch"), "{missed:?}");
+        assert!(missed[0].certain);
+        // A condition this interpreter cannot evaluate leaves the answer open.
+        let mut foreign = mutating.clone();
+        foreign["webhooks"][0]["matchConditions"] =
+            serde_json::json!([{ "name": "foreign", "expression": "request.userInfo.username.lowerAscii() != ''" }]);
+        let open = skipped(&foreign, Hook::Mutate, &needs);
+        assert!(!open.is_empty() && open.iter().all(|s| !s.certain), "{open:?}");
         // Without conditions everything is sent.
         let [_, bare] = configurations(&shipped, "fluxgate-system", Conditions::LeftToFluxgate);
         assert_eq!(skipped(&bare, Hook::Mutate, &needs), []);

@@ -67,6 +67,23 @@ impl From<Skipped> for SkippedNeed {
     }
 }
 
+/// What the needs that `configuration` does not send amount to, `why` saying how it came to
+/// be so; `None` when it sends them all. Needs whose conditions could not be evaluated here
+/// make the answer unknown, unless others are certainly skipped.
+fn judged(missed: Vec<Skipped>, why: String) -> Option<Outcome> {
+    if missed.is_empty() {
+        return None;
+    }
+    let (certain, open): (Vec<Skipped>, Vec<Skipped>) = missed.into_iter().partition(|s| s.certain);
+    if certain.is_empty() {
+        let first = &open[0];
+        return Some(Outcome::Unknown {
+            why: format!("{why}; its conditions cannot all be evaluated here: for {}, {}", first.what, first.why),
+        });
+    }
+    Some(Outcome::Skips { skipped: certain.into_iter().map(Into::into).collect(), why })
+}
+
 impl Outcome {
     /// The `state` label of `fluxgate_webhook_config_state`.
     pub fn state(&self) -> &'static str {
@@ -242,16 +259,9 @@ impl Syncer {
             match api.patch(name, &params, &Patch::Apply(owned_fields(policy, hook, name))).await {
                 Ok(written) => {
                     let written = serde_json::to_value(&written).unwrap_or_default();
-                    let missed = skipped(&written, hook, &needs);
-                    if missed.is_empty() {
-                        return Outcome::InStep;
-                    }
                     // Another manager's conditions hold as well (all must be true).
-                    return Outcome::Skips {
-                        skipped: missed.into_iter().map(Into::into).collect(),
-                        why: "fluxgate wrote its conditions, but other fields of the configuration still skip these"
-                            .to_string(),
-                    };
+                    let why = "fluxgate wrote its conditions, but other fields of the configuration still skip these";
+                    return judged(skipped(&written, hook, &needs), why.to_string()).unwrap_or(Outcome::InStep);
                 }
                 Err(e) => match status_code(&e) {
                     Some(403) => format!("fluxgate may not patch it: give it patch on {kind} {name} ({e})"),
@@ -262,12 +272,7 @@ impl Syncer {
                 },
             }
         };
-        let missed = skipped(&current, hook, &needs);
-        if missed.is_empty() {
-            Outcome::Sends { why }
-        } else {
-            Outcome::Skips { skipped: missed.into_iter().map(Into::into).collect(), why }
-        }
+        judged(skipped(&current, hook, &needs), why.clone()).unwrap_or(Outcome::Sends { why })
     }
 
     /// Logs a changed outcome, and posts a Warning Event for a changed problem.
