@@ -472,6 +472,22 @@ mod tests {
         assert!(expression.starts_with("request.namespace in ['a', 'b'] ? ("), "{expression}");
     }
 
+    /// What the API server checks of `matchConditions` besides their CEL: at most 64, names
+    /// unique qualified names.
+    #[test]
+    fn condition_names_are_what_the_api_server_accepts() {
+        let qualified = regex::Regex::new("^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$").unwrap();
+        for p in [Policy::default(), Policy::parse("namespaces: { exclude: [] }", "p").unwrap()] {
+            for hook in Hook::ALL {
+                let conditions = match_conditions(&p, hook);
+                assert!(!conditions.is_empty() && conditions.len() <= 64);
+                let names: BTreeSet<&str> = conditions.iter().map(|c| c.name).collect();
+                assert_eq!(names.len(), conditions.len(), "unique");
+                assert!(names.iter().all(|n| qualified.is_match(n) && n.len() <= 63), "{names:?}");
+            }
+        }
+    }
+
     #[test]
     fn every_generated_expression_compiles() {
         let p = Policy::parse(
