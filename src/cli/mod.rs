@@ -45,7 +45,8 @@ pub enum Command {
     /// Write a CA and a serving certificate and key; print the caBundle.
     Certs(CertsArgs),
     /// Print the validating and mutating webhook configurations (YAML) that fit a policy: their
-    /// matchConditions send fluxgate exactly the requests the policy may judge or patch.
+    /// matchConditions send fluxgate every request the policy may judge or patch, and skip those
+    /// whose answer cannot change.
     WebhookConfig(WebhookConfigArgs),
 }
 
