@@ -7,6 +7,7 @@
 //! - [`rules`]: the rules and their findings, for one request or a whole graph;
 //! - [`policy`]: the policy file; [`live_policy`]: the policy in force, reloaded when it changes;
 //! - [`defaults`]: the defaults the policy sets, checked against the CRDs and completed into objects;
+//! - [`webhooks`]: the webhook configurations derived from the policy, kept in step with it;
 //! - [`admission`]: AdmissionReview in, response out (validation and mutation);
 //! - [`cache`]: the objects the webhook knows, with read-your-writes;
 //! - [`manifests`]: Flux objects read from YAML files and folders;
@@ -33,3 +34,4 @@ pub mod rules;
 pub mod server;
 pub mod slim;
 pub mod status;
+pub mod webhooks;

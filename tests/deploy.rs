@@ -392,3 +392,135 @@ fn flux_can_repair_fluxgate_while_its_validating_webhook_is_down() {
     assert!(validated(&v, &elsewhere, "UPDATE", &namespaces));
     assert!(validated(&v, &elsewhere, "DELETE", &namespaces));
 }
+
+// --- webhook configurations and the policy ------------------------------------------------------
+
+/// The documents `fluxgate webhook-config` prints for `args`.
+fn webhook_config(args: &[&str]) -> Vec<Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_fluxgate"))
+        .arg("webhook-config")
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "webhook-config {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    fluxgate::manifests::split_documents(&text).iter().map(|d| serde_saphyr::from_str(d.text).unwrap()).collect()
+}
+
+fn file_documents(path: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap();
+    fluxgate::manifests::split_documents(&text).iter().map(|d| serde_saphyr::from_str(d.text).unwrap()).collect()
+}
+
+#[test]
+fn webhooks_yaml_is_webhook_config_of_the_shipped_policy() {
+    let generated = webhook_config(&["--policy", "deploy/base/policy.yaml", "--leave-conditions-to-fluxgate"]);
+    assert_eq!(
+        file_documents("deploy/base/webhooks.yaml"),
+        generated,
+        "regenerate deploy/base/webhooks.yaml with the command in its header"
+    );
+    // Git owns everything but the conditions: the full output for the shipped policy is the
+    // same configuration with fluxgate's conditions added, and nothing else.
+    let mut full = webhook_config(&["--policy", "deploy/base/policy.yaml"]);
+    for config in &mut full {
+        let webhook = &mut config["webhooks"][0];
+        assert!(webhook["matchConditions"].as_array().is_some_and(|c| !c.is_empty()), "{config}");
+        webhook.as_object_mut().unwrap().remove("matchConditions");
+    }
+    assert_eq!(full, generated);
+}
+
+#[test]
+fn fluxgate_may_get_and_patch_its_two_webhook_configurations_and_nothing_else_of_their_kind() {
+    let objects = render("deploy");
+    let cr: ClusterRole = one(&objects, "ClusterRole");
+    let rules: Vec<&PolicyRule> = cr
+        .rules
+        .as_ref()
+        .unwrap()
+        .iter()
+        .filter(|r| r.api_groups.as_deref() == Some(&["admissionregistration.k8s.io".to_string()][..]))
+        .collect();
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    let mut resources = rules[0].resources.clone().unwrap();
+    resources.sort();
+    assert_eq!(resources, ["mutatingwebhookconfigurations", "validatingwebhookconfigurations"]);
+    assert_eq!(rules[0].verbs, ["get", "patch"]);
+    let v: ValidatingWebhookConfiguration = one(&objects, "ValidatingWebhookConfiguration");
+    let m: MutatingWebhookConfiguration = one(&objects, "MutatingWebhookConfiguration");
+    let names = [v.metadata.name.unwrap(), m.metadata.name.unwrap()];
+    assert_eq!(rules[0].resource_names.as_deref(), Some(&names[..1]), "named, and both configurations share it");
+    assert_eq!(names[0], names[1]);
+    // The Deployment that Warning Events about the configurations are about: read, by name.
+    let role: Role = one(&objects, "Role");
+    let deployments: Vec<&PolicyRule> = role
+        .rules
+        .as_ref()
+        .unwrap()
+        .iter()
+        .filter(|r| r.resources.as_deref() == Some(&["deployments".into()][..]))
+        .collect();
+    assert_eq!(deployments.len(), 1);
+    assert_eq!(deployments[0].verbs, ["get"]);
+    let d: Deployment = one(&objects, "Deployment");
+    assert_eq!(deployments[0].resource_names.as_deref(), Some(&[d.metadata.name.unwrap()][..]));
+}
+
+/// A real API server, where the kubeconfig names one: it accepts the cluster-scoped objects of
+/// `deploy/` and the full configurations (it compiles their CEL). The namespaced objects are
+/// left out: a server-side dry-run does not create their namespace, so they would be refused
+/// for that alone. Without an API server there is nothing to ask, and the test says so.
+#[test]
+fn a_real_api_server_accepts_deploy_and_the_generated_conditions() {
+    let reachable =
+        Command::new("kubectl").args(["version", "--request-timeout=5s"]).output().is_ok_and(|o| o.status.success());
+    if !reachable {
+        eprintln!("no API server reachable through kubectl: the server-side dry-run is skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cluster_scoped: Vec<Value> = render("deploy")
+        .into_iter()
+        .filter(|o| o["metadata"]["namespace"].is_null())
+        .chain(webhook_config(&["--policy", "deploy/base/policy.yaml"]))
+        .collect();
+    assert!(cluster_scoped.len() >= 6, "{cluster_scoped:?}");
+    for (i, object) in cluster_scoped.iter().enumerate() {
+        let file = dir.path().join(format!("{i}.json"));
+        std::fs::write(&file, serde_json::to_string(object).unwrap()).unwrap();
+        let out = Command::new("kubectl")
+            .args([
+                "apply",
+                "--dry-run=server",
+                "--server-side",
+                "--force-conflicts",
+                "--field-manager=fluxgate-test",
+                "-f",
+            ])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{} {}: {}",
+            object["kind"],
+            object["metadata"]["name"],
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn webhook_config_refuses_a_bad_policy_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("policy.yaml");
+    std::fs::write(&bad, "defaults: { helmRelease: { install: { crds: Always } } }\n").unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_fluxgate")).args(["webhook-config", "--policy"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("defaults.helmRelease.install.crds"), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing half-printed");
+}

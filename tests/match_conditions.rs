@@ -1,19 +1,21 @@
-//! The `matchConditions` of `deploy/base/webhooks.yaml`, evaluated with a CEL interpreter on the
-//! AdmissionReviews the API server would build: what is sent to fluxgate and what is skipped.
+//! The `matchConditions` fluxgate derives from a policy (`src/webhooks/`), evaluated with a CEL
+//! interpreter on the AdmissionReviews the API server would build: what is sent to fluxgate and
+//! what is skipped.
 //!
 //! Validation: per rule, a request changing what the rule reads is sent and an unchanged
-//! re-apply is not, and nothing skipped could have been denied. Mutation: the shipped expression
-//! sends exactly the objects the shipped policy would patch.
+//! re-apply is not, and nothing skipped could have been denied. Mutation: the expression sends
+//! exactly the objects the policy would patch. Then the same for a set of policies: for each
+//! default and rule, a request that needs it is sent (and the handler acts on it) and an
+//! unchanged re-apply is not.
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use common::*;
-use fluxgate::object::{FluxObject, kind_of};
+use fluxgate::object::{FluxKind, FluxObject, kind_of};
 use fluxgate::policy::Policy;
+use fluxgate::webhooks::{Hook, cel_value, match_conditions, needs::needs};
 use serde_json::{Value, json};
 
 const F: &str = "flux-system";
@@ -27,24 +29,26 @@ fn documents(path: &str) -> Vec<Value> {
     fluxgate::manifests::split_documents(&text).iter().map(|d| serde_saphyr::from_str(d.text).unwrap()).collect()
 }
 
-/// The compiled `matchConditions` of one webhook configuration of `deploy/base/webhooks.yaml`.
+/// The compiled `matchConditions` of one webhook, as fluxgate writes them for a policy.
 struct Conditions(Vec<(String, cel::Program)>);
 
 impl Conditions {
-    fn of(kind: &str) -> Conditions {
-        let config = documents("deploy/base/webhooks.yaml").into_iter().find(|d| d["kind"] == kind).unwrap();
-        let conditions = config["webhooks"][0]["matchConditions"].as_array().expect("matchConditions are set");
+    fn of(policy: &Policy, hook: Hook) -> Conditions {
         Conditions(
-            conditions
-                .iter()
+            match_conditions(policy, hook)
+                .into_iter()
                 .map(|c| {
-                    let name = c["name"].as_str().unwrap().to_string();
-                    let program = cel::Program::compile(c["expression"].as_str().unwrap())
-                        .unwrap_or_else(|e| panic!("{name} does not compile: {e:?}"));
-                    (name, program)
+                    let program = cel::Program::compile(&c.expression)
+                        .unwrap_or_else(|e| panic!("{} does not compile: {e:?}", c.name));
+                    (c.name.to_string(), program)
                 })
                 .collect(),
         )
+    }
+
+    /// The conditions for the policy `deploy/` ships.
+    fn shipped(hook: Hook) -> Conditions {
+        Conditions::of(&shipped_policy(), hook)
     }
 
     /// Whether the API server sends `review` to the webhook: every condition is true. An
@@ -64,22 +68,6 @@ impl Conditions {
             Ok(cel::Value::Bool(b)) => b,
             other => panic!("{name} gave {other:?}"),
         })
-    }
-}
-
-/// A JSON value as the API server hands it to CEL (integers stay integers).
-fn cel_value(v: &Value) -> cel::Value {
-    match v {
-        Value::Null => cel::Value::Null,
-        Value::Bool(b) => cel::Value::Bool(*b),
-        Value::Number(n) => n.as_i64().map_or_else(|| cel::Value::Float(n.as_f64().unwrap()), cel::Value::Int),
-        Value::String(s) => cel::Value::String(Arc::new(s.clone())),
-        Value::Array(a) => cel::Value::List(Arc::new(a.iter().map(cel_value).collect())),
-        Value::Object(m) => {
-            let map: HashMap<cel::objects::Key, cel::Value> =
-                m.iter().map(|(k, v)| (cel::objects::Key::String(Arc::new(k.clone())), cel_value(v))).collect();
-            cel::Value::Map(map.into())
-        }
     }
 }
 
@@ -126,7 +114,7 @@ fn troubled_harness() -> Harness {
 
 #[tokio::test]
 async fn validation_skips_an_unchanged_reapply_and_loses_no_denial() {
-    let validation = Conditions::of("ValidatingWebhookConfiguration");
+    let validation = Conditions::shipped(Hook::Validate);
     let old = live_kustomization();
     let new = reapplied(&old);
     for review in [update(&new, &old), review("UPDATE", Some(&new), Some(&old), true)] {
@@ -142,7 +130,7 @@ async fn validation_skips_an_unchanged_reapply_and_loses_no_denial() {
 
 #[test]
 fn validation_sends_create_and_delete() {
-    let validation = Conditions::of("ValidatingWebhookConfiguration");
+    let validation = Conditions::shipped(Hook::Validate);
     let o = live_kustomization();
     assert!(validation.sends(&create(&o)), "cycle, danglingDependsOn, ...: a CREATE adds every edge");
     assert!(validation.sends(&delete(&o)), "deleteWithDependents reads DELETEs");
@@ -159,7 +147,7 @@ fn push(list: &mut Value, entry: Value) {
 
 #[tokio::test]
 async fn validation_sends_each_change_a_rule_reads() {
-    let validation = Conditions::of("ValidatingWebhookConfiguration");
+    let validation = Conditions::shipped(Hook::Validate);
     let old = live_kustomization();
     let changes: Vec<(&str, Edit)> = vec![
         (
@@ -230,7 +218,7 @@ async fn validation_sends_each_change_a_rule_reads() {
 /// sent, and a pair whose read fields are written the same is not.
 #[test]
 fn validation_sends_every_update_fluxgate_reads_differently() {
-    let validation = Conditions::of("ValidatingWebhookConfiguration");
+    let validation = Conditions::shipped(Hook::Validate);
     let base = live_kustomization();
     let mut variants = vec![base.clone(), reapplied(&base)];
     let edits: Vec<Edit> = vec![
@@ -315,7 +303,7 @@ fn shipped_policy() -> Policy {
 /// combination of the fields the defaults and their exceptions read.
 #[tokio::test]
 async fn mutation_sends_exactly_what_the_shipped_policy_may_patch() {
-    let mutation = Conditions::of("MutatingWebhookConfiguration");
+    let mutation = Conditions::shipped(Hook::Mutate);
     let caches = [
         Harness::new(shipped_policy(), &[]),
         Harness::new(
@@ -382,7 +370,7 @@ async fn mutation_sends_exactly_what_the_shipped_policy_may_patch() {
 
 #[tokio::test]
 async fn mutation_skips_a_real_object_once_the_webhook_completed_it() {
-    let mutation = Conditions::of("MutatingWebhookConfiguration");
+    let mutation = Conditions::shipped(Hook::Mutate);
     // The example fleet's Kustomizations as users write them, with the managedFields
     // kustomize-controller's server-side apply gives them: it owns what Git says.
     let mut objects = Vec::new();
@@ -423,4 +411,295 @@ async fn mutation_skips_a_real_object_once_the_webhook_completed_it() {
         }
     }
     assert!(completed_by_the_webhook > 0 && skipped > 0, "completed {completed_by_the_webhook}, skipped {skipped}");
+}
+
+// --- generated conditions on a set of policies ------------------------------------------------
+
+/// The policies the generated conditions are held to: the shipped one, every rule on, nested
+/// HelmRelease defaults, per-namespace defaults, audit only.
+fn policies() -> Vec<(&'static str, Policy)> {
+    // The texts are indented with the code: the least indented line starts at column 0.
+    let parse = |name: &str, text: &str| {
+        let indent = text.lines().filter(|l| !l.trim().is_empty()).map(|l| l.len() - l.trim_start().len()).min();
+        let text: Vec<&str> = text.lines().map(|l| l.get(indent.unwrap_or(0)..).unwrap_or("")).collect();
+        Policy::parse(&text.join("\n"), name).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    vec![
+        ("shipped", shipped_policy()),
+        (
+            "every rule on",
+            parse(
+                "every rule on",
+                "rules: { cycle: deny, danglingDependsOn: deny, crossNamespaceDependsOn: deny, deleteWithDependents: deny, \
+                 duplicateDependsOn: deny, maxDepth: { action: deny, limit: 3 } }",
+            ),
+        ),
+        (
+            "nested HelmRelease defaults",
+            parse(
+                "nested HelmRelease defaults",
+                "
+                 defaults:
+                   kustomization: { timeout: 5m }
+                   helmRelease:
+                     timeout: 10m
+                     install: { crds: Create, remediation: { retries: 3 } }
+                     upgrade: { cleanupOnFail: true, remediation: { retries: 3, remediateLastFailure: true } }
+                     driftDetection: { mode: enabled }
+                     values: { nginx-ingress: { enabled: true } }",
+            ),
+        ),
+        (
+            "per-namespace defaults",
+            parse(
+                "per-namespace defaults",
+                "
+                 defaults: { kustomization: { wait: true, timeout: 5m }, helmRelease: { timeout: 10m } }
+                 namespaces:
+                   exclude: [kube-system, legacy]
+                   overrides:
+                     tenant-a: { defaults: { helmRelease: { install: { crds: CreateReplace } } } }
+                     tenant-b: { defaults: { kustomization: { wait: null, retryInterval: 2m } } }
+                     tenant-c: { enforcement: audit }
+                     legacy: { defaults: { helmRelease: { timeout: 30m } } }",
+            ),
+        ),
+        (
+            "dependsOn rules only",
+            parse(
+                "dependsOn rules only",
+                "rules: { cycle: off, danglingDependsOn: deny, crossNamespaceDependsOn: deny, deleteWithDependents: off }",
+            ),
+        ),
+        (
+            "audit only",
+            parse(
+                "audit only",
+                "
+                 enforcement: audit
+                 rules: { crossNamespaceDependsOn: warn, maxDepth: { action: deny, limit: 4 } }
+                 defaults: { kustomization: {}, helmRelease: { install: { crds: Create } } }",
+            ),
+        ),
+    ]
+}
+
+fn patched(object: &Value, response: &Value) -> Value {
+    use base64::Engine as _;
+    let mut out = object.clone();
+    if let Some(patch) = response["patch"].as_str() {
+        let bytes = base64::engine::general_purpose::STANDARD.decode(patch).unwrap();
+        let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+        json_patch::patch(&mut out, &patch).unwrap();
+    }
+    out
+}
+
+/// The value at a dotted default path (`helmRelease.install.crds`) of `spec`.
+fn leaf<'v>(spec: &'v Value, what: &str) -> Option<&'v Value> {
+    let path = what.strip_prefix("default ")?.split(' ').next()?;
+    let mut node = spec;
+    for key in path.split('.').skip(1) {
+        node = node.get(key)?;
+    }
+    Some(node)
+}
+
+#[tokio::test]
+async fn each_default_and_rule_of_each_policy_is_sent_and_an_unchanged_reapply_is_not() {
+    for (name, policy) in policies() {
+        let needs = needs(&policy);
+        let defaults = needs.iter().filter(|n| n.what.starts_with("default ")).count();
+        let leaves: usize = FluxKind::ALL
+            .iter()
+            .map(|&k| fluxgate::webhooks::leaves(policy.defaults.of(k)).len())
+            .sum::<usize>()
+            + policy
+                .namespace_defaults
+                .iter()
+                .filter(|(ns, _)| !policy.is_excluded(ns))
+                .map(|(_, d)| FluxKind::ALL.iter().map(|&k| fluxgate::webhooks::leaves(d.of(k)).len()).sum::<usize>())
+                .sum::<usize>();
+        assert_eq!(defaults, leaves, "{name}: one request per default, per namespace with its own");
+        let rules_on =
+            fluxgate::policy::Rule::ALL.iter().filter(|&&r| policy.action(r) != fluxgate::policy::Action::Off).count();
+        let rule_needs = needs.iter().filter(|n| n.what.starts_with("rule ")).count();
+        assert!(rule_needs >= rules_on, "{name}: {rule_needs} requests for {rules_on} rules on");
+
+        for need in &needs {
+            let conditions = Conditions::of(&policy, need.hook);
+            let what = format!("{name}: {}", need.what);
+            assert!(conditions.sends(&need.review), "{what}: a request that needs it must be sent");
+            let h = Harness::new(policy.clone(), &need.cache);
+            let request = &need.review["request"];
+            match need.hook {
+                Hook::Mutate => {
+                    let response = h.mutate(&need.review).await;
+                    assert!(response["patch"].is_string(), "{what}: the handler patches it: {response}");
+                    let completed = patched(&request["object"], &response);
+                    if need.what.starts_with("default ") {
+                        assert!(
+                            leaf(&completed["spec"], &need.what).is_some(),
+                            "{what}: the patch adds it: {completed}"
+                        );
+                    }
+                    let again = update(&reapplied(&completed), &completed);
+                    assert!(!conditions.sends(&again), "{what}: the completed object re-applied is not sent");
+                    assert!(h.mutate(&again).await["patch"].is_null(), "{what}: and would get no patch");
+                }
+                Hook::Validate => {
+                    let response = h.validate(&need.review).await;
+                    assert!(
+                        response["allowed"] == false || !warnings(&response).is_empty(),
+                        "{what}: the rule fires: {response}"
+                    );
+                    if request["operation"] != "DELETE" {
+                        let object = &request["object"];
+                        let again = update(&reapplied(object), object);
+                        assert!(!conditions.sends(&again), "{what}: an unchanged re-apply is not sent");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What issue 20 was about: conditions written for one policy hold back what another needs.
+/// The check fluxgate runs on a registered configuration finds exactly those.
+#[test]
+fn conditions_of_the_shipped_policy_hold_back_what_another_policy_adds() {
+    let shipped = Conditions::shipped(Hook::Mutate);
+    for (name, policy) in policies().into_iter().skip(1) {
+        let helm_defaults: Vec<_> =
+            needs(&policy).into_iter().filter(|n| n.what.starts_with("default helmRelease")).collect();
+        for need in &helm_defaults {
+            assert!(!shipped.sends(&need.review), "{name}: {}", need.what);
+        }
+        let [_, registered] = fluxgate::webhooks::configurations(
+            &shipped_policy(),
+            "fluxgate-system",
+            fluxgate::webhooks::Conditions::Included,
+        );
+        let skipped = fluxgate::webhooks::registered::skipped(&registered, Hook::Mutate, &needs(&policy));
+        let named: Vec<&str> = skipped.iter().map(|s| s.what.as_str()).collect();
+        for need in &helm_defaults {
+            assert!(named.contains(&need.what.as_str()), "{name}: {} is reported: {named:?}", need.what);
+        }
+    }
+}
+
+/// Oracle, per policy: over objects of both kinds in every namespace the policy treats apart,
+/// with every subset of the defaults' leaves already set, the mutation conditions send an
+/// object exactly when the handler patches it with some cache (empty, or one where the object
+/// is a parent).
+#[tokio::test]
+async fn mutation_sends_exactly_what_each_policy_may_patch() {
+    use fluxgate::webhooks::needs::object;
+    for (name, policy) in policies() {
+        let mutation = Conditions::of(&policy, Hook::Mutate);
+        let mut namespaces: Vec<String> = vec!["apps".into(), "kube-system".into()];
+        namespaces.extend(policy.namespace_defaults.keys().cloned());
+        namespaces.extend(policy.excluded_namespaces.iter().cloned());
+        namespaces.sort();
+        namespaces.dedup();
+        let (mut sent, mut skipped) = (0, 0);
+        for ns in &namespaces {
+            let caches = [
+                Harness::new(policy.clone(), &[]),
+                Harness::new(policy.clone(), &[owned_by(ks(ns, "child", &[]), &format!("{ns}/probe"))]),
+            ];
+            for kind in FluxKind::ALL {
+                // Every default of the kind in any scope, filled in.
+                let mut full = serde_json::Map::new();
+                let scopes = std::iter::once(&policy.defaults).chain(policy.namespace_defaults.values());
+                for d in scopes {
+                    fluxgate::defaults::complete(&mut full, d.of(kind));
+                }
+                let leaves = fluxgate::webhooks::leaves(&full);
+                assert!(leaves.len() <= 10, "{name}: too many leaves to try every subset");
+                for labelled in [true, false] {
+                    for mask in 0..(1u32 << leaves.len()) {
+                        let mut o = object(kind, ns, "probe", &[]);
+                        if !labelled {
+                            o["metadata"].as_object_mut().unwrap().remove("labels");
+                        }
+                        for (i, path) in leaves.iter().enumerate() {
+                            if mask & (1 << i) != 0 {
+                                let mut node = &mut o["spec"];
+                                for key in path {
+                                    node = &mut node[key.as_str()];
+                                }
+                                let mut value = &Value::Object(full.clone());
+                                for key in path {
+                                    value = &value[key.as_str()];
+                                }
+                                *node = value.clone();
+                            }
+                        }
+                        for review in [create(&o), update(&o, &o)] {
+                            let mut patched_by_some_cache = false;
+                            for h in &caches {
+                                patched_by_some_cache |= !h.mutate(&review).await["patch"].is_null();
+                            }
+                            assert_eq!(mutation.sends(&review), patched_by_some_cache, "{name}: {o}");
+                            if patched_by_some_cache { sent += 1 } else { skipped += 1 }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(sent > 0 && skipped > 0, "{name}: sent {sent}, skipped {skipped}");
+    }
+}
+
+/// Oracle, per policy: over many variants of a live Kustomization in a cache where it sits on
+/// an old cycle with a dangling target and a long chain, every UPDATE the validation conditions
+/// skip would have been allowed.
+#[tokio::test]
+async fn validation_skips_nothing_any_policy_would_deny() {
+    let base = live_kustomization();
+    let edits: Vec<Edit> = vec![
+        Box::new(|o| o["spec"]["wait"] = json!(true)),
+        Box::new(|o| o["spec"]["dependsOn"] = json!([])),
+        Box::new(|o| o["spec"]["dependsOn"] = json!([{ "name": "infra" }, { "name": "infra" }])),
+        Box::new(|o| o["spec"]["dependsOn"] = json!([{ "name": "infra", "namespace": "other" }])),
+        Box::new(|o| o["spec"]["dependsOn"] = json!([{ "name": "ghost" }])),
+        Box::new(|o| o["spec"]["healthChecks"] = json!([{ "kind": "Kustomization", "name": "infra" }])),
+        Box::new(|o| o["metadata"]["labels"]["kustomize.toolkit.fluxcd.io/name"] = json!("other")),
+        Box::new(|o| {
+            o["metadata"].as_object_mut().unwrap().remove("labels");
+        }),
+        Box::new(|o| o["spec"]["interval"] = json!("1h")),
+        Box::new(|o| o["metadata"]["managedFields"][0]["fieldsV1"]["f:spec"]["f:wait"] = json!({})),
+    ];
+    let mut variants = vec![base.clone()];
+    for i in 0..edits.len() {
+        for j in i..edits.len() {
+            let mut v = base.clone();
+            edits[i](&mut v);
+            edits[j](&mut v);
+            variants.push(v);
+        }
+    }
+    for (name, policy) in policies() {
+        let validation = Conditions::of(&policy, Hook::Validate);
+        let h = Harness::new(policy.clone(), &[live_kustomization(), ks(F, "infra", &["apps"])]);
+        let (mut sent, mut skipped) = (0, 0);
+        for old in &variants {
+            for new in &variants {
+                let review = update(&reapplied(new), old);
+                if validation.sends(&review) {
+                    sent += 1;
+                    continue;
+                }
+                skipped += 1;
+                let response = h.validate(&review).await;
+                assert_eq!(
+                    response["allowed"], true,
+                    "{name}: skipped but would be denied:\nold {old}\nnew {new}\n{response}"
+                );
+            }
+        }
+        assert!(sent > 0 && skipped >= variants.len(), "{name}: sent {sent}, skipped {skipped}");
+    }
 }

@@ -336,7 +336,7 @@ const MAX_NAME: usize = 253;
 /// A unique Event name for an object: its name, cut so that the name and the time suffix fit
 /// in 253 characters (an object's own name may use all 253), and still a DNS subdomain.
 /// Event names are never looked up, only listed by object, so the cut loses nothing.
-fn event_name(object: &str, nanos: i128) -> String {
+pub(crate) fn event_name(object: &str, nanos: i128) -> String {
     let suffix = format!("{:x}", nanos.unsigned_abs());
     let room = MAX_NAME - 1 - suffix.len();
     let cut = object.char_indices().nth(room).map_or(object, |(i, _)| &object[..i]);

@@ -44,6 +44,10 @@ pub enum Command {
     Why(WhyArgs),
     /// Write a CA and a serving certificate and key; print the caBundle.
     Certs(CertsArgs),
+    /// Print the validating and mutating webhook configurations (YAML) that fit a policy: their
+    /// matchConditions send fluxgate every request the policy may judge or patch, and skip those
+    /// whose answer cannot change.
+    WebhookConfig(WebhookConfigArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -90,6 +94,32 @@ pub struct ServeArgs {
     /// Folder for the development certificates made when --tls-cert/--tls-key are not given.
     #[arg(long, default_value = "certs/dev", value_name = "DIR")]
     pub dev_certs_dir: PathBuf,
+    /// Keep the matchConditions of the two webhook configurations in step with the policy in
+    /// force (server-side apply, field manager `fluxgate`; needs get and patch on both). With
+    /// `false`, fluxgate only checks them and reports the defaults and rules they keep from
+    /// taking effect. Cluster mode only.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub manage_webhooks: bool,
+    /// Name of the ValidatingWebhookConfiguration and MutatingWebhookConfiguration to keep in step.
+    #[arg(long, default_value = crate::webhooks::CONFIGURATION_NAME, value_name = "NAME",
+          value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub webhook_configuration: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WebhookConfigArgs {
+    /// Policy file (YAML), or a ConfigMap holding it under `policy.yaml` (as
+    /// deploy/base/policy.yaml does). Without it the built-in defaults apply.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Namespace fluxgate runs in: its Service, and a namespace neither webhook is called for.
+    #[arg(long, default_value = crate::webhooks::DEFAULT_NAMESPACE, value_name = "NS")]
+    pub namespace: String,
+    /// Leave out the matchConditions, which `fluxgate serve` writes itself for the policy in
+    /// force: for manifests applied from Git (deploy/ is this output for its policy), so that
+    /// the GitOps tool and fluxgate never write the same field.
+    #[arg(long)]
+    pub leave_conditions_to_fluxgate: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -211,7 +241,44 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Status(args) => status::run_status(args),
         Command::Why(args) => status::run_why(args),
         Command::Certs(args) => certs(args),
+        Command::WebhookConfig(args) => webhook_config(args),
     }
+}
+
+/// A policy file, or the policy in a ConfigMap's `data."policy.yaml"`.
+fn load_policy_or_config_map(path: &std::path::Path) -> Result<crate::policy::Policy, String> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("policy {file}: cannot be read: {e}"))?;
+    let as_config_map: Option<serde_json::Value> = serde_saphyr::from_str(&text).ok();
+    if let Some(cm) = as_config_map.filter(|v| v["kind"] == "ConfigMap") {
+        let policy = cm["data"]["policy.yaml"]
+            .as_str()
+            .ok_or_else(|| format!("policy {file}: a ConfigMap without data.\"policy.yaml\""))?;
+        return crate::policy::Policy::parse(policy, &format!("{file} (data.\"policy.yaml\")"))
+            .map_err(|e| e.to_string());
+    }
+    crate::policy::Policy::parse(&text, &file).map_err(|e| e.to_string())
+}
+
+fn webhook_config(args: WebhookConfigArgs) -> ExitCode {
+    let policy = match &args.policy {
+        Some(path) => match load_policy_or_config_map(path) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("fluxgate webhook-config: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => crate::policy::Policy::default(),
+    };
+    let conditions = if args.leave_conditions_to_fluxgate {
+        crate::webhooks::Conditions::LeftToFluxgate
+    } else {
+        crate::webhooks::Conditions::Included
+    };
+    let configurations = crate::webhooks::configurations(&policy, &args.namespace, conditions);
+    print!("{}", crate::webhooks::to_yaml(&configurations));
+    ExitCode::SUCCESS
 }
 
 fn certs(args: CertsArgs) -> ExitCode {

@@ -69,6 +69,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let mut background = Vec::new();
     let mut events = None;
     let mut lookup = None;
+    let mut sync_client = None;
     if args.manifests.is_empty() {
         let client = kube::Client::try_default().await.map_err(|e| {
             format!("cannot connect to a cluster ({e}); set KUBECONFIG or run in a pod, or pass --manifests PATH")
@@ -81,6 +82,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             WatchOptions::default(),
         )));
         lookup = Some(cluster::Lookup::new(client.clone(), served));
+        sync_client = Some(client.clone());
         let (identity, namespace) = events::pod_identity();
         let publisher = Arc::new(
             events::Publisher::new(client, &namespace, &identity, LEASE_DURATION)
@@ -115,6 +117,15 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         webhook = webhook.with_lookup(lookup);
     }
     let app = App::new(webhook);
+    if let Some(client) = sync_client {
+        let syncer = crate::webhooks::sync::Syncer::new(
+            client,
+            &args.webhook_configuration,
+            args.manage_webhooks,
+            app.webhook_config.clone(),
+        );
+        background.push(tokio::spawn(Arc::new(syncer).run(policy.clone())));
+    }
     if args.policy.is_some() {
         let counting = app.clone();
         background.push(policy.spawn_watch(POLICY_POLL, move |loaded| counting.metrics.count_policy_reload(loaded)));

@@ -58,6 +58,17 @@ pub struct DroppedLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookStateLabels {
+    pub webhook: &'static str,
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub webhook: &'static str,
+}
+
 /// Every metric fluxgate exports.
 pub struct Metrics {
     registry: Registry,
@@ -76,6 +87,8 @@ pub struct Metrics {
     pub pending_admissions: Gauge,
     pub pending_admission_bytes: Gauge,
     pub pending_dropped: Family<DroppedLabels, Counter>,
+    pub webhook_config_state: Family<WebhookStateLabels, Gauge>,
+    pub webhook_skipped_needs: Family<WebhookLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -153,6 +166,19 @@ impl Metrics {
         for reason in crate::cache::Dropped::ALL {
             drop(pending_dropped.get_or_create(&DroppedLabels { reason: reason.as_str() }));
         }
+        let webhook_config_state = Family::<WebhookStateLabels, Gauge>::default();
+        registry.register(
+            "webhook_config_state",
+            "1 for the state of each webhook configuration: inStep, sends (not written by fluxgate, sends what \
+             the policy needs), skips (keeps defaults or rules from taking effect), unknown (cannot be read)",
+            webhook_config_state.clone(),
+        );
+        let webhook_skipped_needs = Family::<WebhookLabels, Gauge>::default();
+        registry.register(
+            "webhook_skipped_needs",
+            "Defaults and rules of the policy whose requests the registered webhook configuration skips",
+            webhook_skipped_needs.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -170,6 +196,8 @@ impl Metrics {
             pending_admissions,
             pending_admission_bytes,
             pending_dropped,
+            webhook_config_state,
+            webhook_skipped_needs,
         }
     }
 
@@ -182,6 +210,25 @@ impl Metrics {
             let counter = self.pending_dropped.get_or_create(&DroppedLabels { reason: reason.as_str() });
             let total = state.dropped(reason);
             counter.inc_by(total.saturating_sub(counter.get()));
+        }
+    }
+
+    /// Publishes the last look at the webhook configurations.
+    pub fn publish_webhook_config(&self, state: &crate::webhooks::sync::SyncState) {
+        use crate::webhooks::{Hook, sync::Outcome};
+        for hook in Hook::ALL {
+            let Some(outcome) = state.get(hook) else { continue };
+            let webhook = hook.as_str();
+            for s in Outcome::STATES {
+                self.webhook_config_state
+                    .get_or_create(&WebhookStateLabels { webhook, state: s })
+                    .set(i64::from(outcome.state() == s));
+            }
+            let skipped = match &outcome {
+                Outcome::Skips { skipped, .. } => skipped.len() as i64,
+                _ => 0,
+            };
+            self.webhook_skipped_needs.get_or_create(&WebhookLabels { webhook }).set(skipped);
         }
     }
 

@@ -63,11 +63,13 @@ pub struct App {
     pub webhook: Webhook,
     pub metrics: Metrics,
     pub report: Arc<RwLock<Report>>,
+    /// Whether the registered webhook configurations send what the policy needs.
+    pub webhook_config: Arc<crate::webhooks::sync::SyncState>,
 }
 
 impl App {
     pub fn new(webhook: Webhook) -> Arc<App> {
-        Arc::new(App { webhook, metrics: Metrics::new(), report: Arc::default() })
+        Arc::new(App { webhook, metrics: Metrics::new(), report: Arc::default(), webhook_config: Arc::default() })
     }
 }
 
@@ -259,6 +261,9 @@ async fn handle(app: &App, request: Request, hook: Hook) -> Response {
 /// `ready` or `not ready`, then one line per kind: the version watched and whether the source
 /// is current. 200 only when every kind is listed and current: a replica whose watch is down,
 /// relisting or silent is taken out of the Service once the probe's failure threshold is reached.
+/// Then one line per webhook configuration: whether it sends what the policy needs. A
+/// configuration that skips some does not make the replica unready (admission itself works, and
+/// taking every replica out would stop validation cluster-wide); the line says what is lost.
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     let state = app.webhook.cache.lock();
     let ready = state.is_ready();
@@ -274,6 +279,11 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
             }
         };
         body.push_str(&line);
+    }
+    drop(state);
+    for line in app.webhook_config.lines() {
+        body.push_str(&line);
+        body.push('\n');
     }
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, body).into_response()
@@ -295,6 +305,7 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
         app.metrics.cache_ready.set(i64::from(state.is_ready()));
         app.metrics.publish_pending(&state);
     }
+    app.metrics.publish_webhook_config(&app.webhook_config);
     let cache = app.webhook.cache.clone();
     if let Ok(report) = tokio::task::spawn_blocking(move || cache.status_report()).await {
         app.metrics.publish_status(&report);
@@ -307,13 +318,20 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
 #[derive(serde::Serialize)]
 struct ReportWithPolicy {
     policy: crate::live_policy::InForce,
+    /// The last look at each webhook configuration (cluster mode).
+    webhooks: std::collections::BTreeMap<crate::webhooks::Hook, crate::webhooks::sync::Outcome>,
     #[serde(flatten)]
     report: Report,
 }
 
 async fn report(State(app): State<Arc<App>>) -> Response {
     let report = app.report.read().unwrap_or_else(|p| p.into_inner()).clone();
-    axum::Json(ReportWithPolicy { policy: app.webhook.policy.in_force().as_ref().clone(), report }).into_response()
+    axum::Json(ReportWithPolicy {
+        policy: app.webhook.policy.in_force().as_ref().clone(),
+        webhooks: app.webhook_config.outcomes(),
+        report,
+    })
+    .into_response()
 }
 
 /// Every object's state and, for waiting ones, their root causes. Computed on a blocking thread
@@ -321,9 +339,17 @@ async fn report(State(app): State<Arc<App>>) -> Response {
 async fn status_json(State(app): State<Arc<App>>) -> Response {
     let cache = app.webhook.cache.clone();
     match tokio::task::spawn_blocking(move || cache.status_report()).await {
-        Ok(report) => axum::Json(report).into_response(),
+        Ok(report) => axum::Json(StatusWithNotices { report, notices: app.webhook_config.problems() }).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("status could not be computed: {e}")),
     }
+}
+
+/// `/status`: the report, and the lines a person must act on (see [`crate::status::page`]).
+#[derive(serde::Serialize)]
+struct StatusWithNotices {
+    #[serde(flatten)]
+    report: crate::status::StatusReport,
+    notices: Vec<String>,
 }
 
 /// The status page, live: it refreshes itself from `/status`.
@@ -332,7 +358,12 @@ async fn status_page(State(app): State<Arc<App>>) -> Response {
     match tokio::task::spawn_blocking(move || cache.status_report()).await {
         Ok(report) => (
             [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")],
-            crate::status::page::render(&report, "fluxgate: Flux dependency status", true),
+            crate::status::page::render_with_notices(
+                &report,
+                "fluxgate: Flux dependency status",
+                true,
+                &app.webhook_config.problems(),
+            ),
         )
             .into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("status could not be computed: {e}")),

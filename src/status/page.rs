@@ -17,13 +17,21 @@ struct PageData<'a> {
     title: &'a str,
     /// Live pages refresh from `status` and colour objects by state; file pages do neither.
     live: bool,
+    /// Lines a person must act on, shown above the graphs (what the webhook configurations
+    /// keep from taking effect); `/status` carries them too, so a refresh updates them.
+    notices: &'a [String],
     #[serde(flatten)]
     report: &'a StatusReport,
 }
 
 /// Renders the page. `live` pages refresh from the `status` URL beside them.
 pub fn render(report: &StatusReport, title: &str, live: bool) -> String {
-    let json = serde_json::to_string(&PageData { title, live, report }).expect("report serialises");
+    render_with_notices(report, title, live, &[])
+}
+
+/// [`render`] with lines a person must act on above the graphs.
+pub fn render_with_notices(report: &StatusReport, title: &str, live: bool, notices: &[String]) -> String {
+    let json = serde_json::to_string(&PageData { title, live, notices, report }).expect("report serialises");
     // Inside a <script> element `</script` ends it and `<!--` changes how it is parsed. Status
     // messages are written by controllers and users, so no `<` reaches the page raw (`<` can only
     // appear inside JSON strings, where `\u003c` means the same).

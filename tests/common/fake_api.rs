@@ -7,6 +7,14 @@
 //! compact, drop, hold lists, and the hostile cases of a real control plane: an outage
 //! (connections refused) and a restart whose first watch gets 410, stalled watch connections
 //! (no data, no end), a version that stops being served (404).
+//!
+//! It also serves the admissionregistration.k8s.io/v1 webhook configurations: GET, and PATCH
+//! with server-side apply (`application/apply-patch+yaml`, `fieldManager`, `force`) as the API
+//! server does it: fields are owned per manager (recorded in `managedFields`), `webhooks` and
+//! their `matchConditions` are lists keyed by `name` (each entry merged and owned apart), other
+//! lists are atomic; a field another manager owns with another value is a 409 conflict unless
+//! `force` takes it over; a field a manager stops applying is removed when no one else owns it.
+//! RBAC can be withheld (403) for either verb.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -51,6 +59,33 @@ struct Inner {
     leases: HashMap<(String, String), Value>,
     /// Every Event posted, in order.
     events: Vec<Value>,
+    /// Webhook configurations by (resource, name).
+    configs: BTreeMap<(String, String), Config>,
+    /// Every server-side apply to a webhook configuration that was accepted, in order.
+    applies: Vec<Apply>,
+    /// Whether GET and PATCH of webhook configurations are refused (RBAC withheld).
+    forbid_get: bool,
+    forbid_patch: bool,
+}
+
+/// A webhook configuration: its fields as a tree keyed the way `fieldsV1` is (`f:field`,
+/// `k:{"name":"..."}`), and each manager's leaves.
+#[derive(Default)]
+struct Config {
+    tree: serde_json::Map<String, Value>,
+    managers: BTreeMap<String, std::collections::BTreeSet<Vec<String>>>,
+    resource_version: u64,
+}
+
+/// One accepted server-side apply.
+#[derive(Clone, Debug)]
+pub struct Apply {
+    pub resource: String,
+    pub name: String,
+    pub manager: String,
+    pub force: bool,
+    pub content_type: String,
+    pub body: Value,
 }
 
 /// Handle on a running fake API server.
@@ -101,6 +136,7 @@ impl FakeApi {
             .route("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}", get(get_lease).put(replace_lease))
             .route("/apis/events.k8s.io/v1/namespaces/{ns}/events", axum::routing::post(create_event))
             .route("/apis/{group}/{version}/{plural}", get(list_or_watch))
+            .route("/apis/admissionregistration.k8s.io/v1/{plural}/{name}", get(get_config).patch(apply_config))
             .route("/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}", get(get_object))
             .with_state(fake.clone());
         tokio::spawn(accept_loop(listener, app, fake.up.clone()));
@@ -296,6 +332,312 @@ impl FakeApi {
 
     pub fn current_version(&self) -> u64 {
         self.inner.lock().unwrap().rv
+    }
+
+    /// Withholds RBAC on the webhook configurations: GET and/or PATCH answer 403.
+    pub fn forbid_webhook_configurations(&self, get: bool, patch: bool) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.forbid_get = get;
+        inner.forbid_patch = patch;
+    }
+
+    /// Server-side applies `object` (a webhook configuration) as `manager`, as a GitOps tool or
+    /// kubectl would; `Err` holds the Status of a refusal.
+    pub fn server_side_apply(&self, object: &Value, manager: &str, force: bool) -> Result<Value, Value> {
+        let resource = plural(object["kind"].as_str().unwrap());
+        let name = object["metadata"]["name"].as_str().unwrap().to_string();
+        let mut inner = self.inner.lock().unwrap();
+        ssa(&mut inner, &resource, &name, object, manager, force, "application/apply-patch+yaml")
+    }
+
+    /// A webhook configuration as GET returns it.
+    pub fn webhook_configuration(&self, kind: &str, name: &str) -> Option<Value> {
+        let inner = self.inner.lock().unwrap();
+        inner.configs.get(&(plural(kind), name.to_string())).map(|c| config_object(kind, name, c))
+    }
+
+    /// The leaves each manager owns in a webhook configuration, as dotted paths
+    /// (`f:webhooks.k:{"name":"mutate.fluxgate.dev"}.f:matchConditions...`).
+    pub fn managed_paths(&self, kind: &str, name: &str) -> BTreeMap<String, Vec<String>> {
+        let inner = self.inner.lock().unwrap();
+        inner
+            .configs
+            .get(&(plural(kind), name.to_string()))
+            .map(|c| {
+                c.managers.iter().map(|(m, paths)| (m.clone(), paths.iter().map(|p| p.join(".")).collect())).collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every accepted server-side apply to a webhook configuration.
+    pub fn applies(&self) -> Vec<Apply> {
+        self.inner.lock().unwrap().applies.clone()
+    }
+}
+
+// --- server-side apply of webhook configurations ---------------------------------------------
+
+/// Lists whose entries are keyed by their `name` (the API's `listType=map`, `listMapKey=name`).
+fn keyed_list(field: &str) -> bool {
+    field == "webhooks" || field == "matchConditions"
+}
+
+/// An object as a `fieldsV1`-shaped tree whose leaves hold the values.
+fn to_tree(object: &serde_json::Map<String, Value>) -> serde_json::Map<String, Value> {
+    let mut out = serde_json::Map::new();
+    for (k, v) in object {
+        let value = match v {
+            Value::Object(m) if !m.is_empty() => Value::Object(to_tree(m)),
+            Value::Array(items) if keyed_list(k) && items.iter().all(|i| i["name"].is_string()) => {
+                let mut entries = serde_json::Map::new();
+                for item in items {
+                    let key = format!("k:{}", json!({ "name": item["name"] }));
+                    entries.insert(key, Value::Object(to_tree(item.as_object().unwrap())));
+                }
+                Value::Object(entries)
+            }
+            other => json!({ ".": other }),
+        };
+        out.insert(format!("f:{k}"), value);
+    }
+    out
+}
+
+fn from_tree(tree: &serde_json::Map<String, Value>) -> serde_json::Map<String, Value> {
+    let mut out = serde_json::Map::new();
+    for (k, v) in tree {
+        let Some(field) = k.strip_prefix("f:") else { continue };
+        let node = v.as_object().unwrap();
+        let value = if let Some(leaf) = node.get(".") {
+            leaf.clone()
+        } else if node.keys().all(|k| k.starts_with("k:")) && !node.is_empty() {
+            Value::Array(node.values().map(|item| Value::Object(from_tree(item.as_object().unwrap()))).collect())
+        } else {
+            Value::Object(from_tree(node))
+        };
+        out.insert(field.to_string(), value);
+    }
+    out
+}
+
+/// The paths of the leaves of a tree.
+fn leaf_paths(
+    tree: &serde_json::Map<String, Value>,
+    prefix: &mut Vec<String>,
+    out: &mut std::collections::BTreeSet<Vec<String>>,
+) {
+    for (k, v) in tree {
+        prefix.push(k.clone());
+        let node = v.as_object().unwrap();
+        if node.contains_key(".") {
+            out.insert(prefix.clone());
+        } else {
+            leaf_paths(node, prefix, out);
+        }
+        prefix.pop();
+    }
+}
+
+fn leaf_at<'t>(tree: &'t serde_json::Map<String, Value>, path: &[String]) -> Option<&'t Value> {
+    let (last, parents) = path.split_last()?;
+    let mut node = tree;
+    for p in parents {
+        node = node.get(p)?.as_object()?;
+    }
+    node.get(last)?.get(".")
+}
+
+fn set_leaf(tree: &mut serde_json::Map<String, Value>, path: &[String], value: Value) {
+    let (last, parents) = path.split_last().unwrap();
+    let mut node = tree;
+    for p in parents {
+        node = node.entry(p.clone()).or_insert_with(|| json!({})).as_object_mut().unwrap();
+    }
+    node.insert(last.clone(), json!({ ".": value }));
+}
+
+/// Removes a leaf, and every parent it leaves empty.
+fn remove_leaf(tree: &mut serde_json::Map<String, Value>, path: &[String]) {
+    match path {
+        [] => {}
+        [last] => {
+            tree.remove(last);
+        }
+        [first, rest @ ..] => {
+            if let Some(Value::Object(child)) = tree.get_mut(first) {
+                remove_leaf(child, rest);
+                if child.is_empty() {
+                    tree.remove(first);
+                }
+            }
+        }
+    }
+}
+
+/// Whether a path is the object's identity, which no manager owns.
+fn identity(path: &[String]) -> bool {
+    matches!(path.first().map(String::as_str), Some("f:apiVersion" | "f:kind"))
+        || path.starts_with(&["f:metadata".to_string(), "f:name".to_string()])
+}
+
+/// The `fieldsV1` of a set of leaves.
+fn fields_v1(paths: &std::collections::BTreeSet<Vec<String>>) -> Value {
+    let mut root = serde_json::Map::new();
+    for path in paths {
+        let mut node = &mut root;
+        for p in path {
+            node = node.entry(p.clone()).or_insert_with(|| json!({})).as_object_mut().unwrap();
+        }
+    }
+    Value::Object(root)
+}
+
+fn config_object(kind: &str, name: &str, config: &Config) -> Value {
+    let mut object = Value::Object(from_tree(&config.tree));
+    object["apiVersion"] = json!("admissionregistration.k8s.io/v1");
+    object["kind"] = json!(kind);
+    object["metadata"]["name"] = json!(name);
+    object["metadata"]["resourceVersion"] = json!(config.resource_version.to_string());
+    object["metadata"]["managedFields"] = Value::Array(
+        config
+            .managers
+            .iter()
+            .map(|(m, paths)| {
+                json!({ "manager": m, "operation": "Apply", "apiVersion": "admissionregistration.k8s.io/v1",
+                        "fieldsType": "FieldsV1", "fieldsV1": fields_v1(paths) })
+            })
+            .collect(),
+    );
+    object
+}
+
+fn kind_of_resource(resource: &str) -> &'static str {
+    if resource == "mutatingwebhookconfigurations" {
+        "MutatingWebhookConfiguration"
+    } else {
+        "ValidatingWebhookConfiguration"
+    }
+}
+
+fn ssa(
+    inner: &mut Inner,
+    resource: &str,
+    name: &str,
+    applied: &Value,
+    manager: &str,
+    force: bool,
+    content_type: &str,
+) -> Result<Value, Value> {
+    let mut body = applied.clone();
+    if let Some(m) = body["metadata"].as_object_mut() {
+        m.remove("managedFields");
+        m.remove("resourceVersion");
+    }
+    let new_tree = to_tree(body.as_object().unwrap());
+    let mut new_paths = std::collections::BTreeSet::new();
+    leaf_paths(&new_tree, &mut Vec::new(), &mut new_paths);
+    new_paths.retain(|p| !identity(p));
+    inner.rv += 1;
+    let rv = inner.rv;
+    let config = inner.configs.entry((resource.to_string(), name.to_string())).or_default();
+    let conflicts: Vec<(String, Vec<String>)> = config
+        .managers
+        .iter()
+        .filter(|(m, _)| m.as_str() != manager)
+        .flat_map(|(m, owned)| {
+            new_paths
+                .iter()
+                .filter(|p| owned.contains(*p) && leaf_at(&config.tree, p) != leaf_at(&new_tree, p))
+                .map(move |p| (m.clone(), p.clone()))
+        })
+        .collect();
+    if !conflicts.is_empty() {
+        if !force {
+            let list: Vec<String> =
+                conflicts.iter().map(|(m, p)| format!("conflict with \"{m}\": {}", p.join("."))).collect();
+            return Err(json!({ "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                "reason": "Conflict", "code": 409,
+                "message": format!("Apply failed with {} conflicts: {}", list.len(), list.join("; ")) }));
+        }
+        for (m, p) in &conflicts {
+            config.managers.get_mut(m).unwrap().remove(p);
+        }
+    }
+    let previous = config.managers.remove(manager).unwrap_or_default();
+    for gone in previous.difference(&new_paths) {
+        if !config.managers.values().any(|owned| owned.contains(gone)) {
+            remove_leaf(&mut config.tree, gone);
+        }
+    }
+    for p in &new_paths {
+        set_leaf(&mut config.tree, p, leaf_at(&new_tree, p).unwrap().clone());
+    }
+    config.managers.insert(manager.to_string(), new_paths);
+    config.managers.retain(|_, owned| !owned.is_empty());
+    config.resource_version = rv;
+    let object = config_object(kind_of_resource(resource), name, config);
+    inner.applies.push(Apply {
+        resource: resource.to_string(),
+        name: name.to_string(),
+        manager: manager.to_string(),
+        force,
+        content_type: content_type.to_string(),
+        body,
+    });
+    Ok(object)
+}
+
+fn forbidden(verb: &str, resource: &str, name: &str) -> Response {
+    status(
+        403,
+        "Forbidden",
+        &format!(
+            "{resource}.admissionregistration.k8s.io \"{name}\" is forbidden: User \"system:serviceaccount:fluxgate-system:fluxgate\" \
+             cannot {verb} resource \"{resource}\" in API group \"admissionregistration.k8s.io\" at the cluster scope"
+        ),
+    )
+}
+
+async fn get_config(State(fake): State<FakeApi>, Path((resource, name)): Path<(String, String)>) -> Response {
+    let inner = fake.inner.lock().unwrap();
+    if inner.forbid_get {
+        return forbidden("get", &resource, &name);
+    }
+    match inner.configs.get(&(resource.clone(), name.clone())) {
+        Some(c) => axum::Json(config_object(kind_of_resource(&resource), &name, c)).into_response(),
+        None => status(404, "NotFound", &format!("{resource}.admissionregistration.k8s.io \"{name}\" not found")),
+    }
+}
+
+async fn apply_config(
+    State(fake): State<FakeApi>,
+    Path((resource, name)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut inner = fake.inner.lock().unwrap();
+    if inner.forbid_patch {
+        return forbidden("patch", &resource, &name);
+    }
+    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    if content_type != "application/apply-patch+yaml" {
+        return status(415, "UnsupportedMediaType", &format!("this fake applies only; got {content_type}"));
+    }
+    let Some(manager) = query.get("fieldManager").filter(|m| !m.is_empty()) else {
+        return status(422, "Invalid", "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value");
+    };
+    let force = query.get("force").is_some_and(|f| f == "true");
+    let Ok(applied) = serde_saphyr::from_str::<Value>(std::str::from_utf8(&body).unwrap_or_default()) else {
+        return status(400, "BadRequest", "the body is not YAML");
+    };
+    if applied["metadata"]["name"] != name.as_str() {
+        return status(400, "BadRequest", "the name of the object does not match the URL");
+    }
+    let manager = manager.clone();
+    match ssa(&mut inner, &resource, &name, &applied, &manager, force, &content_type) {
+        Ok(object) => axum::Json(object).into_response(),
+        Err(s) => (StatusCode::CONFLICT, axum::Json(s)).into_response(),
     }
 }
 
