@@ -56,7 +56,7 @@ fn cluster() -> (Arc<Cache>, Vec<Arc<FluxObject>>) {
 }
 
 /// A watched object with a Ready condition, as the API server sends it.
-fn watched(object: &FluxObject, ready: bool, n: u64) -> fluxgate::slim::SlimObject {
+fn watched(object: &FluxObject, ready: bool, n: u64) -> fluxgate::object::slim::SlimObject {
     let deps: Vec<Value> =
         object.depends_on.iter().map(|d| json!({"name": d.name, "namespace": d.namespace})).collect();
     let (status, reason) = if ready { ("True", "ReconciliationSucceeded") } else { ("False", "DependencyNotReady") };

@@ -613,7 +613,7 @@ async fn mutation_sends_exactly_what_each_policy_may_patch() {
                 let mut full = serde_json::Map::new();
                 let scopes = std::iter::once(&policy.defaults).chain(policy.namespace_defaults.values());
                 for d in scopes {
-                    fluxgate::defaults::complete(&mut full, d.of(kind));
+                    fluxgate::policy::defaults::complete(&mut full, d.of(kind));
                 }
                 let leaves = fluxgate::webhooks::leaves(&full);
                 assert!(leaves.len() <= 10, "{name}: too many leaves to try every subset");

@@ -1,4 +1,4 @@
-//! The slim read ([`fluxgate::slim`]) against the whole read: decoding a Flux object through
+//! The slim read ([`fluxgate::object::slim`]) against the whole read: decoding a Flux object through
 //! the slim shape and reading it gives the same object, status, resourceVersion and deletion
 //! state as reading the whole object, for every Flux object of the real fleets
 //! (`../shared/fleets`, or `$FLUXGATE_SHARED/fleets`), of the examples, and for random objects as
@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use fluxgate::cache::watch::read_object;
 use fluxgate::manifests::{parse_document, split_documents};
+use fluxgate::object::slim::SlimObject;
 use fluxgate::object::{FluxKind, FluxObject, kind_of};
-use fluxgate::slim::SlimObject;
 use fluxgate::status::ObjectStatus;
 use proptest::prelude::*;
 use serde_json::{Value, json};

@@ -22,8 +22,8 @@ use futures::future::BoxFuture;
 
 use crate::cache::watch::Lookup;
 use crate::cache::{Cache, Graphs, Pending, State};
-use crate::live_policy::LivePolicy;
 use crate::object::{FluxKind, FluxObject, ObjectKey};
+use crate::policy::live::LivePolicy;
 use crate::policy::{Action, Enforcement, Policy, Rule};
 use crate::rules::{self, Finding};
 

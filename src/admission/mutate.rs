@@ -20,10 +20,10 @@
 use serde_json::{Value, json};
 
 use super::{AdmissionRequest, BadRequest, Operation, Response};
-use crate::defaults::complete;
 use crate::graph::Graph;
 use crate::object::{FluxKind, OWNER_NAME_LABEL, OWNER_NAMESPACE_LABEL, ObjectKey, field_is_unowned};
 use crate::policy::Policy;
+use crate::policy::defaults::complete;
 
 /// The mutating webhook's response to `req`. `wait_of` decides [`WaitDefault`] for a
 /// Kustomization (with [`wait_default`] on the cached graph), so that the caller holds the cache

@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use crate::cache::Cache;
 use crate::graph::Graph;
-use crate::live_policy::LivePolicy;
 use crate::object::{FluxKind, ObjectKey};
+use crate::policy::live::LivePolicy;
 use crate::policy::{Policy, Rule};
 use crate::rules::{self, Finding, FindingKind};
 

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use crate::graph::Graph;
-use crate::keyed::ByKey;
+use crate::object::keyed::ByKey;
 use crate::object::{FluxKind, FluxObject, ObjectKey};
 use crate::status::{StatusReport, StatusStore};
 

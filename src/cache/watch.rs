@@ -31,8 +31,8 @@ use kube::core::Request;
 use serde_json::Value;
 
 use super::Cache;
+use crate::object::slim::SlimObject;
 use crate::object::{FluxKind, FluxObject, ObjectKey, at};
-use crate::slim::SlimObject;
 use crate::status::ObjectStatus;
 
 /// Tuning of the watch source.
@@ -107,7 +107,7 @@ fn meta<'a>(object: &'a Value, field: &str) -> Option<&'a str> {
 }
 
 /// Reads an object of the API server (a list item or a watch event's object, whole or
-/// [slim](crate::slim)) into what the cache keeps, with its resourceVersion.
+/// [slim](crate::object::slim)) into what the cache keeps, with its resourceVersion.
 pub fn read_object(kind: FluxKind, object: &Value) -> Result<(FluxObject, Option<String>), String> {
     let name = meta(object, "name").unwrap_or_default();
     let namespace = meta(object, "namespace").unwrap_or_default();

@@ -227,7 +227,7 @@ pub struct CertsArgs {
 }
 
 fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
-    crate::policy::parse_duration(s)
+    crate::object::parse_duration(s)
         .filter(|d| !d.is_zero())
         .ok_or_else(|| format!("{s:?} is not a duration such as 30s, 5m or 1h"))
 }

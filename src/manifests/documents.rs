@@ -17,11 +17,11 @@ use serde_json::Value;
 use super::entry::Entry;
 use super::kustomize::{KUSTOMIZATION_FILES, KustomizeFile};
 use super::{LoadError, resource_set};
+use crate::object::slim::Shape::{All, Each, Fields};
+use crate::object::slim::{MANAGED_FIELDS, STATUS, Shape, Shaped};
 use crate::object::{FluxKind, at, kind_of};
-use crate::slim::Shape::{All, Each, Fields};
-use crate::slim::{MANAGED_FIELDS, STATUS, Shape, Shaped};
 
-/// A Flux object as the loader reads it from a file: the fields of [`crate::slim::OBJECT`] and
+/// A Flux object as the loader reads it from a file: the fields of [`crate::object::slim::OBJECT`] and
 /// what kustomize and kustomize-controller read when they build a repository (labels and
 /// annotations for patch selectors and `substitute: disabled`, name prefixes, patches,
 /// components, post-build variables; the `flux-instance` chart's sync path). Helm values and the

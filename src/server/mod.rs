@@ -317,7 +317,7 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
 /// `/report`: the last audit and the policy in force now.
 #[derive(serde::Serialize)]
 struct ReportWithPolicy {
-    policy: crate::live_policy::InForce,
+    policy: crate::policy::live::InForce,
     /// The last look at each webhook configuration (cluster mode).
     webhooks: std::collections::BTreeMap<crate::webhooks::Hook, crate::webhooks::sync::Outcome>,
     #[serde(flatten)]

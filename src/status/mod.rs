@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::graph::{EdgeKind, Graph, NodeId};
-use crate::keyed::ByKey;
+use crate::object::keyed::ByKey;
 use crate::object::{FluxKind, FluxObject, ObjectKey, at};
 
 /// The reason Flux sets on `Ready=False` while an object waits for its `dependsOn`.
@@ -58,7 +58,7 @@ pub struct ObjectStatus {
 const MIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn timeout_of(value: &Value) -> Option<Duration> {
-    let field = |name: &str| at(value, &["spec", name]).and_then(Value::as_str).and_then(crate::policy::parse_duration);
+    let field = |name: &str| at(value, &["spec", name]).and_then(Value::as_str).and_then(crate::object::parse_duration);
     field("timeout").or_else(|| field("interval").map(|i| i.saturating_sub(MIN_TIMEOUT).max(MIN_TIMEOUT)))
 }
 

@@ -26,8 +26,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::defaults::SpecDefaults;
 use crate::object::{FluxKind, OWNER_NAME_LABEL, OWNER_NAMESPACE_LABEL};
+use crate::policy::defaults::SpecDefaults;
 use crate::policy::{Action, Defaults, Policy, Rule};
 
 /// Name of both webhook configurations (and of the Service and Deployment in `deploy/`).
@@ -127,7 +127,7 @@ fn has(base: &str, key: &str) -> String {
     if is_cel_identifier(key) { format!("has({base}.{key})") } else { format!("({} in {base})", quote(key)) }
 }
 
-/// What the validating rules read of an object (see `src/object.rs`), each written so that
+/// What the validating rules read of an object (see `src/object/mod.rs`), each written so that
 /// absent and empty read the same, and every optional field behind `has()`: an expression that
 /// fails to evaluate rejects the request under `failurePolicy: Fail`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

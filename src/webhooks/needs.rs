@@ -6,8 +6,8 @@
 use serde_json::{Map, Value, json};
 
 use super::{Hook, leaves};
-use crate::defaults::{SpecDefaults, complete};
 use crate::object::{FluxKind, OWNER_NAME_LABEL, OWNER_NAMESPACE_LABEL};
+use crate::policy::defaults::{SpecDefaults, complete};
 use crate::policy::{Action, Policy, Rule};
 
 /// A request the policy needs sent, and the objects a cache must hold for the request to make

@@ -34,8 +34,8 @@ use serde::de::DeserializeOwned;
 use super::needs::needs;
 use super::registered::{Skipped, skipped};
 use super::{FIELD_MANAGER, Hook, owned_fields};
-use crate::live_policy::LivePolicy;
 use crate::policy::Policy;
+use crate::policy::live::LivePolicy;
 
 /// What the last look at one configuration found.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -341,7 +341,7 @@ impl Syncer {
 
     /// Syncs now, then whenever a new policy is in force and every [`Syncer::recheck`].
     pub async fn run(self: Arc<Self>, policy: Arc<LivePolicy>) {
-        let mut last: Option<Arc<crate::live_policy::InForce>> = None;
+        let mut last: Option<Arc<crate::policy::live::InForce>> = None;
         let mut last_sync = Instant::now();
         loop {
             let in_force = policy.in_force();

@@ -6,13 +6,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::defaults::SpecDefaults;
+pub mod defaults;
+pub mod live;
+
 use crate::object::FluxKind;
+use defaults::SpecDefaults;
 
 /// What a rule does when it fires.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -85,7 +87,7 @@ impl fmt::Display for Rule {
     }
 }
 
-/// The defaults of one namespace: each a partial `spec` (see [`crate::defaults`]).
+/// The defaults of one namespace: each a partial `spec` (see [`crate::policy::defaults`]).
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct Defaults {
     pub kustomization: SpecDefaults,
@@ -327,14 +329,14 @@ impl Parser<'_> {
                 Value::Object(d) => d.clone(),
                 _ => return Err(self.err(&key, "must be a mapping of spec fields")),
             };
-            crate::defaults::check(kind, &d).map_err(|r| {
+            crate::policy::defaults::check(kind, &d).map_err(|r| {
                 self.err(&format!("{key}.{}", r.key), format!("{} (the {kind} CRD's spec schema)", r.message))
             })?;
             let target = match kind {
                 FluxKind::Kustomization => &mut out.kustomization,
                 FluxKind::HelmRelease => &mut out.helm_release,
             };
-            *target = if merging { crate::defaults::merge(target, &d) } else { d };
+            *target = if merging { crate::policy::defaults::merge(target, &d) } else { d };
         }
         Ok(out)
     }
@@ -375,56 +377,6 @@ impl Parser<'_> {
         }
         Ok(())
     }
-}
-
-/// Whether `s` is a duration as Flux's CRDs accept it: `^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`.
-pub fn is_flux_duration(s: &str) -> bool {
-    parse_duration(s).is_some()
-}
-
-/// Parses a Flux/Go-style duration (`90s`, `1h30m`, `1.5m`, `250ms`).
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let b = s.as_bytes();
-    if b.is_empty() {
-        return None;
-    }
-    let mut i = 0;
-    let mut total = 0f64;
-    while i < b.len() {
-        let start = i;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        if i == start {
-            return None;
-        }
-        if i < b.len() && b[i] == b'.' {
-            i += 1;
-            let frac = i;
-            while i < b.len() && b[i].is_ascii_digit() {
-                i += 1;
-            }
-            if i == frac {
-                return None;
-            }
-        }
-        let number: f64 = s[start..i].parse().ok()?;
-        let seconds = if s[i..].starts_with("ms") {
-            i += 2;
-            0.001
-        } else {
-            let unit = match b.get(i) {
-                Some(b's') => 1.0,
-                Some(b'm') => 60.0,
-                Some(b'h') => 3600.0,
-                _ => return None,
-            };
-            i += 1;
-            unit
-        };
-        total += number * seconds;
-    }
-    Duration::try_from_secs_f64(total).ok()
 }
 
 #[cfg(test)]
@@ -497,18 +449,6 @@ namespaces:
         assert!(p.defaults.kustomization.is_empty());
         let p = Policy::parse("", "p").unwrap();
         assert_eq!(p.defaults.kustomization.len(), 2);
-    }
-
-    #[test]
-    fn durations_follow_the_flux_pattern() {
-        for ok in ["5m", "1h30m", "90s", "1.5m", "250ms", "1h0m0s"] {
-            assert!(is_flux_duration(ok), "{ok}");
-        }
-        for bad in ["", "5", "m", "5 m", "1.m", "-5m", "5d", "5mm"] {
-            assert!(!is_flux_duration(bad), "{bad}");
-        }
-        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use serde_json::{Map, Value};
 
 use crate::object::FluxKind;
-use crate::policy::is_flux_duration;
+use crate::object::is_flux_duration;
 
 /// A partial `spec`: every leaf is a value to add where the object has none.
 pub type SpecDefaults = Map<String, Value>;

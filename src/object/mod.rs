@@ -3,6 +3,12 @@
 //! Everything else of a Kustomization or HelmRelease (status, managedFields, the source, the
 //! values) is dropped when an object is read, which keeps the cache small on large clusters.
 
+mod duration;
+pub mod keyed;
+pub mod slim;
+
+pub use duration::{is_flux_duration, parse_duration};
+
 use std::fmt;
 use std::sync::{LazyLock, Mutex};
 
