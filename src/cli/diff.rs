@@ -1,6 +1,7 @@
 //! `fluxgate diff`: what a change does to the rollout, in the formats people review in: a
 //! terminal, JSON, a pull-request comment (Markdown), code scanning (SARIF) and annotations.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,6 +12,7 @@ use serde::Serialize;
 use super::check::CheckOutput;
 use crate::diff::{self, Diff, KindDiff, git};
 use crate::manifests::LoadOptions;
+use crate::object::FluxKind;
 use crate::policy::Policy;
 use crate::status::format_seconds;
 
@@ -433,32 +435,32 @@ pub fn markdown(out: &DiffOutput) -> String {
         );
     }
 
-    // What puts the most objects behind a target: the question a reviewer asks first.
-    let mut radii: Vec<(&KindDiff, &crate::diff::AddedEdge)> = d
-        .clusters
-        .iter()
-        .flat_map(|k| k.edges_added.iter().map(move |e| (k, e)))
-        .filter(|(_, e)| e.newly_waiting > 0)
-        .collect();
-    radii.sort_by(|a, b| b.1.newly_waiting.cmp(&a.1.newly_waiting).then_with(|| a.1.edge.cmp(&b.1.edge)));
-    if !radii.is_empty() {
-        writeln!(s, "**Blast radius of the new edges** (objects that now wait on the target and did not before):\n")
+    // What puts the most objects behind a target: the question a reviewer asks first. Edges
+    // are grouped by target: forty apps gaining one dependency is one line, not forty.
+    let mut targets: BTreeMap<(&str, FluxKind, &str), (usize, usize, usize)> = BTreeMap::new();
+    for k in &d.clusters {
+        for e in k.edges_added.iter().filter(|e| e.newly_waiting > 0) {
+            let t = targets.entry((k.cluster.as_str(), k.kind, e.edge.to.as_str())).or_default();
+            *t = (t.0 + 1, e.newly_waiting, e.waiting);
+        }
+    }
+    let mut targets: Vec<_> = targets.into_iter().collect();
+    targets.sort_by(|a, b| b.1.1.cmp(&a.1.1).then_with(|| a.0.cmp(&b.0)));
+    if !targets.is_empty() {
+        writeln!(s, "**Blast radius of the new edges** (objects that now wait, transitively, on the target):\n")
             .unwrap();
-        for (k, e) in radii.iter().take(5) {
+        for ((cluster, kind, target), (edges, newly, waiting)) in targets.iter().take(5) {
             writeln!(
                 s,
-                "- {} → {} ({}, {}): **{}** newly waiting, {} in all",
-                code(&e.edge.from),
-                code(&e.edge.to),
-                e.edge.kind,
-                code(&k.cluster),
-                e.newly_waiting,
-                e.waiting
+                "- {} ({kind}, {}): **{newly}** newly waiting ({waiting} in all), through {}",
+                code(target),
+                code(cluster),
+                plural(*edges, "new edge", "new edges")
             )
             .unwrap();
         }
-        if radii.len() > 5 {
-            writeln!(s, "- … {} more in the details below", radii.len() - 5).unwrap();
+        if targets.len() > 5 {
+            writeln!(s, "- … {} more targets in the details below", targets.len() - 5).unwrap();
         }
         s.push('\n');
     }
@@ -489,9 +491,9 @@ pub fn markdown(out: &DiffOutput) -> String {
                 summary.push(format!("{n} {what}"));
             }
         }
-        for (n, what) in [(k.edges_added.len(), "edges added"), (k.edges_removed.len(), "edges removed")] {
+        for (n, what) in [(k.edges_added.len(), "added"), (k.edges_removed.len(), "removed")] {
             if n > 0 {
-                summary.push(format!("{n} {what}"));
+                summary.push(format!("{} {what}", plural(n, "edge", "edges")));
             }
         }
         if !k.waves.moved.is_empty() {
