@@ -603,3 +603,25 @@ fn real_history_shapes_deploy_revert_and_fan_in() {
         "{added:?}"
     );
 }
+
+/// Every `fluxgate diff` command of the CI example is one the command line accepts, in the
+/// formats the workflow needs: the comment (Markdown), then the annotations that fail the job.
+#[test]
+fn the_ci_example_runs_commands_diff_accepts() {
+    use clap::Parser as _;
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ci/github-actions-diff.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let _: Value = serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("not YAML: {e}"));
+    let mut seen = Vec::new();
+    for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        let Some(at) = line.find(" diff /base . ") else { continue };
+        let command = line[at + 1..].split(['>', '|', ';', '&']).next().unwrap();
+        let mut argv = vec!["fluxgate".to_string()];
+        // Shell variables (the optional policy) and line continuations are the shell's.
+        argv.extend(command.split_whitespace().filter(|w| !w.contains('$') && *w != "\\").map(String::from));
+        let cli = fluxgate::cli::Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        let fluxgate::cli::Command::Diff(args) = cli.command else { panic!("{argv:?} is not diff") };
+        seen.push(format!("{:?}", args.format).to_lowercase());
+    }
+    assert_eq!(seen, ["markdown", "github"]);
+}
