@@ -436,6 +436,8 @@ fn markdown_puts_a_short_summary_first_and_folds_the_details() {
     assert_eq!(code, 0);
     assert!(md.starts_with("<!-- fluxgate-diff -->\n### fluxgate diff\n\n✅ No new deny-level finding."), "{md}");
     let (summary, details) = md.split_once("<details>").expect("details are folded");
+    // The totals name only what changed.
+    assert!(summary.contains(": 1 edge added, 4 objects changed wave; 0 new findings (0 deny), 0 fixed.\n"), "{md}");
     assert!(summary.contains("| `clusters/prod` | Kustomization | +0 −0 | +1 −0 | 3 → 4 (4 moved) | 3 → 4 |"), "{md}");
     assert!(
         summary.contains(

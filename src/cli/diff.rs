@@ -100,7 +100,7 @@ fn folder(which: &str, path: &str) -> Result<Side, String> {
 
 fn revision(which: &str, repo: &Path, rev: &str) -> Result<(Side, String), String> {
     let tree = git::extract(repo, rev).map_err(|e| format!("{which}: {e}"))?;
-    let label = format!("{rev} ({})", &tree.id[..tree.id.len().min(12)]);
+    let label = format!("{rev} ({})", &tree.commit[..tree.commit.len().min(12)]);
     Ok((Side::Revision(tree), label))
 }
 
@@ -194,9 +194,17 @@ fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
+/// `before → after`, or the one value when it did not change.
+fn before_after<T: PartialEq + std::fmt::Display>(before: T, after: T) -> String {
+    if before == after { before.to_string() } else { format!("{before} → {after}") }
+}
+
 /// Worst-case rollout time before and after, with the difference.
 fn worst_case_change(k: &KindDiff) -> String {
     let (b, a) = (k.worst_case.before.seconds, k.worst_case.after.seconds);
+    if a == b {
+        return format_seconds(a);
+    }
     let delta = match a.cmp(&b) {
         std::cmp::Ordering::Greater => format!(" (+{})", format_seconds(a - b)),
         std::cmp::Ordering::Less => format!(" (−{})", format_seconds(b - a)),
@@ -212,17 +220,23 @@ pub fn summary(d: &Diff) -> String {
     }
     let sum = |f: fn(&KindDiff) -> usize| d.clusters.iter().map(f).sum::<usize>();
     let denies = d.new_findings.iter().filter(|f| f.located.finding.is_deny()).count();
-    let mut parts = vec![
-        format!("{} added", plural(sum(|k| k.objects_added.len()), "object", "objects")),
-        format!("{} removed", sum(|k| k.objects_removed.len())),
-    ];
-    let moved = sum(|k| k.moved.len());
-    if moved > 0 {
-        parts.push(format!("{moved} moved between namespaces"));
+    // Only what changed: a line of zeros hides the one figure that matters.
+    let mut parts = Vec::new();
+    for (n, one, many) in [
+        (sum(|k| k.objects_added.len()), "object added", "objects added"),
+        (sum(|k| k.objects_removed.len()), "object removed", "objects removed"),
+        (sum(|k| k.moved.len()), "object moved between namespaces", "objects moved between namespaces"),
+        (sum(|k| k.edges_added.len()), "edge added", "edges added"),
+        (sum(|k| k.edges_removed.len()), "edge removed", "edges removed"),
+        (sum(|k| k.waves.moved.len()), "object changed wave", "objects changed wave"),
+    ] {
+        if n > 0 {
+            parts.push(plural(n, one, many));
+        }
     }
-    parts.push(format!("{} added", plural(sum(|k| k.edges_added.len()), "edge", "edges")));
-    parts.push(format!("{} removed", sum(|k| k.edges_removed.len())));
-    parts.push(format!("{} changed wave", plural(sum(|k| k.waves.moved.len()), "object", "objects")));
+    if parts.is_empty() {
+        parts.push("no edge or object changed".to_string());
+    }
     let mut s = parts.join(", ");
     write!(
         s,
@@ -414,12 +428,11 @@ pub fn markdown(out: &DiffOutput) -> String {
                 );
                 let edges = format!("+{} −{}", k.edges_added.len(), k.edges_removed.len());
                 let waves = format!(
-                    "{} → {}{}",
-                    k.waves.count.before,
-                    k.waves.count.after,
+                    "{}{}",
+                    before_after(k.waves.count.before, k.waves.count.after),
                     if k.waves.moved.is_empty() { String::new() } else { format!(" ({} moved)", k.waves.moved.len()) }
                 );
-                let critical = format!("{} → {}", k.critical_path.before.len(), k.critical_path.after.len());
+                let critical = before_after(k.critical_path.before.len(), k.critical_path.after.len());
                 let cluster = if k.change == "changed" {
                     code(&k.cluster)
                 } else {

@@ -37,8 +37,10 @@ pub struct Tree {
     /// Holds the index file and, beside it, the tree itself.
     scratch: PathBuf,
     root: PathBuf,
-    /// The commit or tree id the revision resolved to.
+    /// The tree the revision names.
     pub id: String,
+    /// The commit it names, or the tree's id when it names a tree.
+    pub commit: String,
 }
 
 impl Tree {
@@ -93,6 +95,13 @@ pub fn extract(repo: &Path, rev: &str) -> Result<Tree, GitError> {
         return Err(GitError::Revision { rev: rev.to_string(), repo: repo.to_path_buf(), message });
     }
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // For the label: the commit a reviewer can look up, when the revision names one.
+    let commit = git(repo)
+        .args(["rev-parse", "--verify", "--quiet", "--end-of-options", &format!("{rev}^{{commit}}")])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(|| id.clone(), |o| String::from_utf8_lossy(&o.stdout).trim().to_string());
 
     static SEQUENCE: AtomicUsize = AtomicUsize::new(0);
     let scratch = std::env::temp_dir().join(format!(
@@ -102,7 +111,7 @@ pub fn extract(repo: &Path, rev: &str) -> Result<Tree, GitError> {
     ));
     let root = scratch.join("tree");
     std::fs::create_dir_all(&root).map_err(|source| GitError::TempDir { dir: root.clone(), source })?;
-    let tree = Tree { scratch, root, id };
+    let tree = Tree { scratch, root, id, commit };
     let index = tree.scratch.join("index");
     let failed = |step, out: &std::process::Output| GitError::Failed {
         step,

@@ -75,6 +75,7 @@ pub struct KindDiff {
     /// `namespace:`, a `targetNamespace`): compared as one object, so their edges and waves
     /// are not reported as removed and added.
     pub moved: Vec<Moved>,
+    /// The most newly waiting first.
     #[serde(rename = "edgesAdded")]
     pub edges_added: Vec<AddedEdge>,
     #[serde(rename = "edgesRemoved")]
@@ -337,6 +338,9 @@ fn kind_diff(cluster: &str, kind: FluxKind, base: Option<&ClusterGraph>, head: O
         });
         edges_added.push(AddedEdge { edge: e.clone(), waiting, newly_waiting });
     }
+    // The edges that put the most objects behind their target first: a new object's own
+    // edges (nothing waits on it yet) come after an existing object's new dependency.
+    edges_added.sort_by(|a, b| b.newly_waiting.cmp(&a.newly_waiting).then_with(|| a.edge.cmp(&b.edge)));
     let mut edges_removed: Vec<EdgeChange> = b_edges.iter().filter(|e| !h_set.contains(e)).cloned().collect();
     edges_removed.sort();
     edges_removed.dedup();
