@@ -180,6 +180,14 @@ fn an_added_edge_shows_its_blast_radius_and_the_waves_critical_path_and_worst_ca
         (k["worstCase"]["before"]["seconds"].as_u64().unwrap(), k["worstCase"]["after"]["seconds"].as_u64().unwrap());
     assert!(after > before, "{k:#}");
     assert!(k["worstCase"]["after"]["path"].as_array().unwrap().contains(&"flux-system/slow".into()));
+    let (_, text, _) = run(&p, "text", &[]);
+    assert!(
+        text.contains(
+            "  + edge flux-system/db -> flux-system/slow (dependsOn): 4 objects wait on flux-system/slow (4 newly)\n"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("    flux-system/db: wave 1 -> wave 2\n"), "{text}");
 
     // The same change the other way round is a removed edge, and nothing waits newly.
     let p = pair(&head, &base);

@@ -269,11 +269,11 @@ pub fn text(out: &DiffOutput) -> String {
         for e in &k.edges_added {
             writeln!(
                 s,
-                "  + edge {} -> {} ({}): {} wait on {}, {} newly",
+                "  + edge {} -> {} ({}): {} on {} ({} newly)",
                 e.edge.from,
                 e.edge.to,
                 e.edge.kind,
-                plural(e.waiting, "object", "objects"),
+                plural(e.waiting, "object waits", "objects wait"),
                 e.edge.to,
                 e.newly_waiting
             )
