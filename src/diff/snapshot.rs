@@ -43,7 +43,7 @@ pub struct SideFinding {
     pub clusters: Vec<String>,
 }
 
-/// `path` relative to `root` when it lies under it. The loader names files with `.` and `..`
+/// `path` relative to `root` when it lies strictly under it. The loader names files with `.` and `..`
 /// resolved in the text of the path, so the root is compared both ways.
 pub(crate) fn relative(path: &Path, root: &Path) -> PathBuf {
     let lexical: PathBuf = {
@@ -63,7 +63,10 @@ pub(crate) fn relative(path: &Path, root: &Path) -> PathBuf {
         if prefix.as_os_str().is_empty() {
             continue;
         }
-        if let Ok(rel) = path.strip_prefix(prefix) {
+        // A side given as one file is named by its file name, not by nothing.
+        if let Ok(rel) = path.strip_prefix(prefix)
+            && !rel.as_os_str().is_empty()
+        {
             return rel.to_path_buf();
         }
     }
@@ -154,4 +157,21 @@ pub fn snapshot(root: &Path, policy: &Policy, options: LoadOptions) -> Snapshot 
         .map(|e| LoadError { file: rel(&e.file), line: e.line, message: e.message.clone() })
         .collect();
     Snapshot { graphs, findings, errors, objects: checked.objects }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_are_named_under_the_root_however_it_was_written() {
+        let file = Path::new("fleet/clusters/prod/apps.yaml");
+        for root in ["fleet", "./fleet", "fleet/", "other/../fleet"] {
+            assert_eq!(relative(file, Path::new(root)), Path::new("clusters/prod/apps.yaml"), "{root}");
+        }
+        assert_eq!(relative(Path::new("clusters/a.yaml"), Path::new(".")), Path::new("clusters/a.yaml"));
+        // Outside the root, or the root itself: the path as it is.
+        assert_eq!(relative(file, Path::new("elsewhere")), file);
+        assert_eq!(relative(file, file), file);
+    }
 }
