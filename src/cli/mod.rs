@@ -38,7 +38,7 @@ pub enum Command {
     Graph(GraphArgs),
     /// Compare two checkouts (folders, or Git revisions with --git): edges, objects, waves,
     /// critical path, worst-case rollout and findings. Exit 1 only when HEAD adds a deny-level
-    /// finding, 2 on a usage error or when HEAD has files that cannot be read and BASE had not.
+    /// finding, 2 on a usage error or when HEAD has files that cannot be read that BASE could.
     Diff(DiffArgs),
     /// Show every object's state by wave, and what holds up the waiting ones: exit 0 when
     /// nothing is stuck, 1 when an object is failed, waiting or stale, 2 when the objects cannot
