@@ -1,6 +1,6 @@
 //! `fluxgate diff` on the largest real fleet (`../shared/fleets/rafaribe__home-ops`, 340
 //! objects) against a copy of itself with one `dependsOn` edge added: both sides loaded as
-//! `check` loads them, checked, drawn per cluster and compared. What a pull request's CI step
+//! `check` loads them (at once, as the command does), checked, drawn per cluster and compared. What a pull request's CI step
 //! waits for, less process start-up.
 //!
 //! `cargo bench --bench diff` (`-- PATH` for another checkout: the first `dependsOn:` list of an
@@ -77,8 +77,7 @@ fn main() {
     let changed = add_one_edge(&base, &head, "flux-system/flux-system");
     let policy = Policy::default();
     let run = || {
-        let before = fluxgate::diff::snapshot(&base, &policy, LoadOptions::default());
-        let after = fluxgate::diff::snapshot(&head, &policy, LoadOptions::default());
+        let (before, after) = fluxgate::diff::snapshots(&base, &head, &policy, &LoadOptions::default());
         fluxgate::diff::diff(&before, &after)
     };
     let d = run();

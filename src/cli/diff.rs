@@ -133,8 +133,7 @@ pub fn run(args: DiffArgs) -> ExitCode {
         Err(e) => return usage(e),
     };
     let options = LoadOptions { include_unapplied: args.include_unapplied, cluster: args.cluster.clone() };
-    let before = diff::snapshot(base.path(), &policy, options.clone());
-    let after = diff::snapshot(head.path(), &policy, options);
+    let (before, after) = diff::snapshots(base.path(), head.path(), &policy, &options);
     if let Some(name) = &args.cluster
         && after.graphs.is_empty()
         && before.graphs.is_empty()

@@ -199,6 +199,21 @@ fn identity(l: &Located) -> (String, String, String, Option<String>, BTreeSet<St
     )
 }
 
+/// Loads both sides at once, BASE on a thread of its own: the two loads share nothing (names are
+/// interned under a lock), so a CI runner's second core halves the wait.
+pub fn snapshots(
+    base: &std::path::Path,
+    head: &std::path::Path,
+    policy: &crate::policy::Policy,
+    options: &crate::manifests::LoadOptions,
+) -> (Snapshot, Snapshot) {
+    std::thread::scope(|scope| {
+        let before = scope.spawn(|| snapshot(base, policy, options.clone()));
+        let after = snapshot(head, policy, options.clone());
+        (before.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), after)
+    })
+}
+
 /// Compares two snapshots.
 pub fn diff(base: &Snapshot, head: &Snapshot) -> Diff {
     let keys: BTreeSet<&(String, FluxKind)> = base.graphs.keys().chain(head.graphs.keys()).collect();
