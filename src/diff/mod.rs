@@ -388,3 +388,108 @@ fn kind_diff(cluster: &str, kind: FluxKind, base: Option<&ClusterGraph>, head: O
         worst_case: Change { before: b.worst_case.clone(), after: h.worst_case.clone() },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{EdgeView, NodeView};
+    use crate::object::ObjectKey;
+    use crate::policy::{Action, Rule};
+    use crate::rules::{Finding, FindingKind};
+
+    /// One cluster's Kustomization graph: objects with their waves, then dependsOn edges.
+    fn side(objects: &[(&str, Option<u32>)], edges: &[(&str, &str)]) -> Snapshot {
+        let view = GraphView {
+            nodes: objects
+                .iter()
+                .map(|(id, wave)| NodeView { id: id.to_string(), wave: *wave, missing: false, in_cycle: false })
+                .collect(),
+            edges: edges
+                .iter()
+                .map(|(from, to)| EdgeView {
+                    from: from.to_string(),
+                    to: to.to_string(),
+                    kind: "dependsOn",
+                    in_cycle: false,
+                })
+                .collect(),
+            ..empty_view(FluxKind::Kustomization)
+        };
+        let mut s = Snapshot::default();
+        s.graphs.insert(("prod".into(), FluxKind::Kustomization), ClusterGraph { view, places: HashMap::new() });
+        s
+    }
+
+    fn finding(rule: Rule, target: Option<&str>, cycle: &[&str], message: &str, line: usize) -> SideFinding {
+        let key = |id: &str| {
+            let (ns, name) = id.split_once('/').unwrap();
+            ObjectKey::new(ns, name)
+        };
+        SideFinding {
+            located: Located {
+                finding: Finding {
+                    rule,
+                    kind: FindingKind::Kustomization,
+                    object: key("ns/app"),
+                    target: target.map(key),
+                    cycle: (!cycle.is_empty()).then(|| cycle.iter().map(|c| key(c)).collect()),
+                    action: Action::Deny,
+                    message: message.into(),
+                },
+                file: "apps.yaml".into(),
+                line,
+            },
+            clusters: vec!["prod".into()],
+        }
+    }
+
+    #[test]
+    fn a_name_is_a_namespace_move_only_when_it_leaves_one_namespace_for_one_other() {
+        let base = side(&[("a/x", Some(0)), ("b/x", Some(0)), ("a/y", Some(0))], &[]);
+        let head = side(&[("c/x", Some(0)), ("c/y", Some(0))], &[]);
+        let d = diff(&base, &head);
+        let k = &d.clusters[0];
+        // y left a for c: a move. x left two namespaces: which one went to c is not known.
+        assert_eq!(k.moved.iter().map(|m| (m.from.as_str(), m.to.as_str())).collect::<Vec<_>>(), [("a/y", "c/y")]);
+        assert_eq!(k.objects_removed.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(), ["a/x", "b/x"]);
+        assert_eq!(k.objects_added.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(), ["c/x"]);
+    }
+
+    #[test]
+    fn blast_radius_counts_everything_behind_the_target_and_newly_only_what_was_not() {
+        // b -> a -> t already; HEAD adds c -> t and d -> c.
+        let base = side(&[("n/t", Some(0)), ("n/a", Some(1)), ("n/b", Some(2))], &[("n/a", "n/t"), ("n/b", "n/a")]);
+        let head = side(
+            &[("n/t", Some(0)), ("n/a", Some(1)), ("n/b", Some(2)), ("n/c", Some(1)), ("n/d", Some(2))],
+            &[("n/a", "n/t"), ("n/b", "n/a"), ("n/c", "n/t"), ("n/d", "n/c")],
+        );
+        let d = diff(&base, &head);
+        let added = &d.clusters[0].edges_added;
+        let to_t = added.iter().find(|e| e.edge.to == "n/t").unwrap();
+        assert_eq!((to_t.waiting, to_t.newly_waiting), (4, 2), "a, b, c, d wait on t; c and d newly");
+        let to_c = added.iter().find(|e| e.edge.to == "n/c").unwrap();
+        assert_eq!((to_c.waiting, to_c.newly_waiting), (1, 1));
+        assert_eq!(added[0].edge.to, "n/t", "the widest blast radius first");
+    }
+
+    #[test]
+    fn a_finding_is_the_same_whatever_its_wording_line_or_where_its_cycle_starts() {
+        let mut base = side(&[("ns/app", Some(0))], &[]);
+        let mut head = side(&[("ns/app", Some(0))], &[]);
+        base.findings = vec![
+            finding(Rule::DanglingDependsOn, Some("ns/db"), &[], "dangling; did you mean ns/dbs?", 3),
+            finding(Rule::Cycle, None, &["ns/app", "ns/b", "ns/app"], "cycle: app -> b -> app", 3),
+        ];
+        head.findings = vec![
+            finding(Rule::DanglingDependsOn, Some("ns/db"), &[], "dangling", 9),
+            finding(Rule::Cycle, None, &["ns/b", "ns/app", "ns/b"], "cycle: b -> app -> b", 9),
+            finding(Rule::DanglingDependsOn, Some("ns/cache"), &[], "dangling", 9),
+        ];
+        let d = diff(&base, &head);
+        assert_eq!(d.new_findings.len(), 1);
+        assert_eq!(d.new_findings[0].located.finding.target, Some(ObjectKey::new("ns", "cache")));
+        assert!(d.fixed_findings.is_empty());
+        assert_eq!(d.exit_code(), 1);
+        assert!(d.clusters.is_empty(), "no graph change");
+    }
+}
