@@ -485,6 +485,27 @@ fn markdown_stays_short_above_the_fold_at_200_changed_objects() {
 }
 
 #[test]
+fn markdown_is_cut_to_fit_a_github_comment_keeping_the_summary() {
+    // Twelve clusters of 120 new objects each: far more detail than a comment holds.
+    let names: Vec<String> = (0..120).map(|i| format!("service-with-a-long-name-{i:03}")).collect();
+    let on_platform: &[&str] = &["platform"];
+    let mut objects: Vec<(&str, &[&str], &str)> = vec![("platform", &[], "")];
+    objects.extend(names.iter().map(|n| (n.as_str(), on_platform, "")));
+    let clusters: Vec<String> = (0..12).map(|c| format!("c{c:02}")).collect();
+    let base: Files = clusters.iter().flat_map(|c| fleet(c, &[("platform", &[], "")])).collect();
+    let head: Files = clusters.iter().flat_map(|c| fleet(c, &objects)).collect();
+    let p = pair(&base, &head);
+    let (_, md, _) = run(&p, "markdown", &[]);
+    assert!(md.chars().count() <= 65_536, "{} characters", md.chars().count());
+    assert!(md.ends_with("`fluxgate diff --format json` has every change.\n"), "{}", &md[md.len() - 300..]);
+    assert_eq!(md.matches("<details").count(), md.matches("</details>").count(), "no block left open");
+    // The summary table names every cluster whatever is cut.
+    for c in &clusters {
+        assert!(md.contains(&format!("| `clusters/{c}` | Kustomization | +120 −0 |")), "{c}");
+    }
+}
+
+#[test]
 fn a_file_head_cannot_read_exits_2_but_one_both_sides_share_does_not() {
     let good = fleet("prod", &[("app", &[], "")]);
     let mut broken = good.clone();

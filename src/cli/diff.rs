@@ -605,5 +605,30 @@ pub fn markdown(out: &DiffOutput) -> String {
         )
         .unwrap();
     }
+    fit_comment(s)
+}
+
+/// What a comment may hold: GitHub refuses bodies over 65,536 characters, and the cut note and
+/// a closing tag need room.
+const MAX_COMMENT: usize = 64_000;
+
+/// `s` cut to [`MAX_COMMENT`] characters if longer: after the last whole `<details>` block that
+/// fits (the summary comes first and stays), else at a line, closing a block left open, with a
+/// note saying where the rest is.
+fn fit_comment(mut s: String) -> String {
+    const NOTE: &str = "\n… the rest is cut to fit a pull-request comment; `fluxgate diff --format json` has every \
+                        change.\n";
+    if s.chars().count() <= MAX_COMMENT {
+        return s;
+    }
+    let limit = s.char_indices().nth(MAX_COMMENT).map_or(s.len(), |(i, _)| i);
+    let end = "</details>\n\n";
+    let cut =
+        s[..limit].rfind(end).map(|i| i + end.len()).unwrap_or_else(|| s[..limit].rfind('\n').map_or(limit, |i| i + 1));
+    s.truncate(cut);
+    if s.matches("<details").count() > s.matches("</details>").count() {
+        s.push_str("\n</details>\n");
+    }
+    s.push_str(NOTE);
     s
 }
