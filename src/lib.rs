@@ -15,6 +15,7 @@
 //! - [`status`]: live dependency status, states and root causes of stuck objects;
 //! - [`audit`]: the periodic whole-graph scan behind `/report`;
 //! - [`certs`]: CA and serving certificates;
+//! - [`diff`]: what a change to a checkout does to its graphs, waves and rollout time;
 //! - [`cli`]: the command line.
 
 pub mod admission;
@@ -22,6 +23,7 @@ pub mod audit;
 pub mod cache;
 pub mod certs;
 pub mod cli;
+pub mod diff;
 pub mod graph;
 pub mod manifests;
 pub mod object;

@@ -93,7 +93,12 @@ pub fn check_paths(paths: &[PathBuf], policy: &Policy) -> CheckOutput {
 
 /// [`check_paths`] with loader options (`--include-unapplied`).
 pub fn check_paths_with(paths: &[PathBuf], policy: &Policy, options: LoadOptions) -> CheckOutput {
-    let loaded = manifests::load_with(paths, options);
+    check_loaded(&manifests::load_with(paths, options), paths, policy)
+}
+
+/// The audit rules over what [`manifests::load_with`] read from `paths`: for callers that also
+/// need the objects themselves (`diff` draws their graphs), without loading twice.
+pub fn check_loaded(loaded: &manifests::Manifests, paths: &[PathBuf], policy: &Policy) -> CheckOutput {
     let groups: Vec<Vec<&Loaded>> = if loaded.clusters.is_empty() {
         vec![loaded.objects.iter().collect()]
     } else {
@@ -118,7 +123,7 @@ pub fn check_paths_with(paths: &[PathBuf], policy: &Policy, options: LoadOptions
             }
         }
     }
-    for finding in resource_set_findings(&loaded, policy) {
+    for finding in resource_set_findings(loaded, policy) {
         if seen.insert((finding.finding.clone(), finding.file.clone(), finding.line)) {
             findings.push(finding);
         }
@@ -132,10 +137,10 @@ pub fn check_paths_with(paths: &[PathBuf], policy: &Policy, options: LoadOptions
     CheckOutput {
         objects,
         findings,
-        errors: loaded.errors,
-        not_applied: loaded.not_applied,
+        errors: loaded.errors.clone(),
+        not_applied: loaded.not_applied.clone(),
         skipped: loaded.skipped,
-        notes: loaded.notes,
+        notes: loaded.notes.clone(),
         paths: paths.to_vec(),
         files: loaded.files,
     }

@@ -1,7 +1,8 @@
-//! The command line: `serve`, `check`, `graph`, `status`, `why`, `certs`.
+//! The command line: `serve`, `check`, `graph`, `diff`, `status`, `why`, `certs`.
 
 mod check;
 mod ci;
+mod diff;
 mod graph;
 mod serve;
 mod status;
@@ -12,9 +13,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-pub use check::{CheckOutput, check_paths, check_paths_with};
+pub use check::{CheckOutput, Located, build_graphs, check_loaded, check_paths, check_paths_with};
 pub use ci::{github, sarif};
-pub use graph::{GraphFormat, render_graph};
+pub use diff::{DiffArgs, DiffFormat, DiffOutput};
+pub use graph::{EdgeView, GraphFormat, GraphView, NodeView, WorstCase, render_graph, view};
 pub use status::{Color, StatusFormat, render_status, render_why};
 
 /// Guards the dependsOn graphs of Flux Kustomizations and HelmReleases.
@@ -34,6 +36,10 @@ pub enum Command {
     Check(CheckArgs),
     /// Print the dependsOn graph with its waves, critical path and cycles.
     Graph(GraphArgs),
+    /// Compare two checkouts (folders, or Git revisions with --git): edges, objects, waves,
+    /// critical path, worst-case rollout and findings. Exit 1 only when HEAD adds a deny-level
+    /// finding, 2 on a usage error or when HEAD has files that cannot be read that BASE could.
+    Diff(DiffArgs),
     /// Show every object's state by wave, and what holds up the waiting ones: exit 0 when
     /// nothing is stuck, 1 when an object is failed, waiting or stale, 2 when the objects cannot
     /// be read.
@@ -238,6 +244,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Check(args) => check::run(args),
         Command::Graph(args) => graph::run(args),
+        Command::Diff(args) => diff::run(args),
         Command::Status(args) => status::run_status(args),
         Command::Why(args) => status::run_why(args),
         Command::Certs(args) => certs(args),
