@@ -1144,3 +1144,25 @@ fn a_resource_sets_own_depends_on_is_checked_for_dangling_targets_and_cycles() {
     let members: Vec<&str> = cycles[0]["cycle"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
     assert!(members.contains(&"apps/front") && members.contains(&"apps/back"), "{members:?}");
 }
+
+#[test]
+fn a_kustomization_file_listed_as_a_resource_is_noted_as_a_build_kustomize_refuses() {
+    // kustomize (and so Flux) refuses `resources: [sub/kustomization.yaml]`: the path does not
+    // build, and what only it would apply is not applied.
+    let dir = tree(&[
+        ("clusters/prod/flux-system/gotk-sync.yaml", gotk_sync("clusters/prod")),
+        ("clusters/prod/apps.yaml", ks_doc("apps", Some("flux-system"), "./apps", "")),
+        ("apps/kustomization.yaml", "resources: [web/kustomization.yaml]\n".into()),
+        ("apps/web/kustomization.yaml", "resources: [ks.yaml]\n".into()),
+        ("apps/web/ks.yaml", ks_doc("web", Some("flux-system"), "./apps/web/app", "")),
+    ]);
+    let (code, json) = check_tree(dir.path(), &[]);
+    assert_eq!(code, 0, "{json}");
+    assert_eq!(json["objects"], 2, "flux-system and apps: {json}");
+    let notes: Vec<&str> = json["notes"].as_array().unwrap().iter().map(|n| n["message"].as_str().unwrap()).collect();
+    assert!(
+        notes.iter().any(|n| n.contains("web/kustomization.yaml is listed as a resource: kustomize refuses it")),
+        "{notes:?}"
+    );
+    assert_eq!(not_applied(&json).len(), 1, "{json}");
+}

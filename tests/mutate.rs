@@ -321,8 +321,8 @@ fn a_default_the_crd_schema_rejects_stops_start_up_naming_the_key() {
 fn shipped_spec_schemas_are_the_crds() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     for (crd, version, shipped) in [
-        ("kustomize.toolkit.fluxcd.io_kustomizations.yaml", "v1", "src/schemas/kustomization-v1-spec.json"),
-        ("helm.toolkit.fluxcd.io_helmreleases.yaml", "v2", "src/schemas/helmrelease-v2-spec.json"),
+        ("kustomize.toolkit.fluxcd.io_kustomizations.yaml", "v1", "src/policy/schemas/kustomization-v1-spec.json"),
+        ("helm.toolkit.fluxcd.io_helmreleases.yaml", "v2", "src/policy/schemas/helmrelease-v2-spec.json"),
     ] {
         let text = std::fs::read_to_string(common::crd::shared().join("crds").join(crd)).unwrap();
         let crd_value: Value = serde_saphyr::from_str(&text).unwrap();

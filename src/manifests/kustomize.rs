@@ -486,6 +486,16 @@ impl<'a> Builder<'a> {
 
     /// The objects of one `resources:` entry: a file's, or a folder's build.
     fn resource(&self, path: &Path, notes: &mut Notes) -> Vec<Item> {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if KUSTOMIZATION_FILES.contains(&name) {
+            // kustomize refuses a kustomization file as a resource (its folder is what to list),
+            // so Flux cannot build this path: nothing of it is applied.
+            notes.push(format!(
+                "{} is listed as a resource: kustomize refuses it (list its folder), so this path does not build",
+                path.display()
+            ));
+            return Vec::new();
+        }
         if let Some(f) = self.docs.file_index(path) {
             self.read.borrow_mut().insert(path.to_path_buf());
             return self
