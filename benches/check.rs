@@ -34,7 +34,7 @@ fn bench_check(paths: Vec<PathBuf>) {
     println!("{:<45} {:>8} {:>9} {:>12} {:>12}", "repository", "objects", "findings", "median", "min");
     for path in paths {
         let policy = Policy::default();
-        let (med, min, out) = time(10, || fluxgate::cli::check_paths(std::slice::from_ref(&path), &policy));
+        let (med, min, out) = time(10, || fluxgate::check::check_paths(std::slice::from_ref(&path), &policy));
         let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
         println!("{name:<45} {:>8} {:>9} {:>12.2?} {:>12.2?}", out.objects, out.findings.len(), med, min);
     }

@@ -593,7 +593,7 @@ fn sarif_of_every_shared_fleet_is_valid_and_carries_every_finding() {
             continue;
         }
         repos += 1;
-        let out = fluxgate::cli::check_paths(std::slice::from_ref(&dir), &policy);
+        let out = fluxgate::check::check_paths(std::slice::from_ref(&dir), &policy);
         let log = fluxgate::cli::sarif(&out, &policy);
         assert_valid_sarif(&validator, &log, &dir.display().to_string());
         let results = log["runs"][0]["results"].as_array().unwrap();

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use fluxgate::cli::CheckOutput;
+use fluxgate::check::CheckOutput;
 use fluxgate::manifests::{self, Loaded};
 use fluxgate::object::{FluxKind, ObjectKey};
 use fluxgate::policy::{Policy, Rule};
@@ -327,7 +327,7 @@ fn run_repo(repo: &Path, seed: u64, rounds: usize, failures: &mut Vec<String>) -
     let work = dir.path().join(&name);
     copy_tree(repo, &work);
     let policy = Policy::default();
-    let baseline = fluxgate::cli::check_paths(std::slice::from_ref(&work), &policy);
+    let baseline = fluxgate::check::check_paths(std::slice::from_ref(&work), &policy);
     let baseline: HashSet<String> = baseline.findings.iter().map(|f| f.finding.message.clone()).collect();
     let clusters = clusters(&work);
     let names: HashSet<String> = clusters.iter().flatten().map(|t| t.key.name.to_string()).collect();
@@ -351,7 +351,7 @@ fn run_repo(repo: &Path, seed: u64, rounds: usize, failures: &mut Vec<String>) -
             }
             let Some((edits, expect)) = planned else { break };
             let originals = apply(&work, &edits);
-            let out = fluxgate::cli::check_paths(std::slice::from_ref(&work), &policy);
+            let out = fluxgate::check::check_paths(std::slice::from_ref(&work), &policy);
             let entry = tally.entry(fault).or_default();
             entry.0 += 1;
             if found(&out, &expect, &baseline) {

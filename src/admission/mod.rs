@@ -21,7 +21,8 @@ use serde_json::Value;
 use futures::future::BoxFuture;
 
 use crate::cache::watch::Lookup;
-use crate::cache::{Cache, Graphs, Pending, State};
+use crate::cache::{Cache, Pending, State};
+use crate::graph::Graphs;
 use crate::object::{FluxKind, FluxObject, ObjectKey};
 use crate::policy::live::LivePolicy;
 use crate::policy::{Action, Enforcement, Policy, Rule};

@@ -33,47 +33,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::graph::Graph;
+use crate::graph::Graphs;
 use crate::object::keyed::ByKey;
 use crate::object::{FluxKind, FluxObject, ObjectKey};
 use crate::status::{StatusReport, StatusStore};
 
 /// How long an admitted object stays visible without the source confirming it.
 pub const OVERLAY_TTL: Duration = Duration::from_secs(60);
-
-/// Both kinds' graphs.
-#[derive(Debug)]
-pub struct Graphs([Graph; 2]);
-
-impl Default for Graphs {
-    fn default() -> Self {
-        Graphs([Graph::new(FluxKind::Kustomization), Graph::new(FluxKind::HelmRelease)])
-    }
-}
-
-impl Graphs {
-    pub fn get(&self, kind: FluxKind) -> &Graph {
-        &self.0[kind.index()]
-    }
-
-    pub fn get_mut(&mut self, kind: FluxKind) -> &mut Graph {
-        &mut self.0[kind.index()]
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Graph> {
-        self.0.iter()
-    }
-
-    /// The graph of `kind`, to change, and the graph of the other kind, to read (a dangling
-    /// target that exists as the other kind gets a hint saying so).
-    pub fn split_mut(&mut self, kind: FluxKind) -> (&mut Graph, &Graph) {
-        let [ks, hr] = &mut self.0;
-        match kind {
-            FluxKind::Kustomization => (ks, hr),
-            FluxKind::HelmRelease => (hr, ks),
-        }
-    }
-}
 
 /// Bounds of the overlay, whatever is sent to the webhook port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use std::path::{Component, Path};
 
 use serde_json::{Value, json};
 
-use super::check::CheckOutput;
+use crate::check::CheckOutput;
 use crate::policy::{Action, Policy, Rule};
 
 /// The schema URI written into the log, as the SARIF 2.1.0 standard (errata 01) publishes it.

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::ValueEnum;
 use serde::Serialize;
 
-use super::check::CheckOutput;
+use crate::check::CheckOutput;
 use crate::diff::{self, Diff, KindDiff, git};
 use crate::manifests::LoadOptions;
 use crate::object::FluxKind;

@@ -8,10 +8,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::ValueEnum;
-use serde::Serialize;
 
 use super::{GraphArgs, KindArg};
-use crate::graph::{EdgeKind, Graph, NodeId};
+use crate::graph::{GraphView, view};
 use crate::manifests;
 use crate::object::{FluxKind, ObjectKey};
 use crate::status::{self, KindReport, ObjectReport, Rollout, State, StatusReport, page};
@@ -23,115 +22,6 @@ pub enum GraphFormat {
     Json,
     /// The status page's renderer, without live status: one self-contained HTML file.
     Html,
-}
-
-/// The graph as `fluxgate graph --format json` prints it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct GraphView {
-    /// The cluster (its roots' folder) when a repository holds several that reuse names.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cluster: Option<String>,
-    pub kind: FluxKind,
-    pub nodes: Vec<NodeView>,
-    pub edges: Vec<EdgeView>,
-    /// Wave k holds the objects that can reconcile once waves 0..k are ready.
-    pub waves: Vec<Vec<String>>,
-    /// The longest chain, dependencies first: its length is the number of sequential steps.
-    #[serde(rename = "criticalPath")]
-    pub critical_path: Vec<String>,
-    pub cycles: Vec<Vec<String>>,
-    /// The worst-case time of a full rollout and its chain.
-    #[serde(rename = "worstCase")]
-    pub worst_case: WorstCase,
-}
-
-/// The slowest chain of a rollout, each object taking its whole time budget (`spec.timeout`, else
-/// Flux's default: the interval minus 30 s, at least 30 s).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct WorstCase {
-    pub seconds: u64,
-    /// Dependencies first.
-    pub path: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct NodeView {
-    pub id: String,
-    /// `None` for members of a cycle and what depends on them, and for dangling targets.
-    pub wave: Option<u32>,
-    pub missing: bool,
-    #[serde(rename = "inCycle")]
-    pub in_cycle: bool,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct EdgeView {
-    pub from: String,
-    pub to: String,
-    /// `dependsOn` or `wait`.
-    pub kind: &'static str,
-    #[serde(rename = "inCycle")]
-    pub in_cycle: bool,
-}
-
-/// Computes the view of one graph; `budgets` holds each object's time budget (30 s when absent).
-pub fn view(graph: &Graph, budgets: &HashMap<ObjectKey, Duration>) -> GraphView {
-    let waves = graph.waves();
-    let sccs = graph.cycles();
-    let in_cycle: HashSet<NodeId> = sccs.iter().flat_map(|s| s.members.iter().copied()).collect();
-    let mut ids: Vec<NodeId> =
-        graph.node_ids().filter(|&id| graph.is_present(id) || graph.dependents(id).next().is_some()).collect();
-    ids.sort_by(|a, b| graph.key(*a).cmp(graph.key(*b)));
-    let name = |id: NodeId| graph.key(id).to_string();
-    let nodes = ids
-        .iter()
-        .map(|&id| NodeView {
-            id: name(id),
-            wave: if graph.is_present(id) { waves[id as usize] } else { None },
-            missing: !graph.is_present(id),
-            in_cycle: in_cycle.contains(&id),
-        })
-        .collect();
-    let mut edges = Vec::new();
-    for &id in &ids {
-        // dependsOn edges in the order written, then wait edges by key: the same picture
-        // whatever order the objects arrived in.
-        let mut out: Vec<(NodeId, EdgeKind)> = graph.out_edges(id).collect();
-        let first_wait = out.iter().position(|(_, k)| *k == EdgeKind::Wait).unwrap_or(out.len());
-        out[first_wait..].sort_by(|a, b| graph.key(a.0).cmp(graph.key(b.0)));
-        for (to, kind) in out {
-            edges.push(EdgeView {
-                from: name(id),
-                to: name(to),
-                kind: match kind {
-                    EdgeKind::DependsOn => "dependsOn",
-                    EdgeKind::Wait => "wait",
-                },
-                in_cycle: in_cycle.contains(&id) && in_cycle.contains(&to),
-            });
-        }
-    }
-    let depth = waves.iter().flatten().max().map_or(0, |m| m + 1);
-    let mut wave_lists = vec![Vec::new(); depth as usize];
-    for &id in &ids {
-        if let Some(w) = waves[id as usize].filter(|_| graph.is_present(id)) {
-            wave_lists[w as usize].push(name(id));
-        }
-    }
-    GraphView {
-        cluster: None,
-        kind: graph.kind(),
-        nodes,
-        edges,
-        waves: wave_lists,
-        critical_path: graph.critical_path(&waves).into_iter().map(name).collect(),
-        cycles: sccs.iter().map(|s| s.cycle.iter().map(|&id| name(id)).collect()).collect(),
-        worst_case: {
-            let (time, path) =
-                status::worst_case(graph, &waves, |k| budgets.get(k).copied().unwrap_or(Duration::from_secs(30)));
-            WorstCase { seconds: time.as_secs(), path: path.into_iter().map(name).collect() }
-        },
-    }
 }
 
 fn escape(s: &str) -> String {
@@ -462,7 +352,7 @@ pub fn run(args: GraphArgs) -> ExitCode {
         members.filter_map(|l| Some((l.object.key.clone(), l.status.timeout?))).collect()
     };
     if loaded.clusters.is_empty() {
-        let (graphs, _) = super::check::build_graphs(&loaded.objects);
+        let (graphs, _) = crate::check::build_graphs(&loaded.objects);
         let budgets = budgets(&mut loaded.objects.iter().filter(|l| l.object.kind == kind));
         print!("{}", render_graph(&view(graphs.get(kind), &budgets), args.format));
     } else {
@@ -471,7 +361,7 @@ pub fn run(args: GraphArgs) -> ExitCode {
             .clusters
             .iter()
             .map(|c| {
-                let (graphs, _) = super::check::build_graphs(c.members.iter().map(|&i| &loaded.objects[i]));
+                let (graphs, _) = crate::check::build_graphs(c.members.iter().map(|&i| &loaded.objects[i]));
                 let budgets =
                     budgets(&mut c.members.iter().map(|&i| &loaded.objects[i]).filter(|l| l.object.kind == kind));
                 GraphView { cluster: Some(c.folder.display().to_string()), ..view(graphs.get(kind), &budgets) }

@@ -13,10 +13,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-pub use check::{CheckOutput, Located, build_graphs, check_loaded, check_paths, check_paths_with};
 pub use ci::{github, sarif};
 pub use diff::{DiffArgs, DiffFormat, DiffOutput};
-pub use graph::{EdgeView, GraphFormat, GraphView, NodeView, WorstCase, render_graph, view};
+pub use graph::{GraphFormat, render_graph};
 pub use status::{Color, StatusFormat, render_status, render_why};
 
 /// Guards the dependsOn graphs of Flux Kustomizations and HelmReleases.

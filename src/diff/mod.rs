@@ -13,7 +13,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::cli::{GraphView, Located, WorstCase};
+use crate::check::Located;
+use crate::graph::{GraphView, WorstCase};
 use crate::manifests::LoadError;
 use crate::object::FluxKind;
 
@@ -392,7 +393,7 @@ fn kind_diff(cluster: &str, kind: FluxKind, base: Option<&ClusterGraph>, head: O
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::{EdgeView, NodeView};
+    use crate::graph::{EdgeView, NodeView};
     use crate::object::ObjectKey;
     use crate::policy::{Action, Rule};
     use crate::rules::{Finding, FindingKind};

@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::{GraphView, Located, build_graphs, check_loaded, view};
+use crate::check::{Located, build_graphs, check_loaded};
+use crate::graph::{GraphView, view};
 use crate::manifests::{self, LoadError, LoadOptions, Loaded};
 use crate::object::{FluxKind, ObjectKey};
 use crate::policy::Policy;

@@ -22,6 +22,9 @@
 //! denied dry-run, an edge since removed) do not accumulate.
 
 mod search;
+mod view;
+
+pub use view::{EdgeView, GraphView, NodeView, WorstCase, view, worst_case};
 
 pub use search::{Chain, Scc};
 
@@ -497,6 +500,40 @@ impl Graph {
         let mut keys: Vec<ObjectKey> = ids.into_iter().map(|id| self.key(id).clone()).collect();
         keys.sort();
         keys
+    }
+}
+
+/// Both kinds' graphs.
+#[derive(Debug)]
+pub struct Graphs([Graph; 2]);
+
+impl Default for Graphs {
+    fn default() -> Self {
+        Graphs([Graph::new(FluxKind::Kustomization), Graph::new(FluxKind::HelmRelease)])
+    }
+}
+
+impl Graphs {
+    pub fn get(&self, kind: FluxKind) -> &Graph {
+        &self.0[kind.index()]
+    }
+
+    pub fn get_mut(&mut self, kind: FluxKind) -> &mut Graph {
+        &mut self.0[kind.index()]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Graph> {
+        self.0.iter()
+    }
+
+    /// The graph of `kind`, to change, and the graph of the other kind, to read (a dangling
+    /// target that exists as the other kind gets a hint saying so).
+    pub fn split_mut(&mut self, kind: FluxKind) -> (&mut Graph, &Graph) {
+        let [ks, hr] = &mut self.0;
+        match kind {
+            FluxKind::Kustomization => (ks, hr),
+            FluxKind::HelmRelease => (hr, ks),
+        }
     }
 }
 

@@ -416,36 +416,6 @@ pub struct Rollout {
     pub wave_seconds: Vec<Option<i64>>,
 }
 
-/// The worst-case rollout chain of `graph` over its `waves`, with each object's time budget.
-pub fn worst_case(
-    graph: &Graph,
-    waves: &[Option<u32>],
-    budget: impl Fn(&ObjectKey) -> Duration,
-) -> (Duration, Vec<NodeId>) {
-    let mut order: Vec<NodeId> = graph.present_ids().filter(|&id| waves[id as usize].is_some()).collect();
-    order.sort_by_key(|&id| (waves[id as usize], graph.key(id).clone()));
-    let mut best: HashMap<NodeId, (Duration, Option<NodeId>)> = HashMap::new();
-    for &id in &order {
-        let slowest = graph
-            .deps(id)
-            .filter_map(|d| best.get(&d).map(|(t, _)| (*t, d)))
-            .max_by(|a, b| a.0.cmp(&b.0).then_with(|| graph.key(b.1).cmp(graph.key(a.1))));
-        let total = budget(graph.key(id)) + slowest.map_or(Duration::ZERO, |(t, _)| t);
-        best.insert(id, (total, slowest.map(|(_, d)| d)));
-    }
-    let Some((&end, &(total, _))) =
-        best.iter().max_by(|a, b| a.1.0.cmp(&b.1.0).then_with(|| graph.key(*b.0).cmp(graph.key(*a.0))))
-    else {
-        return (Duration::ZERO, Vec::new());
-    };
-    let mut path = vec![end];
-    while let Some(&(_, Some(prev))) = best.get(path.last().expect("path is not empty")) {
-        path.push(prev);
-    }
-    path.reverse();
-    (total, path)
-}
-
 /// How long each wave took, from the `Ready` transition times (see [`Rollout::wave_seconds`]).
 fn wave_seconds(graph: &Graph, waves: &[Option<u32>], statuses: &HashMap<ObjectKey, ObjectStatus>) -> Vec<Option<i64>> {
     use k8s_openapi::jiff::Timestamp;
@@ -561,8 +531,9 @@ pub fn analyze(
         .collect();
     missing.sort();
     let critical_path = graph.critical_path(&waves).into_iter().map(|id| graph.key(id).clone()).collect();
-    let (worst, path) =
-        worst_case(&graph, &waves, |key| statuses.get(key).and_then(|s| s.timeout).unwrap_or(MIN_TIMEOUT));
+    let (worst, path) = crate::graph::worst_case(&graph, &waves, |key| {
+        statuses.get(key).and_then(|s| s.timeout).unwrap_or(MIN_TIMEOUT)
+    });
     let rollout = Rollout {
         worst_case_seconds: worst.as_secs(),
         worst_case_path: path.into_iter().map(|id| graph.key(id).clone()).collect(),
