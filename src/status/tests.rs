@@ -1,5 +1,10 @@
 use super::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::store::StoredStatus;
 use crate::graph::tests::ks;
+use crate::object::{FluxKind, FluxObject, ObjectKey};
 use proptest::prelude::*;
 use serde_json::json;
 
