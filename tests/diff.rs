@@ -579,7 +579,7 @@ fn git_revisions_are_read_without_touching_the_work_tree() {
     assert_eq!(String::from_utf8_lossy(&status.stdout), " M clusters/prod/apps.yaml\n");
 }
 
-/// The shapes of real commits checked by hand (README, "diff"): rafaribe/home-ops c24d0aaf7
+/// The shapes of real commits checked by hand (docs/testing.md, "diff on real history"): rafaribe/home-ops c24d0aaf7
 /// deployed an operator whose Kustomizations depended on objects that did not exist yet (two
 /// new deny-level findings), and 37b3b3da7 reverted it (the same two fixed); 9b5b11341 put
 /// dozens of apps behind that operator at once.

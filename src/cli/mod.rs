@@ -79,7 +79,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Require a client certificate signed by this CA (PEM) on the webhook port: the API server
-    /// authenticating itself (see the README). Re-read when it changes. A caller without such a
+    /// authenticating itself (see docs/operations.md). Re-read when it changes. A caller without such a
     /// certificate is refused at the TLS handshake.
     #[arg(long, value_name = "FILE")]
     pub client_ca: Option<PathBuf>,

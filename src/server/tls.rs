@@ -8,7 +8,7 @@
 //! pair keeps serving.
 //!
 //! With `--client-ca`, the webhook port also requires a client certificate signed by that CA
-//! (the API server authenticating itself, see the README): [`ReloadingClientCa`] is re-read the
+//! (the API server authenticating itself, see docs/operations.md): [`ReloadingClientCa`] is re-read the
 //! same way, and a caller without such a certificate is refused during the handshake, before any
 //! request is read.
 
