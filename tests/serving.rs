@@ -381,3 +381,17 @@ fn base64_decode(text: &str) -> Vec<u8> {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.decode(text).unwrap()
 }
+
+#[test]
+fn watching_a_cluster_without_a_serving_certificate_refuses_to_start_naming_the_flags() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fluxgate"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "text"])
+        // No kubeconfig is read: the flags are judged first.
+        .env("KUBECONFIG", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--tls-cert and --tls-key are required when watching a cluster"), "{stderr}");
+    assert!(stderr.contains("--dev-certificates"), "{stderr}");
+}

@@ -96,6 +96,11 @@ pub struct ServeArgs {
     /// Log line format.
     #[arg(long, value_enum, default_value = "json")]
     pub log_format: LogFormat,
+    /// Serve a self-signed certificate for localhost when --tls-cert/--tls-key are not given while
+    /// watching a cluster (a trial on a local control plane). Development only: no API server
+    /// trusts it unless told to. With --manifests it is the default.
+    #[arg(long)]
+    pub dev_certificates: bool,
     /// Folder for the development certificates made when --tls-cert/--tls-key are not given.
     #[arg(long, default_value = "certs/dev", value_name = "DIR")]
     pub dev_certs_dir: PathBuf,

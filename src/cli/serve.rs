@@ -59,6 +59,14 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
+    // Watching a cluster, a certificate no API server trusts would only fail every admission
+    // call later: refuse at once, naming the flags.
+    if args.tls_cert.is_none() && args.manifests.is_empty() && !args.dev_certificates {
+        return Err("--tls-cert and --tls-key are required when watching a cluster: the API server calls only a \
+                    webhook whose certificate it trusts (for a trial, --dev-certificates serves a self-signed \
+                    certificate for localhost)"
+            .into());
+    }
     let policy = match &args.policy {
         Some(path) => LivePolicy::load(path).map_err(|e| e.to_string())?,
         None => LivePolicy::fixed(Arc::new(Policy::default())),
