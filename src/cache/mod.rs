@@ -535,7 +535,7 @@ impl Cache {
     }
 
     /// The status of every object the source delivered, computed without the cache lock.
-    pub fn status_report(&self) -> StatusReport {
+    pub fn status_report(&self) -> Arc<StatusReport> {
         self.status.report()
     }
 }

@@ -348,7 +348,7 @@ async fn status_json(State(app): State<Arc<App>>) -> Response {
 #[derive(serde::Serialize)]
 struct StatusWithNotices {
     #[serde(flatten)]
-    report: crate::status::StatusReport,
+    report: Arc<crate::status::StatusReport>,
     notices: Vec<String>,
 }
 

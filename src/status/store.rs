@@ -3,7 +3,8 @@
 //! event updates it and does no graph work).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use crate::object::keyed::ByKey;
@@ -62,23 +63,36 @@ impl From<&StoredStatus> for ObjectStatus {
 pub struct StatusStore {
     /// Per kind.
     map: RwLock<[ByKey<Delivered>; 2]>,
+    /// Counts the changes to `map`: a report is computed again only when it moved, so every
+    /// scrape and every open status page do not each rebuild the graph (the analysis reads
+    /// nothing but the store: no clock).
+    changes: AtomicU64,
+    /// The last report and the count of changes it was computed at.
+    last: Mutex<Option<(u64, Arc<StatusReport>)>>,
 }
 
 impl StatusStore {
     /// Records an object and its status as the source delivered them.
     pub fn record(&self, object: Arc<FluxObject>, status: ObjectStatus) {
         self.map.write().unwrap_or_else(|p| p.into_inner())[object.kind.index()].insert((object, status.into()));
+        self.changed();
+    }
+
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::Release);
     }
 
     /// After a relist: forgets the objects of `kind` that were not listed.
     pub fn keep_only<'a>(&self, kind: FluxKind, listed: impl IntoIterator<Item = &'a ObjectKey>) {
         let listed: HashSet<&ObjectKey> = listed.into_iter().collect();
         self.map.write().unwrap_or_else(|p| p.into_inner())[kind.index()].retain(|(o, _)| listed.contains(&o.key));
+        self.changed();
     }
 
     /// Forgets a deleted object.
     pub fn forget(&self, kind: FluxKind, key: &ObjectKey) {
         self.map.write().unwrap_or_else(|p| p.into_inner())[kind.index()].remove(key);
+        self.changed();
     }
 
     /// Replaces every object of `kind` (files loaded afresh).
@@ -90,6 +104,7 @@ impl StatusStore {
         for (object, status) in objects {
             map.insert((object, status.into()));
         }
+        self.changed();
     }
 
     /// The objects of `kind` and their statuses: `Arc` and status copies, under the store's own
@@ -102,8 +117,17 @@ impl StatusStore {
         (objects, statuses)
     }
 
-    /// The status report of both kinds, computed from a snapshot.
-    pub fn report(&self) -> StatusReport {
+    /// The status report of both kinds, computed from a snapshot when the store changed since
+    /// the last one, else that one again.
+    pub fn report(&self) -> Arc<StatusReport> {
+        // Read before the snapshot: a change racing the computation makes the next call compute
+        // again rather than keep a report older than the store.
+        let at = self.changes.load(Ordering::Acquire);
+        if let Some((done, report)) = self.last.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+            && *done == at
+        {
+            return report.clone();
+        }
         let kinds = FluxKind::ALL
             .iter()
             .map(|&kind| {
@@ -111,6 +135,8 @@ impl StatusStore {
                 analyze(kind, objects, &statuses)
             })
             .collect();
-        StatusReport { kinds }
+        let report = Arc::new(StatusReport { kinds });
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((at, report.clone()));
+        report
     }
 }

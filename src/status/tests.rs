@@ -186,6 +186,22 @@ fn store_keeps_kinds_apart_and_relists_replace() {
     assert_eq!(store.report().kind(FluxKind::Kustomization).unwrap().objects[0].state, State::Ready);
 }
 
+#[test]
+fn a_report_is_computed_again_only_after_the_store_changed() {
+    let store = StatusStore::default();
+    store.record(ks("f", "a", &[]), ready());
+    let first = store.report();
+    let again = store.report();
+    assert!(Arc::ptr_eq(&first, &again), "no change: the same report, not a new analysis");
+    let suspended = ObjectStatus { suspended: true, ..ready() };
+    store.record(ks("f", "a", &[]), suspended);
+    let after = store.report();
+    assert!(!Arc::ptr_eq(&first, &after));
+    assert_eq!(after.kind(FluxKind::Kustomization).unwrap().objects[0].state, State::Suspended);
+    store.forget(FluxKind::Kustomization, &key("f/a"));
+    assert!(store.report().kind(FluxKind::Kustomization).unwrap().objects.is_empty());
+}
+
 fn arb_state() -> impl Strategy<Value = State> {
     prop::sample::select(State::ALL.to_vec())
 }
