@@ -210,6 +210,20 @@ impl Client {
     pub fn connector_config(&self) -> Arc<rustls::ClientConfig> {
         self.connector.config().clone()
     }
+
+    /// Only the TLS handshake with the server at `addr`: the rustls error when it fails.
+    pub async fn handshake(&self, addr: SocketAddr) -> Result<(), rustls::Error> {
+        let connector = TlsConnector::from(self.connector_config());
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("the server listens");
+        match connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e
+                .into_inner()
+                .and_then(|inner| inner.downcast::<rustls::Error>().ok())
+                .map(|e| *e)
+                .unwrap_or_else(|| rustls::Error::General("the handshake failed without a TLS error".into()))),
+        }
+    }
 }
 
 /// A request body: whole, or streamed by the test.
