@@ -141,8 +141,14 @@ fn policy_file_sets_the_actions() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.yaml");
     std::fs::write(&policy, "rules: { cycle: warn }\n").unwrap();
-    let out = fluxgate(&["check", &fixture("cycle-two-files"), "--policy", policy.to_str().unwrap()]);
+    let out =
+        fluxgate(&["check", &fixture("cycle-two-files"), "--policy", policy.to_str().unwrap(), "--format", "json"]);
     assert_eq!(out.status.code(), Some(0), "a cycle set to warn does not fail the check");
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let f = findings(&json);
+    assert_eq!(f.len(), 1, "the cycle is still reported: {json}");
+    assert_eq!((f[0]["rule"].as_str(), f[0]["action"].as_str()), (Some("cycle"), Some("warn")));
+    assert_eq!(json["objects"], 2);
 }
 
 #[test]
@@ -154,6 +160,9 @@ fn clusters_reusing_names_are_checked_one_by_one() {
     // One cluster's folder on its own works too.
     let out = fluxgate(&["check", &format!("{}/clusters/production", fixture("multi-cluster")), "--format", "json"]);
     assert_eq!(out.status.code(), Some(0));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(findings(&json).is_empty(), "{json}");
+    assert_eq!(json["objects"], 2, "production's apps and infra: {json}");
 }
 
 #[test]
