@@ -225,10 +225,22 @@ async fn dropped_connection_is_resumed_and_sees_what_changed_meanwhile() {
     let c = Cluster::watch(&fake);
     eventually("ready", || c.cache.is_ready()).await;
     eventually("watches open", || fake.open_watches() == 2).await;
+    let lists_before = fake.lists_served();
+    let watches_before = fake.watch_versions().len();
+    let seen = fake.current_version();
     fake.drop_watches();
     fake.apply(ks(F, "late", &[]));
     eventually("the object stored during the drop", || c.has(FluxKind::Kustomization, F, "late")).await;
     eventually("ready again", || c.cache.is_ready()).await;
+    // Resumed, not relisted: no list was asked for, and the new watches start from a version
+    // fluxgate had seen before the drop (a relist would have started them at the list's).
+    assert_eq!(fake.lists_served(), lists_before, "a dropped connection is resumed without a relist");
+    let versions = fake.watch_versions();
+    assert!(versions.len() >= watches_before + 2, "both watches were opened again: {versions:?}");
+    for v in &versions[watches_before..] {
+        let v: u64 = v.parse().unwrap_or_else(|_| panic!("a resumed watch names its version: {versions:?}"));
+        assert!(v > 0 && v <= seen, "resumed from {v}, at most the {seen} seen before the drop: {versions:?}");
+    }
 }
 
 #[tokio::test]
