@@ -11,7 +11,7 @@
 //! a whole object ([`FluxObject::from_value`](crate::object::FluxObject::from_value),
 //! [`ObjectStatus::from_value`](crate::status::ObjectStatus::from_value)) and give the same
 //! result on either: [`OBJECT`] must keep every field they, the manifest loader and the watch
-//! read (a property test in `tests/slim.rs` holds them to it on real objects).
+//! read (a property test in `tests/integration/slim.rs` holds them to it on real objects).
 //!
 //! A field of an unexpected type (a `spec` that is a list, `dependsOn` that is a string) is kept
 //! whole, so that the readers report it exactly as they would on the whole object.

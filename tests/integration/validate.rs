@@ -2,7 +2,7 @@
 //! action and message, enforcement modes, dry-run, DELETE, implicit waits, HelmReleases and
 //! malformed requests.
 
-mod common;
+use crate::common;
 
 use axum::http::StatusCode;
 use common::*;

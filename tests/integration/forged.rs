@@ -5,7 +5,7 @@
 //! within `STORE_WITHIN` plus a lookup, alone and under a flood; that a real change the watch
 //! has not delivered still counts; and that a denial resting on an unconfirmed change says so.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

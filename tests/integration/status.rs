@@ -7,7 +7,7 @@
 //! its health check, a suspended dependency, a missing one, a stale one, a cycle, a diamond with
 //! two roots, and a HelmRelease waiting for a failed one.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

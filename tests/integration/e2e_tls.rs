@@ -1,7 +1,7 @@
 //! End to end: the built binary serving over real TLS on loopback, a client that verifies it
 //! against the CA, on HTTP/1.1 and HTTP/2.
 
-mod common;
+use crate::common;
 
 use common::process::{Client, Http, ServeProcess, admin_get, write_certs};
 use common::*;

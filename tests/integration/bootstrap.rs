@@ -6,7 +6,7 @@
 //! causes a denial (mutation adds no `wait` that would deadlock, and takes back an earlier
 //! `wait` default of fluxgate's where the rules no longer want it).
 
-mod common;
+use crate::common;
 
 use base64::Engine as _;
 use common::*;

@@ -1,8 +1,7 @@
 //! `fluxgate graph`: waves and the critical path on a known graph, cycles and waits marked, and
 //! output that Graphviz's `dot` accepts.
 
-#[path = "common/graphviz.rs"]
-mod graphviz;
+use crate::common::graphviz;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -1,8 +1,7 @@
 //! `deploy/` renders with `kubectl kustomize`, and every rendered object parses into its
 //! Kubernetes type with the settings the install relies on.
 
-#[path = "common/crd.rs"]
-mod crd;
+use crate::common::crd;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! posts DependencyCycle / DependencyMissing Warning Events on the offending objects, an
 //! unchanged finding is not posted twice, and another replica takes over an expired Lease.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! ConfigMap volume's swap under load (a broken one refused), SIGTERM with requests in flight,
 //! and a client that trickles its headers.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};

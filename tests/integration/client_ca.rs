@@ -4,7 +4,7 @@
 //! says why; a caller with a certificate from the CA is served; the CA file is rotated the way a
 //! Kubernetes volume does it (a `..data` symlink swap) without a restart.
 
-mod common;
+use crate::common;
 
 use std::io::ErrorKind;
 use std::net::SocketAddr;

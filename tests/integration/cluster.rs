@@ -2,7 +2,7 @@
 //! decisions following watch events, relists after 410 Gone and dropped connections, bookmarks,
 //! malformed objects, missing CRDs, and the read-your-writes overlay meeting the watch.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! a fake API server that does server-side apply as the real one does; and where it may not,
 //! it says which defaults and rules cannot take effect: log, metric, Event, `/readyz`.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;
@@ -261,11 +261,14 @@ async fn a_configuration_fluxgate_may_not_read_is_reported_as_unknown() {
         admin_get(server.admin, "/readyz").await.1.contains("cannot tell whether it sends what the policy needs")
     })
     .await;
-    let (_, metrics) = admin_get(server.admin, "/metrics").await;
-    for webhook in ["mutate", "validate"] {
-        let line = format!("fluxgate_webhook_config_state{{webhook=\"{webhook}\",state=\"unknown\"}} 1");
-        assert!(metrics.contains(&line), "{metrics}");
-    }
+    // Each configuration is looked at in turn: /readyz may speak of the first before the second.
+    eventually("both configurations reported unknown in /metrics", &server, async || {
+        let (_, metrics) = admin_get(server.admin, "/metrics").await;
+        ["mutate", "validate"].iter().all(|webhook| {
+            metrics.contains(&format!("fluxgate_webhook_config_state{{webhook=\"{webhook}\",state=\"unknown\"}} 1"))
+        })
+    })
+    .await;
     assert!(
         fake.events()
             .iter()

@@ -8,7 +8,7 @@
 //! default and rule, a request that needs it is sent (and the handler acts on it) and an
 //! unchanged re-apply is not.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -6,7 +6,7 @@
 //!
 //! Chromium and Graphviz come from Debian (`.ci/run` installs them when missing).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! exception, user values and metadata untouched, and validity of every mutated object against
 //! the real Flux CRD schemas.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 
