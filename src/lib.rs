@@ -9,6 +9,7 @@
 //! - [`defaults`]: the defaults the policy sets, checked against the CRDs and completed into objects;
 //! - [`admission`]: AdmissionReview in, response out (validation and mutation);
 //! - [`cache`]: the objects the webhook knows, with read-your-writes;
+//! - [`coordination`]: the shared record that makes decisions hold across replicas;
 //! - [`manifests`]: Flux objects read from YAML files and folders;
 //! - [`slim`]: objects decoded into only the fields fluxgate reads (the load paths);
 //! - [`server`]: the HTTPS webhook and the admin port;
@@ -22,6 +23,7 @@ pub mod audit;
 pub mod cache;
 pub mod certs;
 pub mod cli;
+pub mod coordination;
 pub mod defaults;
 pub mod graph;
 pub mod keyed;

@@ -387,6 +387,33 @@ impl State {
         }
     }
 
+    /// Takes back a tentative admission of `object` (its recording for the other replicas
+    /// failed, or it is to be judged again): the source's view of it counts again. Nothing
+    /// happens if the overlay holds something else for that key by now.
+    pub fn withdraw(&mut self, object: &FluxObject) {
+        let key = (object.kind, object.key.clone());
+        if self.overlay.get(&key).is_some_and(|e| same_content(&e.object, object)) {
+            self.remove_entry(&key);
+            self.show_base(&key);
+        }
+    }
+
+    /// Brings an admission from the shared record (another replica's, or this one's own)
+    /// into view until the source delivers it. Returns whether it changed the view: not when
+    /// the source or the overlay already shows the same edges.
+    pub fn admit_recorded(&mut self, object: Arc<FluxObject>, replaced_version: Option<String>, now: Instant) -> bool {
+        let key = (object.kind, object.key.clone());
+        let same = |o: &FluxObject| crate::coordination::record::same_edges(o, &object);
+        if self.overlay.get(&key).is_some_and(|e| same(&e.object)) {
+            return false;
+        }
+        if !self.overlay.contains_key(&key) && self.base[key.0.index()].get(&key.1).is_some_and(|o| same(o)) {
+            return false;
+        }
+        self.record(object, replaced_version, now, false);
+        true
+    }
+
     /// Takes an entry out of the overlay and its bookkeeping; the graph is left as it is.
     fn remove_entry(&mut self, key: &Key) -> Option<OverlayEntry> {
         let entry = self.overlay.remove(key)?;

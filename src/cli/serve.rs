@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::{LogFormat, ServeArgs};
-use crate::admission::Webhook;
+use crate::admission::{Coordinator, Webhook};
 use crate::audit::events;
 use crate::cache::Cache;
 use crate::cache::watch::{self as cluster, WatchOptions};
@@ -69,6 +69,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let mut background = Vec::new();
     let mut events = None;
     let mut lookup = None;
+    let mut coordinator = None;
     if args.manifests.is_empty() {
         let client = kube::Client::try_default().await.map_err(|e| {
             format!("cannot connect to a cluster ({e}); set KUBECONFIG or run in a pod, or pass --manifests PATH")
@@ -82,6 +83,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         )));
         lookup = Some(cluster::Lookup::new(client.clone(), served));
         let (identity, namespace) = events::pod_identity();
+        // Every replica coordinates, one alone too: a second one may start at any time (a
+        // rollout, a scale-up), and its first decision must see what this one admitted.
+        let store = Arc::new(crate::coordination::LeaseStore::new(client.clone(), &namespace));
+        coordinator = Some(Arc::new(Coordinator::new(store, identity.clone())));
         let publisher = Arc::new(
             events::Publisher::new(client, &namespace, &identity, LEASE_DURATION)
                 .with_blocked_after(args.blocked_after),
@@ -113,6 +118,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let mut webhook = Webhook::live(cache.clone(), policy.clone());
     if let Some(lookup) = lookup {
         webhook = webhook.with_lookup(lookup);
+    }
+    if let Some(coordinator) = coordinator {
+        webhook = webhook.with_coordinator(coordinator);
     }
     let app = App::new(webhook);
     if args.policy.is_some() {

@@ -294,6 +294,10 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
         }
         app.metrics.cache_ready.set(i64::from(state.is_ready()));
         app.metrics.publish_pending(&state);
+        // Under the cache lock too, so that two scrapes never add the same count twice.
+        if let Some(c) = &app.webhook.coordinator {
+            app.metrics.publish_coordination(&c.stats);
+        }
     }
     let cache = app.webhook.cache.clone();
     if let Ok(report) = tokio::task::spawn_blocking(move || cache.status_report()).await {
@@ -307,13 +311,42 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
 #[derive(serde::Serialize)]
 struct ReportWithPolicy {
     policy: crate::live_policy::InForce,
+    /// The record shared by the replicas, in cluster mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    coordination: Option<CoordinationReport>,
     #[serde(flatten)]
     report: Report,
 }
 
+/// What `/report` says of the coordination between replicas.
+#[derive(serde::Serialize)]
+struct CoordinationReport {
+    /// This replica's name in the record.
+    replica: String,
+    /// Replicas that recorded decisions in the last five minutes, as of the last write.
+    replicas_recently_deciding: u64,
+    /// Admissions in the record not yet delivered to every replica, as of the last write.
+    record_entries: u64,
+    writes: u64,
+    recorded_admissions: u64,
+    conflicts: u64,
+    failures: u64,
+}
+
 async fn report(State(app): State<Arc<App>>) -> Response {
+    use crate::coordination::{Failure, Stats};
     let report = app.report.read().unwrap_or_else(|p| p.into_inner()).clone();
-    axum::Json(ReportWithPolicy { policy: app.webhook.policy.in_force().as_ref().clone(), report }).into_response()
+    let coordination = app.webhook.coordinator.as_ref().map(|c| CoordinationReport {
+        replica: c.replica().to_string(),
+        replicas_recently_deciding: Stats::get(&c.stats.replicas),
+        record_entries: Stats::get(&c.stats.entries),
+        writes: Stats::get(&c.stats.writes),
+        recorded_admissions: Stats::get(&c.stats.recorded),
+        conflicts: Stats::get(&c.stats.conflicts),
+        failures: Failure::ALL.iter().map(|&f| c.stats.failures(f)).sum(),
+    });
+    axum::Json(ReportWithPolicy { policy: app.webhook.policy.in_force().as_ref().clone(), coordination, report })
+        .into_response()
 }
 
 /// Every object's state and, for waiting ones, their root causes. Computed on a blocking thread

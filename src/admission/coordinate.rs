@@ -1,0 +1,262 @@
+//! The batching writer of the shared record (see [`crate::coordination`]): the last step of a
+//! real admission that adds an edge.
+//!
+//! Requests that arrive while a write is in flight wait for it to end, and the first of them
+//! writes for all: one API write carries every decision made meanwhile (group commit), so under
+//! load the writes per request fall well below one. The write names the version of the record
+//! the decisions were made against; after a conflict the batch is judged again with the other
+//! replicas' admissions in view. The cache lock is never held across the write.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::oneshot;
+
+use super::{AdmissionRequest, Response, Verdict, judge};
+use crate::cache::State;
+use crate::coordination::record::{self, Entry, MAX_ENTRIES};
+use crate::coordination::{Failure, MAX_ATTEMPTS, RecordStore, Refuted, Stats, Versioned, WRITE_TIMEOUT, WriteError};
+use crate::object::FluxObject;
+
+/// What became of a request handed to the writer.
+#[derive(Debug)]
+pub(super) enum Outcome {
+    /// Recorded: the admission stands.
+    Recorded,
+    /// Judged again with other replicas' admissions in view, and denied.
+    Rejudged(Verdict),
+    /// The record could not be written.
+    Failed(Failure, String),
+}
+
+struct Ticket {
+    req: AdmissionRequest,
+    object: Arc<FluxObject>,
+    replaced: Option<String>,
+    done: oneshot::Sender<Outcome>,
+}
+
+/// One replica's writer of the shared record.
+pub struct Coordinator {
+    store: Arc<dyn RecordStore>,
+    /// This replica's name in the record (the pod name).
+    replica: String,
+    queue: std::sync::Mutex<Vec<Ticket>>,
+    /// Held by the request writing for the batch; holds the record as last read or written.
+    writer: tokio::sync::Mutex<Option<Versioned>>,
+    pub refuted: Refuted,
+    pub stats: Stats,
+}
+
+/// Milliseconds since the Unix epoch: replicas on different nodes compare record times.
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Coordinator {
+    pub fn new(store: Arc<dyn RecordStore>, replica: impl Into<String>) -> Coordinator {
+        Coordinator {
+            store,
+            replica: replica.into(),
+            queue: std::sync::Mutex::default(),
+            writer: tokio::sync::Mutex::default(),
+            refuted: Refuted::default(),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+}
+
+/// The denial given when the record cannot be written.
+pub(super) fn not_recorded(failure: Failure, reason: &str) -> Response {
+    let why = match failure {
+        Failure::Timeout => "the API server did not answer in time".to_string(),
+        Failure::Forbidden => format!("the API server refused the write ({reason}); check fluxgate's RBAC"),
+        Failure::Conflict => "other replicas kept writing it first".to_string(),
+        Failure::Error => reason.to_string(),
+    };
+    let message = format!(
+        "fluxgate could not record this admission for its other replicas ({why}); without that record two \
+         replicas could each admit one half of a dependsOn cycle, so this change, which adds a dependsOn or \
+         wait edge, is not admitted now: retry (Flux retries at its next reconcile)"
+    );
+    Response { allowed: false, message: Some(message), warnings: Vec::new(), patch: None }
+}
+
+impl super::Webhook {
+    /// Records the admission `verdict` of `req` in the shared record, with every decision
+    /// waiting meanwhile. The verdict's object is in this replica's overlay already.
+    pub(super) async fn coordinate(
+        &self,
+        coordinator: &Coordinator,
+        req: &AdmissionRequest,
+        verdict: &Verdict,
+    ) -> Outcome {
+        let Some(object) = verdict.record.clone() else { return Outcome::Recorded };
+        let (done, mut outcome) = oneshot::channel();
+        let replaced =
+            req.old_object.as_ref().and_then(|o| o["metadata"]["resourceVersion"].as_str()).map(str::to_string);
+        coordinator.queue.lock().unwrap_or_else(|p| p.into_inner()).push(Ticket {
+            req: req.clone(),
+            object,
+            replaced,
+            done,
+        });
+        let mut cached = coordinator.writer.lock().await;
+        // A write that ended while this request waited may have carried it.
+        if let Ok(o) = outcome.try_recv() {
+            return o;
+        }
+        let batch = std::mem::take(&mut *coordinator.queue.lock().unwrap_or_else(|p| p.into_inner()));
+        self.write_batch(coordinator, &mut cached, batch).await;
+        drop(cached);
+        outcome.await.unwrap_or(Outcome::Failed(Failure::Error, "the writer stopped".into()))
+    }
+
+    async fn write_batch(&self, c: &Coordinator, cached: &mut Option<Versioned>, mut batch: Vec<Ticket>) {
+        let mut attempt = 0;
+        loop {
+            let current = match cached.take() {
+                Some(v) => v,
+                None => match tokio::time::timeout(WRITE_TIMEOUT, c.store.read()).await {
+                    Ok(Ok(v)) => v,
+                    Ok(Err(e)) => return self.fail(c, batch, failure_of(&e), &e.to_string()),
+                    Err(_) => return self.fail(c, batch, Failure::Timeout, "read timed out"),
+                },
+            };
+            let ms = now_ms();
+            let next = {
+                let policy = self.policy.get();
+                let mut state = self.cache.lock();
+                let now = Instant::now();
+                let changed = bring_into_view(&mut state, c, &current.record, ms, now);
+                if changed {
+                    // Judged again in arrival order, each with the ones before it in view.
+                    for t in batch.iter().rev() {
+                        state.withdraw(&t.object);
+                    }
+                    bring_into_view(&mut state, c, &current.record, ms, now);
+                    let mut kept = Vec::with_capacity(batch.len());
+                    for t in batch {
+                        match judge(&mut state, &policy, &t.req, now) {
+                            Ok(v) if v.response.allowed => {
+                                kept.push(Ticket { object: v.record.clone().unwrap_or(t.object), ..t })
+                            }
+                            Ok(v) => {
+                                c.stats.rejudged_denials.fetch_add(1, Ordering::Relaxed);
+                                let _ = t.done.send(Outcome::Rejudged(v));
+                            }
+                            Err(e) => {
+                                let _ = t.done.send(Outcome::Failed(Failure::Error, e.0));
+                            }
+                        }
+                    }
+                    batch = kept;
+                }
+                let mut next = current.record.clone();
+                next.prune(
+                    &c.replica,
+                    ms,
+                    |e| {
+                        e.flux_object()
+                            .is_some_and(|o| state.delivered(o.kind, &o.key).is_some_and(|d| record::same_edges(d, &o)))
+                    },
+                    |e| e.flux_object().is_some_and(|o| c.refuted.contains(&o)),
+                );
+                for t in &batch {
+                    next.add(Entry::new(&c.replica, &t.object, t.replaced.clone(), ms));
+                }
+                next
+            };
+            if batch.is_empty() {
+                *cached = Some(current);
+                return;
+            }
+            if next.entries.len() > MAX_ENTRIES {
+                let reason = format!("the record holds {MAX_ENTRIES} admissions not yet delivered, its limit");
+                *cached = Some(current);
+                return self.fail(c, batch, Failure::Error, &reason);
+            }
+            let written = tokio::time::timeout(WRITE_TIMEOUT, c.store.write(&next, current.version.as_deref())).await;
+            match written {
+                Ok(Ok(version)) => {
+                    c.stats.writes.fetch_add(1, Ordering::Relaxed);
+                    c.stats.recorded.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    c.stats.entries.store(next.entries.len() as u64, Ordering::Relaxed);
+                    c.stats.replicas.store(next.active_replicas(ms) as u64, Ordering::Relaxed);
+                    *cached = Some(Versioned { record: next, version: Some(version) });
+                    for t in batch {
+                        let _ = t.done.send(Outcome::Recorded);
+                    }
+                    return;
+                }
+                Ok(Err(WriteError::Conflict)) => {
+                    c.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                    attempt += 1;
+                    if attempt >= MAX_ATTEMPTS {
+                        let reason = format!("{attempt} conflicting writes in a row");
+                        return self.fail(c, batch, Failure::Conflict, &reason);
+                    }
+                    c.stats.retries.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Err(e)) => return self.fail(c, batch, failure_of(&e), &e.to_string()),
+                // The write may still land: the record is read afresh next time.
+                Err(_) => return self.fail(c, batch, Failure::Timeout, "write timed out"),
+            }
+        }
+    }
+
+    /// Denies every request of the batch, taking their admissions back.
+    fn fail(&self, c: &Coordinator, batch: Vec<Ticket>, failure: Failure, reason: &str) {
+        {
+            let mut state = self.cache.lock();
+            for t in batch.iter().rev() {
+                state.withdraw(&t.object);
+            }
+        }
+        c.stats.failed(failure, batch.len());
+        for t in batch {
+            tracing::warn!(
+                uid = %t.req.uid,
+                object = %t.object.key,
+                kind = t.object.kind.as_str(),
+                failure = failure.as_str(),
+                error = reason,
+                "denied: the admission could not be recorded for the other replicas"
+            );
+            let _ = t.done.send(Outcome::Failed(failure, reason.to_string()));
+        }
+    }
+}
+
+fn failure_of(e: &WriteError) -> Failure {
+    match e {
+        WriteError::Conflict => Failure::Conflict,
+        WriteError::Forbidden(_) => Failure::Forbidden,
+        WriteError::Failed(_) => Failure::Error,
+    }
+}
+
+/// Puts the record's live entries into the overlay (they stay until this replica's watch
+/// delivers them, or they expire). Returns whether the view changed.
+fn bring_into_view(
+    state: &mut State,
+    c: &Coordinator,
+    record: &crate::coordination::Record,
+    ms: u64,
+    now: Instant,
+) -> bool {
+    let mut changed = false;
+    for e in record.live(ms) {
+        let Some(object) = e.flux_object() else { continue };
+        if c.refuted.contains(&object) {
+            continue;
+        }
+        changed |= state.admit_recorded(Arc::new(object), e.replaced.clone(), now);
+    }
+    changed
+}
