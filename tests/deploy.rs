@@ -127,6 +127,13 @@ fn check_base(objects: &[Value]) {
     let role: Role = one(objects, "Role");
     let lease_rules = role.rules.unwrap();
     assert!(has(&lease_rules, "coordination.k8s.io", "leases", &["get", "update"]));
+    // get and update name fluxgate's two Leases and nothing else.
+    let named: Vec<&String> = lease_rules
+        .iter()
+        .filter(|r| r.verbs.iter().any(|v| v == "get" || v == "update"))
+        .flat_map(|r| r.resource_names.as_deref().expect("get and update are limited by name"))
+        .collect();
+    assert_eq!(named, ["fluxgate-audit", "fluxgate-decisions"]);
     for r in rules.iter().chain(&lease_rules) {
         assert!(!r.verbs.iter().any(|v| v == "*" || v == "delete" || v == "deletecollection"), "{r:?}");
         assert!(!r.resources.as_deref().unwrap_or_default().iter().any(|x| x == "*" || x == "secrets"), "{r:?}");
@@ -165,9 +172,12 @@ fn check_base(objects: &[Value]) {
     let m: MutatingWebhookConfiguration = one(objects, "MutatingWebhookConfiguration");
     let vw = &v.webhooks.unwrap()[0];
     let mw = &m.webhooks.unwrap()[0];
-    for (side, review, policy, timeout, service, selector) in [
+    // Validation writes the shared record of decisions on real requests, never on dry-runs
+    // (Flux's dry-runs are refused by a webhook with other side effects); mutation writes nothing.
+    assert_eq!(vw.side_effects, "NoneOnDryRun");
+    assert_eq!(mw.side_effects, "None");
+    for (review, policy, timeout, service, selector) in [
         (
-            &vw.side_effects,
             &vw.admission_review_versions,
             &vw.match_policy,
             vw.timeout_seconds,
@@ -175,7 +185,6 @@ fn check_base(objects: &[Value]) {
             &vw.namespace_selector,
         ),
         (
-            &mw.side_effects,
             &mw.admission_review_versions,
             &mw.match_policy,
             mw.timeout_seconds,
@@ -183,7 +192,6 @@ fn check_base(objects: &[Value]) {
             &mw.namespace_selector,
         ),
     ] {
-        assert_eq!(side, "None");
         assert_eq!(review, &vec!["v1".to_string()]);
         assert_eq!(policy.as_deref(), Some("Equivalent"));
         assert_eq!(timeout, Some(5));
