@@ -120,6 +120,11 @@ impl super::Webhook {
     async fn write_batch(&self, c: &Coordinator, cached: &mut Option<Versioned>, mut batch: Vec<Ticket>) {
         let mut attempt = 0;
         loop {
+            if attempt > 0 {
+                // Requests that arrived during the failed try join this one: under contention
+                // the batches grow instead of the queue.
+                batch.append(&mut c.queue.lock().unwrap_or_else(|p| p.into_inner()));
+            }
             let current = match cached.take() {
                 Some(v) => v,
                 None => match tokio::time::timeout(WRITE_TIMEOUT, c.store.read()).await {
@@ -202,6 +207,9 @@ impl super::Webhook {
                         return self.fail(c, batch, Failure::Conflict, &reason);
                     }
                     c.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    // Replicas that keep colliding on the one key would collide again in step;
+                    // a random pause of up to a few writes' time lets one of them through.
+                    tokio::time::sleep(jitter(attempt)).await;
                 }
                 Ok(Err(e)) => return self.fail(c, batch, failure_of(&e), &e.to_string()),
                 // The write may still land: the record is read afresh next time.
@@ -231,6 +239,15 @@ impl super::Webhook {
             let _ = t.done.send(Outcome::Failed(failure, reason.to_string()));
         }
     }
+}
+
+/// A pause after the `attempt`-th conflict in a row: random, up to `attempt` times 2 ms (a
+/// write's time on a busy control plane), capped at 10 ms.
+fn jitter(attempt: usize) -> std::time::Duration {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    // The low bits of the clock differ between replicas and between tries.
+    let spread = (attempt as u64 * 2_000).min(10_000);
+    std::time::Duration::from_micros(u64::from(nanos.wrapping_mul(2_654_435_761)) % spread.max(1))
 }
 
 fn failure_of(e: &WriteError) -> Failure {
