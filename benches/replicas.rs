@@ -10,7 +10,7 @@
 //! Lease clients, called in-process: TLS and HTTP cost every run with a webhook alike and are
 //! measured by `benches/load.rs`.
 //!
-//! `cargo bench --bench replicas` (`-- --objects N --clients N --lag-ms N`). Prints, asserting
+//! `cargo bench --bench replicas` (`-- --objects N --clients N --lag-ms N --linger-us N`). Prints, asserting
 //! nothing: total time and its ratio to no webhook (target: at most 1.5x), request latency
 //! p50/p99 and throughput, Lease writes per admission (batching), conflicts, and the largest
 //! record seen.
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use fluxgate::admission::{AdmissionReview, Coordinator, Webhook};
 use fluxgate::cache::Cache;
 use fluxgate::cache::watch::{self, WatchOptions};
-use fluxgate::coordination::{LeaseStore, RECORD_ANNOTATION, RECORD_NAME, Record, Stats};
+use fluxgate::coordination::{LeaseStore, RECORD_NAME, Record, Stats};
 use fluxgate::policy::Policy;
 use serde_json::{Value, json};
 
@@ -83,7 +83,7 @@ struct Run {
     largest_record: usize,
 }
 
-async fn bootstrap(mode: Mode, objects: usize, clients: usize, lag: Duration) -> Run {
+async fn bootstrap(mode: Mode, objects: usize, clients: usize, lag: Duration, linger: Option<Duration>) -> Run {
     let fake = fake_api::FakeApi::start(false).await;
     fake.set_lease_write_latency(STORE);
     fake.set_watch_lag(lag, 42);
@@ -98,7 +98,11 @@ async fn bootstrap(mode: Mode, objects: usize, clients: usize, lag: Duration) ->
                 .with_lookup(watch::Lookup::new(fake.client(), served));
             if mode == Mode::Coordinated {
                 let store = Arc::new(LeaseStore::new(fake.client(), NS));
-                webhook = webhook.with_coordinator(Arc::new(Coordinator::new(store, format!("replica-{r}"))));
+                let mut coordinator = Coordinator::new(store, format!("replica-{r}"));
+                if let Some(linger) = linger {
+                    coordinator.linger = linger;
+                }
+                webhook = webhook.with_coordinator(Arc::new(coordinator));
             }
             while !cache.is_ready() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -172,9 +176,10 @@ async fn bootstrap(mode: Mode, objects: usize, clients: usize, lag: Duration) ->
 
 /// Entries of the record as the fake API server stores it.
 fn record_entries(fake: &fake_api::FakeApi) -> usize {
-    let lease = fake.lease(NS, RECORD_NAME);
-    let text = lease.as_ref().and_then(|l| l["metadata"]["annotations"][RECORD_ANNOTATION].as_str());
-    text.map_or(0, |t| Record::parse(t).entries.len())
+    let Some(lease) = fake.lease(NS, RECORD_NAME) else { return 0 };
+    let annotations: std::collections::BTreeMap<String, String> =
+        serde_json::from_value(lease["metadata"]["annotations"].clone()).unwrap_or_default();
+    Record::from_annotations(&annotations).entries.len()
 }
 
 fn quantile(sorted: &[Duration], q: f64) -> Duration {
@@ -187,12 +192,15 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let mut args = std::env::args().skip(1);
-    let (mut objects, mut clients, mut lag_ms) = (400, 4, 0u64);
+    let (mut objects, mut clients, mut lag_ms, mut linger) = (400, 4, 0u64, None);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--objects" => objects = args.next().and_then(|s| s.parse().ok()).expect("--objects N"),
             "--clients" => clients = args.next().and_then(|s| s.parse().ok()).expect("--clients N"),
             "--lag-ms" => lag_ms = args.next().and_then(|s| s.parse().ok()).expect("--lag-ms N"),
+            "--linger-us" => {
+                linger = Some(Duration::from_micros(args.next().and_then(|s| s.parse().ok()).expect("--linger-us N")))
+            }
             _ => {}
         }
     }
@@ -201,10 +209,10 @@ async fn main() {
         "bootstrap: {objects} edge-adding CREATEs from {clients} clients, 2 replicas, Lease writes 2 ms serialised, \
          object writes 2 ms, watch lag up to {lag_ms} ms"
     );
-    let base = bootstrap(Mode::NoWebhook, objects, clients, lag).await;
+    let base = bootstrap(Mode::NoWebhook, objects, clients, lag, linger).await;
     println!("  no webhook:             {:>8.1?}", base.took);
     for (mode, name) in [(Mode::Alone, "replicas, no record"), (Mode::Coordinated, "replicas, shared record")] {
-        let mut run = bootstrap(mode, objects, clients, lag).await;
+        let mut run = bootstrap(mode, objects, clients, lag, linger).await;
         run.latencies.sort();
         let throughput = run.latencies.len() as f64 / run.took.as_secs_f64();
         println!(

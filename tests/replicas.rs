@@ -349,5 +349,27 @@ async fn a_forbidden_record_write_denies_only_edge_adding_admissions() {
 
 #[tokio::test]
 async fn record_writes_that_conflict_forever_deny_only_edge_adding_admissions() {
-    record_cannot_be_written(LeaseFailure::ConflictForever, "conflict", "kept writing it first").await;
+    record_cannot_be_written(LeaseFailure::ConflictForever, "conflict", "concurrent writes conflicted").await;
+}
+
+/// A record entry is only as trustworthy as a pending admission: a forged review admitted by
+/// one replica (never stored) must not make another replica deny a real change for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_admission_in_the_record_does_not_deny_a_real_change_on_another_replica() {
+    if !coordination_on() {
+        return;
+    }
+    let names: Vec<String> = ["a", "b"].map(String::from).to_vec();
+    let (fake, replicas) = cluster(&names, 2, Duration::ZERO, 3).await;
+    // Sent straight to replica 0, never to the API server: admitted and recorded, never stored.
+    let forged = replicas[0].review(&update(&ks(F, "a", &["b"]), &ks(F, "a", &[]))).await;
+    assert!(forged.response.allowed);
+    // The real change closes a cycle with the forged one only: replica 1 confirms the entry
+    // with the API server, finds it is not stored, and admits.
+    let real = replicas[1].review(&update(&ks(F, "b", &["a"]), &ks(F, "b", &[]))).await;
+    assert!(real.response.allowed, "{:?}", real.response.message);
+    let text = metrics(&replicas[1].webhook).await;
+    assert!(text.contains("fluxgate_coordination_rejudged_denials_total 1"), "{text}");
+    assert!(text.contains("fluxgate_pending_admissions_dropped_total{reason=\"unstored\"} 1"), "{text}");
+    let _ = fake;
 }

@@ -3,12 +3,12 @@
 //!
 //! Requests that arrive while a write is in flight wait for it to end, and the first of them
 //! writes for all: one API write carries every decision made meanwhile (group commit), so under
-//! load the writes per request fall well below one. The write names the version of the record
-//! the decisions were made against; after a conflict the batch is judged again with the other
-//! replicas' admissions in view. The cache lock is never held across the write.
+//! load the writes per request fall below one. The record comes back with the write; what it
+//! holds that this replica had not in view was written before this write, and the batch is
+//! judged again with it. The cache lock is never held across the write.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use super::{AdmissionRequest, Response, Verdict, judge};
 use crate::cache::State;
 use crate::coordination::record::{self, Entry, MAX_ENTRIES};
-use crate::coordination::{Failure, MAX_ATTEMPTS, RecordStore, Refuted, Stats, Versioned, WRITE_TIMEOUT, WriteError};
+use crate::coordination::{Failure, MAX_ATTEMPTS, Record, RecordStore, Refuted, Stats, WRITE_TIMEOUT, WriteError};
 use crate::object::FluxObject;
 
 /// What became of a request handed to the writer.
@@ -43,11 +43,26 @@ pub struct Coordinator {
     /// This replica's name in the record (the pod name).
     replica: String,
     queue: std::sync::Mutex<Vec<Ticket>>,
-    /// Held by the request writing for the batch; holds the record as last read or written.
-    writer: tokio::sync::Mutex<Option<Versioned>>,
+    /// Held by the request writing for the batch; holds the record as the last write left it.
+    writer: tokio::sync::Mutex<Record>,
+    /// Counts this replica's entries, so that their ids differ.
+    seq: AtomicU64,
+    /// When the last write ended: writes in quick succession mean load, and a short wait
+    /// before the next one lets more decisions share it.
+    last_write: std::sync::Mutex<Option<Instant>>,
+    /// How long a write waits for company under load; see [`LINGER`].
+    pub linger: std::time::Duration,
     pub refuted: Refuted,
     pub stats: Stats,
 }
+
+/// Under load (a write ended less than [`BUSY`] ago), a write waits this long for the
+/// decisions arriving meanwhile to share it. Without it, the requests of a few concurrent
+/// clients fall into step with the writes and each write carries one; with it, they fall into
+/// step with each other. Idle, a write goes at once.
+pub const LINGER: std::time::Duration = std::time::Duration::from_micros(500);
+/// See [`LINGER`].
+const BUSY: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Milliseconds since the Unix epoch: replicas on different nodes compare record times.
 fn now_ms() -> u64 {
@@ -61,6 +76,9 @@ impl Coordinator {
             replica: replica.into(),
             queue: std::sync::Mutex::default(),
             writer: tokio::sync::Mutex::default(),
+            seq: AtomicU64::new(0),
+            last_write: std::sync::Mutex::default(),
+            linger: LINGER,
             refuted: Refuted::default(),
             stats: Stats::default(),
         }
@@ -76,7 +94,7 @@ pub(super) fn not_recorded(failure: Failure, reason: &str) -> Response {
     let why = match failure {
         Failure::Timeout => "the API server did not answer in time".to_string(),
         Failure::Forbidden => format!("the API server refused the write ({reason}); check fluxgate's RBAC"),
-        Failure::Conflict => "other replicas kept writing it first".to_string(),
+        Failure::Conflict => "the API server kept answering that concurrent writes conflicted".to_string(),
         Failure::Error => reason.to_string(),
     };
     let message = format!(
@@ -106,94 +124,67 @@ impl super::Webhook {
             replaced,
             done,
         });
-        let mut cached = coordinator.writer.lock().await;
+        let mut known = coordinator.writer.lock().await;
         // A write that ended while this request waited may have carried it.
         if let Ok(o) = outcome.try_recv() {
             return o;
         }
+        let busy = coordinator.last_write.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|t| t.elapsed() < BUSY);
+        if busy && !coordinator.linger.is_zero() {
+            tokio::time::sleep(coordinator.linger).await;
+        }
         let batch = std::mem::take(&mut *coordinator.queue.lock().unwrap_or_else(|p| p.into_inner()));
-        self.write_batch(coordinator, &mut cached, batch).await;
-        drop(cached);
+        self.write_batch(coordinator, &mut known, batch).await;
+        *coordinator.last_write.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        drop(known);
         outcome.await.unwrap_or(Outcome::Failed(Failure::Error, "the writer stopped".into()))
     }
 
-    async fn write_batch(&self, c: &Coordinator, cached: &mut Option<Versioned>, mut batch: Vec<Ticket>) {
+    async fn write_batch(&self, c: &Coordinator, known: &mut Record, mut batch: Vec<Ticket>) {
         let mut attempt = 0;
         loop {
             if attempt > 0 {
-                // Requests that arrived during the failed try join this one: under contention
-                // the batches grow instead of the queue.
+                // Requests that arrived during the failed try join this one.
                 batch.append(&mut c.queue.lock().unwrap_or_else(|p| p.into_inner()));
             }
-            let current = match cached.take() {
-                Some(v) => v,
-                None => match tokio::time::timeout(WRITE_TIMEOUT, c.store.read()).await {
-                    Ok(Ok(v)) => v,
-                    Ok(Err(e)) => return self.fail(c, batch, failure_of(&e), &e.to_string()),
-                    Err(_) => return self.fail(c, batch, Failure::Timeout, "read timed out"),
-                },
-            };
             let ms = now_ms();
-            let next = {
-                let policy = self.policy.get();
-                let mut state = self.cache.lock();
-                let now = Instant::now();
-                let changed = bring_into_view(&mut state, c, &current.record, ms, now);
-                if changed {
-                    // Judged again in arrival order, each with the ones before it in view.
-                    for t in batch.iter().rev() {
-                        state.withdraw(&t.object);
-                    }
-                    bring_into_view(&mut state, c, &current.record, ms, now);
-                    let mut kept = Vec::with_capacity(batch.len());
-                    for t in batch {
-                        match judge(&mut state, &policy, &t.req, now) {
-                            Ok(v) if v.response.allowed => {
-                                kept.push(Ticket { object: v.record.clone().unwrap_or(t.object), ..t })
-                            }
-                            Ok(v) => {
-                                c.stats.rejudged_denials.fetch_add(1, Ordering::Relaxed);
-                                let _ = t.done.send(Outcome::Rejudged(v));
-                            }
-                            Err(e) => {
-                                let _ = t.done.send(Outcome::Failed(Failure::Error, e.0));
-                            }
-                        }
-                    }
-                    batch = kept;
-                }
-                let mut next = current.record.clone();
-                next.prune(
-                    &c.replica,
-                    ms,
-                    |e| {
-                        e.flux_object()
-                            .is_some_and(|o| state.delivered(o.kind, &o.key).is_some_and(|d| record::same_edges(d, &o)))
-                    },
-                    |e| e.flux_object().is_some_and(|o| c.refuted.contains(&o)),
-                );
-                for t in &batch {
-                    next.add(Entry::new(&c.replica, &t.object, t.replaced.clone(), ms));
-                }
-                next
-            };
-            if batch.is_empty() {
-                *cached = Some(current);
-                return;
-            }
-            if next.entries.len() > MAX_ENTRIES {
+            let new: Vec<(String, Entry)> = batch
+                .iter()
+                .map(|t| {
+                    let entry = Entry::new(&c.replica, &t.object, t.replaced.clone(), ms);
+                    (entry.id(c.seq.fetch_add(1, Ordering::Relaxed)), entry)
+                })
+                .collect();
+            if known.entries.len() + new.len() > MAX_ENTRIES {
                 let reason = format!("the record holds {MAX_ENTRIES} admissions not yet delivered, its limit");
-                *cached = Some(current);
                 return self.fail(c, batch, Failure::Error, &reason);
             }
-            let written = tokio::time::timeout(WRITE_TIMEOUT, c.store.write(&next, current.version.as_deref())).await;
-            match written {
-                Ok(Ok(version)) => {
+            let changes = {
+                let state = self.cache.lock();
+                let delivered = |e: &Entry| {
+                    e.flux_object()
+                        .is_some_and(|o| state.delivered(o.kind, &o.key).is_some_and(|d| record::same_edges(d, &o)))
+                };
+                let refuted = |e: &Entry| e.flux_object().is_some_and(|o| c.refuted.contains(&o));
+                known.changes(&c.replica, ms, &new, delivered, refuted)
+            };
+            match tokio::time::timeout(WRITE_TIMEOUT, c.store.patch(&changes)).await {
+                Ok(Ok(stored)) => {
                     c.stats.writes.fetch_add(1, Ordering::Relaxed);
+                    c.stats.entries.store(stored.entries.len() as u64, Ordering::Relaxed);
+                    c.stats.replicas.store(stored.active_replicas(ms) as u64, Ordering::Relaxed);
+                    let taken_back = self.judge_again(c, &mut batch, new, &stored, ms);
+                    *known = stored;
+                    if !taken_back.is_empty() {
+                        // Denied now, so out of the record. Best effort: left there, such an
+                        // entry only makes decisions more careful until it is refuted or expires.
+                        let removal = Record::removal(&taken_back);
+                        if let Ok(Ok(after)) = tokio::time::timeout(WRITE_TIMEOUT, c.store.patch(&removal)).await {
+                            c.stats.writes.fetch_add(1, Ordering::Relaxed);
+                            *known = after;
+                        }
+                    }
                     c.stats.recorded.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    c.stats.entries.store(next.entries.len() as u64, Ordering::Relaxed);
-                    c.stats.replicas.store(next.active_replicas(ms) as u64, Ordering::Relaxed);
-                    *cached = Some(Versioned { record: next, version: Some(version) });
                     for t in batch {
                         let _ = t.done.send(Outcome::Recorded);
                     }
@@ -207,15 +198,60 @@ impl super::Webhook {
                         return self.fail(c, batch, Failure::Conflict, &reason);
                     }
                     c.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    // Replicas that keep colliding on the one key would collide again in step;
-                    // a random pause of up to a few writes' time lets one of them through.
+                    // Replicas that keep colliding would collide again in step; a random pause
+                    // of up to a few writes' time lets one of them through.
                     tokio::time::sleep(jitter(attempt)).await;
                 }
                 Ok(Err(e)) => return self.fail(c, batch, failure_of(&e), &e.to_string()),
-                // The write may still land: the record is read afresh next time.
+                // The write may still land: then its entries are admissions that were denied,
+                // and stay until they are refuted or expire.
                 Err(_) => return self.fail(c, batch, Failure::Timeout, "write timed out"),
             }
         }
+    }
+
+    /// Judges the batch again if the stored record holds admissions this replica did not have
+    /// in view when it judged them: written before this write, they count first. Keeps in
+    /// `batch` what is still admitted; returns the record ids of the rest.
+    fn judge_again(
+        &self,
+        c: &Coordinator,
+        batch: &mut Vec<Ticket>,
+        new: Vec<(String, Entry)>,
+        stored: &Record,
+        ms: u64,
+    ) -> Vec<String> {
+        let policy = self.policy.get();
+        let mut state = self.cache.lock();
+        let now = Instant::now();
+        if !bring_into_view(&mut state, c, stored, ms, now) {
+            return Vec::new();
+        }
+        // In arrival order, each with the ones before it in view.
+        for t in batch.iter().rev() {
+            state.withdraw(&t.object);
+        }
+        bring_into_view(&mut state, c, stored, ms, now);
+        let own: std::collections::BTreeSet<&String> = new.iter().map(|(id, _)| id).collect();
+        let mut taken_back = Vec::new();
+        let mut kept = Vec::with_capacity(batch.len());
+        for (t, (id, _)) in std::mem::take(batch).into_iter().zip(&new) {
+            debug_assert!(own.contains(id));
+            match judge(&mut state, &policy, &t.req, now) {
+                Ok(v) if v.response.allowed => kept.push(t),
+                Ok(v) => {
+                    c.stats.rejudged_denials.fetch_add(1, Ordering::Relaxed);
+                    taken_back.push(id.clone());
+                    let _ = t.done.send(Outcome::Rejudged(v));
+                }
+                Err(e) => {
+                    taken_back.push(id.clone());
+                    let _ = t.done.send(Outcome::Failed(Failure::Error, e.0));
+                }
+            }
+        }
+        *batch = kept;
+        taken_back
     }
 
     /// Denies every request of the batch, taking their admissions back.
@@ -268,7 +304,7 @@ fn bring_into_view(
     now: Instant,
 ) -> bool {
     let mut changed = false;
-    for e in record.live(ms) {
+    for (_, e) in record.live(ms) {
         let Some(object) = e.flux_object() else { continue };
         if c.refuted.contains(&object) {
             continue;

@@ -1,7 +1,12 @@
 //! The shared record of decisions, as data: pure, no I/O, no clock (times come in as
 //! milliseconds since the Unix epoch, because replicas on different nodes compare them).
+//!
+//! The record is a set of annotations on one object, one key per admission and one per
+//! replica, so that replicas change it with merge patches that never touch each other's keys:
+//! the API server applies them one after another on the stored object, with no conflict for a
+//! replica to retry.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -20,6 +25,11 @@ pub const ACTIVE_WINDOW_MS: u64 = 5 * 60_000;
 /// inside the API server's 256 KiB limit on annotations (an entry is 200-400 bytes).
 pub const MAX_ENTRIES: usize = 500;
 
+/// Annotation key prefix of an admission.
+const ENTRY_PREFIX: &str = "fluxgate.dev/e.";
+/// Annotation key prefix of a replica's mark.
+const REPLICA_PREFIX: &str = "fluxgate.dev/r.";
+
 /// One admitted object, as every replica must see it until its own watch has delivered it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -31,21 +41,12 @@ pub struct Entry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaced: Option<String>,
     pub expires_ms: u64,
-    /// Replicas whose watch has delivered the object as admitted (or something newer).
-    #[serde(default)]
-    pub seen_by: Vec<String>,
 }
 
 impl Entry {
     /// The entry for `object`, admitted by `replica` at `now_ms`.
     pub fn new(replica: &str, object: &FluxObject, replaced: Option<String>, now_ms: u64) -> Entry {
-        Entry {
-            replica: replica.to_string(),
-            object: wire(object),
-            replaced,
-            expires_ms: now_ms + ENTRY_TTL_MS,
-            seen_by: Vec::new(),
-        }
+        Entry { replica: replica.to_string(), object: wire(object), replaced, expires_ms: now_ms + ENTRY_TTL_MS }
     }
 
     /// The admitted object, read back as the webhook reads any object.
@@ -54,73 +55,141 @@ impl Entry {
         let ns = self.object["metadata"]["namespace"].as_str()?;
         FluxObject::from_value(kind, &self.object, ns, "").ok()
     }
+
+    /// The entry's key: unique per replica and admission (`seq` counts a replica's entries).
+    pub fn id(&self, seq: u64) -> String {
+        let text = format!("{}\n{}\n{seq}\n{}", self.replica, self.expires_ms, self.object);
+        format!("{:016x}", fnv(text.as_bytes()))
+    }
 }
 
-/// The record: every replica's recent admissions not yet delivered to every replica, and when
-/// each replica last wrote.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
-    /// Replica name -> time of its last write (ms since the epoch).
-    #[serde(default)]
-    pub replicas: BTreeMap<String, u64>,
-    #[serde(default)]
-    pub entries: Vec<Entry>,
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
+
+/// A replica's mark: when it last wrote, and the entries its watch had delivered then.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mark {
+    pub name: String,
+    pub at_ms: u64,
+    #[serde(default)]
+    pub seen: BTreeSet<String>,
+}
+
+/// The record as read: every replica's recent admissions not yet delivered to every replica,
+/// and each replica's mark.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Record {
+    /// Entry id -> entry.
+    pub entries: BTreeMap<String, Entry>,
+    /// Replica name -> mark.
+    pub replicas: BTreeMap<String, Mark>,
+}
+
+/// A merge patch of the record's annotations: a key set to text, or removed (`None`).
+pub type Changes = BTreeMap<String, Option<String>>;
 
 impl Record {
-    /// Reads the record from its text; an unreadable one (written by a future version, or by
-    /// hand) counts as empty, and the next write replaces it.
-    pub fn parse(text: &str) -> Record {
-        serde_json::from_str(text).unwrap_or_default()
+    /// Reads the record from the object's annotations; an unreadable key (written by hand, or
+    /// by a future version) is skipped.
+    pub fn from_annotations<'a>(annotations: impl IntoIterator<Item = (&'a String, &'a String)>) -> Record {
+        let mut record = Record::default();
+        for (key, text) in annotations {
+            if let Some(id) = key.strip_prefix(ENTRY_PREFIX) {
+                if let Ok(entry) = serde_json::from_str(text) {
+                    record.entries.insert(id.to_string(), entry);
+                }
+            } else if key.starts_with(REPLICA_PREFIX)
+                && let Ok(mark) = serde_json::from_str::<Mark>(text)
+            {
+                record.replicas.insert(mark.name.clone(), mark);
+            }
+        }
+        record
     }
 
-    pub fn to_text(&self) -> String {
-        serde_json::to_string(self).expect("a record is plain data")
+    /// Applies `changes` as the API server applies the merge patch.
+    pub fn apply(&mut self, changes: &Changes) {
+        let mut annotations = self.annotations();
+        for (key, value) in changes {
+            match value {
+                Some(text) => annotations.insert(key.clone(), text.clone()),
+                None => annotations.remove(key),
+            };
+        }
+        *self = Record::from_annotations(&annotations);
+    }
+
+    /// The record as annotations.
+    pub fn annotations(&self) -> BTreeMap<String, String> {
+        let entries = self.entries.iter().map(|(id, e)| (entry_key(id), serde_json::to_string(e).expect("plain data")));
+        let marks =
+            self.replicas.values().map(|m| (replica_key(&m.name), serde_json::to_string(m).expect("plain data")));
+        entries.chain(marks).collect()
     }
 
     /// The entries that still count at `now_ms`.
-    pub fn live(&self, now_ms: u64) -> impl Iterator<Item = &Entry> {
-        self.entries.iter().filter(move |e| e.expires_ms > now_ms)
+    pub fn live(&self, now_ms: u64) -> impl Iterator<Item = (&String, &Entry)> {
+        self.entries.iter().filter(move |(_, e)| e.expires_ms > now_ms)
     }
 
     /// Replicas that wrote within [`ACTIVE_WINDOW_MS`] of `now_ms`.
     pub fn active_replicas(&self, now_ms: u64) -> usize {
-        self.replicas.values().filter(|&&t| t + ACTIVE_WINDOW_MS > now_ms).count()
+        self.replicas.values().filter(|m| m.at_ms + ACTIVE_WINDOW_MS > now_ms).count()
     }
 
-    /// Prepares the next version written by `replica` at `now_ms`: `delivered` says whether
-    /// this replica's watch has delivered an entry's object; `refuted` whether the API server
-    /// was found not to hold it. Expired and refuted entries leave, and so do entries that
-    /// every active replica has seen delivered: from then on each of them has it in its cache,
-    /// so none needs the record to see it.
-    pub fn prune(
-        &mut self,
+    /// The patch `replica` sends at `now_ms` to add `new` (each with its id): its mark, with
+    /// the entries whose object its watch has `delivered`; and the removal of entries that are
+    /// expired, `refuted` (the API server was found not to hold them), or seen delivered by
+    /// every active replica (from then on each has it in its cache; none needs the record to
+    /// see it). Marks of replicas gone quiet for [`ACTIVE_WINDOW_MS`] leave too.
+    pub fn changes(
+        &self,
         replica: &str,
         now_ms: u64,
+        new: &[(String, Entry)],
         delivered: impl Fn(&Entry) -> bool,
         refuted: impl Fn(&Entry) -> bool,
-    ) {
-        self.replicas.insert(replica.to_string(), now_ms);
-        self.replicas.retain(|_, &mut t| t + ACTIVE_WINDOW_MS > now_ms);
-        let active: Vec<String> = self.replicas.keys().cloned().collect();
-        self.entries.retain_mut(|e| {
-            if e.expires_ms <= now_ms || refuted(e) {
-                return false;
+    ) -> Changes {
+        let mut changes = Changes::new();
+        let seen: BTreeSet<String> =
+            self.entries.iter().filter(|(_, e)| delivered(e)).map(|(id, _)| id.clone()).collect();
+        let mark = Mark { name: replica.to_string(), at_ms: now_ms, seen: seen.clone() };
+        changes.insert(replica_key(replica), Some(serde_json::to_string(&mark).expect("plain data")));
+        let mut active: Vec<&BTreeSet<String>> = vec![&seen];
+        for m in self.replicas.values().filter(|m| m.name != replica) {
+            if m.at_ms + ACTIVE_WINDOW_MS > now_ms {
+                active.push(&m.seen);
+            } else {
+                changes.insert(replica_key(&m.name), None);
             }
-            if !e.seen_by.iter().any(|r| r == replica) && delivered(e) {
-                e.seen_by.push(replica.to_string());
+        }
+        for (id, e) in &self.entries {
+            let everywhere = active.iter().all(|s| s.contains(id));
+            if e.expires_ms <= now_ms || refuted(e) || everywhere {
+                changes.insert(entry_key(id), None);
             }
-            !active.iter().all(|r| e.seen_by.contains(r))
-        });
+        }
+        for (id, e) in new {
+            changes.insert(entry_key(id), Some(serde_json::to_string(e).expect("plain data")));
+        }
+        changes
     }
 
-    /// Adds an admission, replacing an earlier entry for the same object.
-    pub fn add(&mut self, entry: Entry) {
-        let same =
-            |e: &Entry| e.object["kind"] == entry.object["kind"] && e.object["metadata"] == entry.object["metadata"];
-        self.entries.retain(|e| !same(e));
-        self.entries.push(entry);
+    /// The patch that takes entries `ids` back (admissions judged again and denied).
+    pub fn removal(ids: &[String]) -> Changes {
+        ids.iter().map(|id| (entry_key(id), None)).collect()
     }
+}
+
+fn entry_key(id: &str) -> String {
+    format!("{ENTRY_PREFIX}{id}")
+}
+
+/// A replica's key: its name hashed, since a pod name can be longer than an annotation name
+/// may be (63 characters).
+fn replica_key(name: &str) -> String {
+    format!("{REPLICA_PREFIX}{:016x}", fnv(name.as_bytes()))
 }
 
 /// The object in the wire shape [`FluxObject::from_value`] reads back into the same edges:
@@ -170,7 +239,6 @@ pub fn same_edges(a: &FluxObject, b: &FluxObject) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn object(name: &str, deps: &[&str]) -> FluxObject {
         let value = json!({
@@ -185,54 +253,83 @@ mod tests {
         FluxObject::from_value(FluxKind::Kustomization, &value, "f", "").unwrap()
     }
 
+    fn add(record: &mut Record, replica: &str, name: &str, now: u64, delivered: &[&str]) -> String {
+        let entry = Entry::new(replica, &object(name, &["infra"]), None, now);
+        let id = entry.id(now);
+        let seen = |e: &Entry| delivered.contains(&e.object["metadata"]["name"].as_str().unwrap());
+        let changes = record.changes(replica, now, &[(id.clone(), entry)], seen, |_| false);
+        record.apply(&changes);
+        id
+    }
+
+    fn write(record: &mut Record, replica: &str, now: u64, delivered: &[&str]) {
+        let seen = |e: &Entry| delivered.contains(&e.object["metadata"]["name"].as_str().unwrap());
+        let changes = record.changes(replica, now, &[], seen, |_| false);
+        record.apply(&changes);
+    }
+
     #[test]
     fn an_entry_reads_back_into_the_same_edges() {
         let o = object("apps", &["infra", "crds"]);
         let back = Entry::new("r1", &o, None, 0).flux_object().unwrap();
         assert!(same_edges(&o, &back), "{back:?}");
-        let _ = Arc::new(back);
     }
 
     #[test]
     fn entries_leave_once_every_active_replica_saw_them_delivered() {
         let mut r = Record::default();
-        r.prune("a", 1_000, |_| false, |_| false);
-        r.prune("b", 1_000, |_| false, |_| false);
-        r.add(Entry::new("a", &object("apps", &["infra"]), None, 1_000));
-        r.prune("a", 2_000, |_| true, |_| false);
+        write(&mut r, "b", 1_000, &[]);
+        add(&mut r, "a", "apps", 1_000, &[]);
+        write(&mut r, "a", 2_000, &["apps"]);
         assert_eq!(r.entries.len(), 1, "b has not seen it yet");
-        r.prune("b", 3_000, |_| true, |_| false);
+        write(&mut r, "b", 3_000, &["apps"]);
         assert!(r.entries.is_empty());
     }
 
     #[test]
     fn entries_expire_and_refuted_ones_leave() {
         let mut r = Record::default();
-        r.add(Entry::new("a", &object("apps", &["infra"]), None, 0));
-        r.add(Entry::new("a", &object("other", &["infra"]), None, 30_000));
-        r.prune("b", ENTRY_TTL_MS, |_| false, |_| false);
+        add(&mut r, "a", "apps", 0, &[]);
+        add(&mut r, "a", "other", 30_000, &[]);
+        write(&mut r, "b", ENTRY_TTL_MS, &[]);
         assert_eq!(r.entries.len(), 1, "the first expired");
-        r.prune("b", ENTRY_TTL_MS, |_| false, |_| true);
+        let changes = r.changes("b", ENTRY_TTL_MS, &[], |_| false, |_| true);
+        r.apply(&changes);
         assert!(r.entries.is_empty());
     }
 
     #[test]
-    fn a_new_admission_of_an_object_replaces_its_entry_and_the_text_round_trips() {
-        let mut r = Record::default();
-        r.add(Entry::new("a", &object("apps", &["infra"]), None, 0));
-        r.add(Entry::new("b", &object("apps", &["crds"]), Some("7".into()), 5));
-        assert_eq!(r.entries.len(), 1);
-        assert_eq!(Record::parse(&r.to_text()), r);
-        assert_eq!(Record::parse("not json"), Record::default());
+    fn patches_of_two_replicas_compose_in_either_order() {
+        let base = Record::default();
+        let a = Entry::new("a", &object("x", &["y"]), None, 5);
+        let b = Entry::new("b", &object("y", &["x"]), None, 5);
+        let pa = base.changes("a", 5, &[(a.id(1), a.clone())], |_| false, |_| false);
+        let pb = base.changes("b", 5, &[(b.id(1), b.clone())], |_| false, |_| false);
+        let (mut one, mut two) = (base.clone(), base);
+        one.apply(&pa);
+        one.apply(&pb);
+        two.apply(&pb);
+        two.apply(&pa);
+        assert_eq!(one, two);
+        assert_eq!(one.entries.len(), 2);
+        assert_eq!(one.active_replicas(5), 2);
+        assert_eq!(Record::from_annotations(&one.annotations()), one);
     }
 
     #[test]
     fn replicas_that_stopped_writing_stop_counting() {
         let mut r = Record::default();
-        r.prune("a", 0, |_| false, |_| false);
-        r.prune("b", ACTIVE_WINDOW_MS - 1, |_| false, |_| false);
+        write(&mut r, "a", 0, &[]);
+        write(&mut r, "b", ACTIVE_WINDOW_MS - 1, &[]);
         assert_eq!(r.active_replicas(ACTIVE_WINDOW_MS - 1), 2);
-        r.prune("b", ACTIVE_WINDOW_MS, |_| false, |_| false);
+        write(&mut r, "b", ACTIVE_WINDOW_MS, &[]);
         assert_eq!(r.replicas.len(), 1);
+    }
+
+    #[test]
+    fn entry_ids_differ_per_admission() {
+        let e = Entry::new("a", &object("x", &["y"]), None, 5);
+        assert_ne!(e.id(1), e.id(2));
+        assert_eq!(e.id(1).len(), 16);
     }
 }

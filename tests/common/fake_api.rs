@@ -127,7 +127,10 @@ impl FakeApi {
         let fake = FakeApi { addr, inner: Arc::new(Mutex::new(inner)), hold, up, stall, lease_writer: Arc::default() };
         let app = Router::new()
             .route("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases", axum::routing::post(create_lease))
-            .route("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}", get(get_lease).put(replace_lease))
+            .route(
+                "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",
+                get(get_lease).put(replace_lease).patch(patch_lease),
+            )
             .route("/apis/events.k8s.io/v1/namespaces/{ns}/events", axum::routing::post(create_event))
             .route("/apis/{group}/{version}/{plural}", get(list_or_watch))
             .route("/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}", get(get_object))
@@ -620,6 +623,45 @@ async fn replace_lease(
             "the object has been modified; please apply your changes to the latest version",
         );
     }
+    lease["metadata"]["resourceVersion"] = json!(next_version(&mut inner));
+    inner.leases.insert((ns, name), lease.clone());
+    axum::Json(lease).into_response()
+}
+
+/// A JSON merge patch (RFC 7386) of `patch` onto `target`.
+fn merge(target: &mut Value, patch: &Value) {
+    let Value::Object(fields) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let object = target.as_object_mut().unwrap();
+    for (key, value) in fields {
+        if value.is_null() {
+            object.remove(key);
+        } else {
+            merge(object.entry(key.clone()).or_insert(Value::Null), value);
+        }
+    }
+}
+
+/// A merge patch, applied on the Lease as stored, writes one at a time: never a conflict.
+async fn patch_lease(
+    State(fake): State<FakeApi>,
+    Path((ns, name)): Path<(String, String)>,
+    axum::Json(patch): axum::Json<Value>,
+) -> Response {
+    let _turn = match lease_write_turn(&fake).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let mut inner = fake.inner.lock().unwrap();
+    let Some(mut lease) = inner.leases.get(&(ns.clone(), name.clone())).cloned() else {
+        return status(404, "NotFound", &format!("leases.coordination.k8s.io \"{name}\" not found"));
+    };
+    merge(&mut lease, &patch);
     lease["metadata"]["resourceVersion"] = json!(next_version(&mut inner));
     inner.leases.insert((ns, name), lease.clone());
     axum::Json(lease).into_response()
