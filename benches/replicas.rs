@@ -102,6 +102,7 @@ async fn bootstrap(mode: Mode, objects: usize, clients: usize, lag: Duration, li
                 if let Some(linger) = linger {
                     coordinator.linger = linger;
                 }
+                coordinator.join().await.unwrap();
                 webhook = webhook.with_coordinator(Arc::new(coordinator));
             }
             while !cache.is_ready() {

@@ -127,13 +127,18 @@ fn check_base(objects: &[Value]) {
     let role: Role = one(objects, "Role");
     let lease_rules = role.rules.unwrap();
     assert!(has(&lease_rules, "coordination.k8s.io", "leases", &["get", "update"]));
-    // get and update name fluxgate's two Leases and nothing else.
-    let named: Vec<&String> = lease_rules
-        .iter()
-        .filter(|r| r.verbs.iter().any(|v| v == "get" || v == "update"))
-        .flat_map(|r| r.resource_names.as_deref().expect("get and update are limited by name"))
-        .collect();
-    assert_eq!(named, ["fluxgate-audit", "fluxgate-decisions"]);
+    // Every verb but create names the Lease it is for: the audit's, read and updated; the
+    // record of decisions, only patched.
+    let named = |verb: &str| -> Vec<String> {
+        lease_rules
+            .iter()
+            .filter(|r| r.verbs.iter().any(|v| v == verb))
+            .flat_map(|r| r.resource_names.clone().expect("limited by name"))
+            .collect()
+    };
+    assert_eq!(named("get"), ["fluxgate-audit"]);
+    assert_eq!(named("update"), ["fluxgate-audit"]);
+    assert_eq!(named("patch"), ["fluxgate-decisions"]);
     for r in rules.iter().chain(&lease_rules) {
         assert!(!r.verbs.iter().any(|v| v == "*" || v == "delete" || v == "deletecollection"), "{r:?}");
         assert!(!r.resources.as_deref().unwrap_or_default().iter().any(|x| x == "*" || x == "secrets"), "{r:?}");

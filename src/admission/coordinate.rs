@@ -87,6 +87,22 @@ impl Coordinator {
     pub fn replica(&self) -> &str {
         &self.replica
     }
+
+    /// Puts this replica's mark in the record, before its watch lists anything: from then on
+    /// no entry leaves the record before this replica's watch has delivered its object too.
+    /// (An entry that left before was stored before this replica's first list, which has it.)
+    pub async fn join(&self) -> Result<(), WriteError> {
+        let mut known = self.writer.lock().await;
+        let changes = known.changes(&self.replica, now_ms(), &[], |_| false, |_| false);
+        let stored = tokio::time::timeout(WRITE_TIMEOUT, self.store.patch(&changes))
+            .await
+            .map_err(|_| WriteError::Failed("no answer in time".into()))??;
+        self.stats.writes.fetch_add(1, Ordering::Relaxed);
+        self.stats.entries.store(stored.entries.len() as u64, Ordering::Relaxed);
+        self.stats.replicas.store(stored.active_replicas(now_ms()) as u64, Ordering::Relaxed);
+        *known = stored;
+        Ok(())
+    }
 }
 
 /// The denial given when the record cannot be written.

@@ -74,6 +74,19 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         let client = kube::Client::try_default().await.map_err(|e| {
             format!("cannot connect to a cluster ({e}); set KUBECONFIG or run in a pod, or pass --manifests PATH")
         })?;
+        let (identity, namespace) = events::pod_identity();
+        // Every replica coordinates, one alone too: a second one may start at any time (a
+        // rollout, a scale-up), and its first decision must see what this one admitted.
+        let store = Arc::new(crate::coordination::LeaseStore::new(client.clone(), &namespace));
+        let joining = Arc::new(Coordinator::new(store, identity.clone()));
+        // Before the watch lists: see `Coordinator::join`.
+        if let Err(e) = joining.join().await {
+            tracing::warn!(
+                error = %e,
+                "cannot put this replica's mark in the record of decisions; it is put there with its first admission"
+            );
+        }
+        coordinator = Some(joining);
         let served = Arc::new(cluster::Served::default());
         background.push(tokio::spawn(cluster::run(
             client.clone(),
@@ -82,11 +95,6 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             WatchOptions::default(),
         )));
         lookup = Some(cluster::Lookup::new(client.clone(), served));
-        let (identity, namespace) = events::pod_identity();
-        // Every replica coordinates, one alone too: a second one may start at any time (a
-        // rollout, a scale-up), and its first decision must see what this one admitted.
-        let store = Arc::new(crate::coordination::LeaseStore::new(client.clone(), &namespace));
-        coordinator = Some(Arc::new(Coordinator::new(store, identity.clone())));
         let publisher = Arc::new(
             events::Publisher::new(client, &namespace, &identity, LEASE_DURATION)
                 .with_blocked_after(args.blocked_after),
