@@ -384,3 +384,80 @@ async fn a_forged_admission_in_the_record_does_not_deny_a_real_change_on_another
     assert!(text.contains("fluxgate_pending_admissions_dropped_total{reason=\"unstored\"} 1"), "{text}");
     let _ = fake;
 }
+
+/// The built binary, twice, as `deploy/` runs it: each replica joins the record at start, and
+/// two halves of a cycle posted over TLS to the two at the same moment are never both admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_fluxgate_binaries_over_tls_never_admit_both_halves_of_a_cycle() {
+    use common::process::{Client, Http, ServeProcess, admin_get, write_certs};
+    if !coordination_on() {
+        return;
+    }
+    let names: Vec<String> = (0..10).flat_map(|i| [format!("a{i}"), format!("b{i}")]).collect();
+    let fake = FakeApi::start(false).await;
+    fake.set_lease_write_latency(Duration::from_millis(2));
+    for name in &names {
+        fake.apply(ks(F, name, &[]));
+    }
+    fake.set_watch_lag(Duration::from_secs(2), 11);
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = fake.kubeconfig(dir.path());
+    let (ca, cert, key) = write_certs(&dir.path().join("certs"));
+    let servers: Vec<ServeProcess> = (0..2)
+        .map(|i| {
+            ServeProcess::start_with_env(
+                &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
+                &[
+                    ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+                    ("POD_NAME", &format!("fluxgate-{i}")),
+                    ("POD_NAMESPACE", NS),
+                ],
+            )
+        })
+        .collect();
+    for s in &servers {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while admin_get(s.admin, "/readyz").await.0 != 200 {
+            assert!(Instant::now() < deadline, "a replica never became ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let client = Client::new(&ca);
+    let mut conns = Vec::new();
+    for s in &servers {
+        conns.push(Arc::new(tokio::sync::Mutex::new(client.connect(s.webhook, Http::Two).await)));
+    }
+    let mut both = Vec::new();
+    for i in 0..10 {
+        let halves = [
+            (ks(F, &format!("a{i}"), &[&format!("b{i}")]), ks(F, &format!("a{i}"), &[])),
+            (ks(F, &format!("b{i}"), &[&format!("a{i}")]), ks(F, &format!("b{i}"), &[])),
+        ];
+        let mut sent = Vec::new();
+        for (r, (new, old)) in halves.into_iter().enumerate() {
+            let (conn, fake) = (conns[r].clone(), fake.clone());
+            sent.push(tokio::spawn(async move {
+                let (status, body) = conn.lock().await.post("/validate", &update(&new, &old)).await;
+                assert_eq!(status, 200, "{body}");
+                let allowed = body["response"]["allowed"] == true;
+                if allowed {
+                    fake.apply(new);
+                }
+                allowed
+            }));
+        }
+        let (x, y) = (sent.remove(0).await.unwrap(), sent.remove(0).await.unwrap());
+        assert!(x || y, "pair {i}: one half is admitted");
+        if x && y {
+            both.push(i);
+        }
+    }
+    assert_eq!(both, Vec::<usize>::new(), "pairs whose two halves were both admitted");
+    let (_, report) = admin_get(servers[0].admin, "/report").await;
+    let report: Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["coordination"]["replica"], "fluxgate-0");
+    assert_eq!(report["coordination"]["replicas_recently_deciding"], 2, "{report}");
+    let (_, metrics) = admin_get(servers[1].admin, "/metrics").await;
+    assert!(metrics.contains("fluxgate_coordination_recorded_admissions_total"), "{metrics}");
+    assert!(fake.lease(NS, RECORD_NAME).is_some());
+}
