@@ -457,6 +457,8 @@ async fn two_fluxgate_binaries_over_tls_never_admit_both_halves_of_a_cycle() {
     let report: Value = serde_json::from_str(&report).unwrap();
     assert_eq!(report["coordination"]["replica"], "fluxgate-0");
     assert_eq!(report["coordination"]["replicas_recently_deciding"], 2, "{report}");
+    let (_, page) = admin_get(servers[1].admin, "/").await;
+    assert!(page.contains("2 replicas recently deciding, this one fluxgate-1"), "the status page says it too");
     let (_, metrics) = admin_get(servers[1].admin, "/metrics").await;
     assert!(metrics.contains("fluxgate_coordination_recorded_admissions_total"), "{metrics}");
     assert!(fake.lease(NS, RECORD_NAME).is_some());

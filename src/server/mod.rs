@@ -361,11 +361,20 @@ async fn status_json(State(app): State<Arc<App>>) -> Response {
 
 /// The status page, live: it refreshes itself from `/status`.
 async fn status_page(State(app): State<Arc<App>>) -> Response {
+    // The heading says how many replicas share the decisions (as of the page's loading).
+    let title = match &app.webhook.coordinator {
+        Some(c) => {
+            let n = crate::coordination::Stats::get(&c.stats.replicas);
+            let replicas = if n == 1 { "replica" } else { "replicas" };
+            format!("fluxgate: Flux dependency status ({n} {replicas} recently deciding, this one {})", c.replica())
+        }
+        None => "fluxgate: Flux dependency status".to_string(),
+    };
     let cache = app.webhook.cache.clone();
     match tokio::task::spawn_blocking(move || cache.status_report()).await {
         Ok(report) => (
             [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")],
-            crate::status::page::render(&report, "fluxgate: Flux dependency status", true),
+            crate::status::page::render(&report, &title, true),
         )
             .into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("status could not be computed: {e}")),
