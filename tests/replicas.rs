@@ -83,11 +83,13 @@ async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
 
 /// The fake API server with `names` stored without dependsOn, and `n` replicas watching it
 /// with up to `lag` of watch lag, all ready.
-async fn cluster(names: &[String], n: usize, lag: Duration, seed: u64) -> (FakeApi, Vec<Arc<Replica>>) {
+async fn cluster(names: &[String], n: usize, lag: Duration, seed: u64) -> (FakeApi, Vec<Arc<Replica>>, Storage) {
     let fake = FakeApi::start(false).await;
     fake.set_lease_write_latency(Duration::from_millis(2));
+    let storage = Storage::default();
     for name in names {
-        fake.apply(ks(F, name, &[]));
+        let version = fake.apply(ks(F, name, &[]));
+        storage.0.lock().unwrap().insert(name.clone(), (BTreeSet::new(), version));
     }
     fake.set_watch_lag(lag, seed);
     let mut replicas = Vec::new();
@@ -98,36 +100,43 @@ async fn cluster(names: &[String], n: usize, lag: Duration, seed: u64) -> (FakeA
         let cache = r.cache.clone();
         eventually("the replicas to be ready", || cache.is_ready()).await;
     }
-    (fake, replicas)
+    (fake, replicas, storage)
 }
 
-/// The API server's part: what it stores, each object's dependsOn by name.
+/// The API server's part: what it stores, each object's dependsOn by name and its
+/// `resourceVersion`.
 #[derive(Default)]
-struct Storage(Mutex<BTreeMap<String, BTreeSet<String>>>);
+struct Storage(Mutex<BTreeMap<String, (BTreeSet<String>, String)>>);
 
 impl Storage {
-    fn object(name: &str, deps: &BTreeSet<String>) -> Value {
+    fn object(name: &str, deps: &BTreeSet<String>, version: &str) -> Value {
         let deps: Vec<&str> = deps.iter().map(String::as_str).collect();
-        ks(F, name, &deps)
+        let mut object = ks(F, name, &deps);
+        object["metadata"]["resourceVersion"] = version.into();
+        object
     }
 
     /// Sends "`from` now also depends on `to`" to `replica`; stores it when admitted, unless
     /// `reaches_storage` is false or the object changed meanwhile. Returns whether fluxgate
     /// admitted it.
     async fn add_edge(&self, fake: &FakeApi, replica: &Replica, from: &str, to: &str, reaches_storage: bool) -> bool {
-        let old_deps = self.0.lock().unwrap().get(from).cloned().unwrap_or_default();
+        let (old_deps, version) = self.0.lock().unwrap()[from].clone();
         let mut new_deps = old_deps.clone();
         new_deps.insert(to.to_string());
-        let old = Self::object(from, &old_deps);
-        let new = Self::object(from, &new_deps);
+        let old = Self::object(from, &old_deps, &version);
+        let new = Self::object(from, &new_deps, &version);
+        let asked = Instant::now();
         let verdict = replica.review(&update(&new, &old)).await;
+        if std::env::var("REPLICAS_DEBUG").is_ok() {
+            eprintln!("{asked:?} {from}->{to} at {:?}: allowed {} after {:?} {:?}", Arc::as_ptr(&replica.cache), verdict.response.allowed, asked.elapsed(), verdict.response.message);
+        }
         if verdict.response.allowed && reaches_storage {
             let mut stored = self.0.lock().unwrap();
-            let current = stored.entry(from.to_string()).or_default();
+            let current = stored.get_mut(from).unwrap();
             // The update names the version it read: a changed object is a 409, never stored.
-            if *current == old_deps {
-                *current = new_deps;
-                fake.apply(Self::object(from, current));
+            if current.1 == version {
+                let version = fake.apply(new);
+                *current = (new_deps, version);
             }
         }
         verdict.response.allowed
@@ -162,9 +171,11 @@ impl Storage {
             false
         }
         let mut state = BTreeMap::new();
-        for n in stored.keys() {
+        let graph: BTreeMap<String, BTreeSet<String>> =
+            stored.iter().map(|(name, (deps, _))| (name.clone(), deps.clone())).collect();
+        for n in graph.keys() {
             let mut path = Vec::new();
-            if visit(n, &stored, &mut state, &mut path) {
+            if visit(n, &graph, &mut state, &mut path) {
                 return Some(path);
             }
         }
@@ -175,8 +186,8 @@ impl Storage {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_halves_of_a_cycle_sent_to_two_replicas_at_once_are_never_both_admitted() {
     let names: Vec<String> = (0..20).flat_map(|i| [format!("a{i}"), format!("b{i}")]).collect();
-    let (fake, replicas) = cluster(&names, 3, Duration::from_secs(2), 7).await;
-    let storage = Arc::new(Storage::default());
+    let (fake, replicas, storage) = cluster(&names, 3, Duration::from_secs(2), 7).await;
+    let storage = Arc::new(storage);
     let mut both = Vec::new();
     for i in 0..20 {
         let (a, b) = (format!("a{i}"), format!("b{i}"));
@@ -224,8 +235,8 @@ async fn random_case(seed: u64, acyclic: bool) {
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let nodes = 5u64;
     let names: Vec<String> = (0..nodes).map(|i| format!("n{i}")).collect();
-    let (fake, replicas) = cluster(&names, 3, Duration::from_secs(2), seed).await;
-    let storage = Arc::new(Storage::default());
+    let (fake, replicas, storage) = cluster(&names, 3, Duration::from_secs(2), seed).await;
+    let storage = Arc::new(storage);
     let mut order: Vec<usize> = (0..nodes as usize).collect();
     for i in (1..order.len()).rev() {
         order.swap(i, rng.below(i as u64 + 1) as usize);
@@ -318,7 +329,7 @@ async fn record_cannot_be_written(failure: LeaseFailure, reason: &str, says: &st
         return;
     }
     let names: Vec<String> = ["a", "b"].map(String::from).to_vec();
-    let (fake, replicas) = cluster(&names, 1, Duration::ZERO, 1).await;
+    let (fake, replicas, _) = cluster(&names, 1, Duration::ZERO, 1).await;
     let r = &replicas[0];
     fake.fail_lease_writes(Some(failure));
 
@@ -371,7 +382,7 @@ async fn a_forged_admission_in_the_record_does_not_deny_a_real_change_on_another
         return;
     }
     let names: Vec<String> = ["a", "b"].map(String::from).to_vec();
-    let (fake, replicas) = cluster(&names, 2, Duration::ZERO, 3).await;
+    let (fake, replicas, _) = cluster(&names, 2, Duration::ZERO, 3).await;
     // Sent straight to replica 0, never to the API server: admitted and recorded, never stored.
     let forged = replicas[0].review(&update(&ks(F, "a", &["b"]), &ks(F, "a", &[]))).await;
     assert!(forged.response.allowed);

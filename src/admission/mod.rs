@@ -384,7 +384,22 @@ impl Webhook {
                 );
                 break;
             }
-            match self.coordinate(coordinator, req, &verdict).await {
+            // Bounded by what is left of the review's time, so that the answer still reaches the
+            // API server within its webhook timeout after a round of confirming.
+            let left = budget.remaining().max(MIN_LOOKUP_TIME);
+            let outcome = match tokio::time::timeout(left, self.coordinate(coordinator, req, &verdict)).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    // The write may still carry it: then it is an admission never stored,
+                    // which other replicas confirm before a denial rests on it.
+                    if let Some(object) = &verdict.record {
+                        self.cache.lock().withdraw(object);
+                    }
+                    coordinator.stats.failed(crate::coordination::Failure::Timeout, 1);
+                    coordinate::Outcome::Failed(crate::coordination::Failure::Timeout, "no answer in time".into())
+                }
+            };
+            match outcome {
                 coordinate::Outcome::Recorded => break,
                 // A denial resting on other replicas' admissions is confirmed like any other.
                 coordinate::Outcome::Rejudged(v) => verdict = v,

@@ -223,7 +223,7 @@ impl FakeApi {
         (group_of(api_version).to_string(), plural(object["kind"].as_str().unwrap()))
     }
 
-    fn record(&self, kind: &str, mut object: Value) {
+    fn record(&self, kind: &str, mut object: Value) -> String {
         let (group, plural) = Self::key(&object);
         let mut inner = self.inner.lock().unwrap();
         inner.rv += 1;
@@ -242,10 +242,12 @@ impl FakeApi {
         res.events.push((rv, kind.to_string(), object.clone()));
         let line = json!({ "type": kind, "object": object });
         res.watchers.retain(|w| w.send(Ok(Bytes::from(format!("{line}\n")))).is_ok());
+        rv.to_string()
     }
 
-    /// Creates or replaces an object (ADDED or MODIFIED to watchers).
-    pub fn apply(&self, object: Value) {
+    /// Creates or replaces an object (ADDED or MODIFIED to watchers); returns the
+    /// `resourceVersion` it got.
+    pub fn apply(&self, object: Value) -> String {
         let (group, plural) = Self::key(&object);
         let exists = {
             let inner = self.inner.lock().unwrap();
@@ -255,7 +257,7 @@ impl FakeApi {
                 object["metadata"]["name"].as_str().unwrap().to_string(),
             ))
         };
-        self.record(if exists { "MODIFIED" } else { "ADDED" }, object);
+        self.record(if exists { "MODIFIED" } else { "ADDED" }, object)
     }
 
     /// Stores an object without telling any watch, as when another replica's admission
