@@ -10,6 +10,7 @@
 //! - [`webhooks`]: the webhook configurations derived from the policy, kept in step with it;
 //! - [`admission`]: AdmissionReview in, response out (validation and mutation);
 //! - [`cache`]: the objects the webhook knows, with read-your-writes;
+//! - [`coordination`]: the shared record that makes decisions hold across replicas;
 //! - [`manifests`]: Flux objects read from YAML files and folders;
 //! - [`server`]: the HTTPS webhook and the admin port;
 //! - [`status`]: live dependency status, states and root causes of stuck objects;
@@ -25,6 +26,7 @@ pub mod cache;
 pub mod certs;
 pub mod check;
 pub mod cli;
+pub mod coordination;
 pub mod diff;
 pub mod graph;
 pub mod manifests;

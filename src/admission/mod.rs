@@ -4,8 +4,11 @@
 //! no I/O and no clock. [`Webhook`] puts them together with the cache: it locks it, expires old
 //! admissions, decides, and records what it admitted, all under one lock.
 
+mod coordinate;
 mod mutate;
 mod review;
+
+pub use coordinate::Coordinator;
 
 pub use mutate::{WaitDefault, default_patch, mutate, wait_default};
 pub use review::{
@@ -36,11 +39,14 @@ pub struct Verdict {
     pub findings: Vec<Finding>,
     pub kind: Option<FluxKind>,
     pub record: Option<Arc<FluxObject>>,
+    /// The recorded admission gives its graph an edge it did not have: the only kind that
+    /// other replicas must hear of before it is answered (see [`crate::coordination`]).
+    pub adds_edges: bool,
 }
 
 impl Verdict {
     fn untouched() -> Verdict {
-        Verdict { response: Response::allow(), findings: Vec::new(), kind: None, record: None }
+        Verdict { response: Response::allow(), findings: Vec::new(), kind: None, record: None, adds_edges: false }
     }
 }
 
@@ -74,7 +80,13 @@ pub fn validate(graphs: &mut Graphs, policy: &Policy, req: &AdmissionRequest) ->
                     response
                         .warnings
                         .push(format!("fluxgate could not read this {kind} ({e}); its dependsOn was not checked"));
-                    return Ok(Verdict { response, findings: Vec::new(), kind: Some(kind), record: None });
+                    return Ok(Verdict {
+                        response,
+                        findings: Vec::new(),
+                        kind: Some(kind),
+                        record: None,
+                        adds_edges: false,
+                    });
                 }
             };
             let old = match (req.operation, &req.old_object) {
@@ -109,15 +121,16 @@ pub fn validate(graphs: &mut Graphs, policy: &Policy, req: &AdmissionRequest) ->
     let allowed = denials.is_empty();
     let response = Response { allowed, message: (!allowed).then(|| denial_message(&denials)), warnings, patch: None };
     let record = if allowed && !req.dry_run { candidate } else { None };
-    Ok(Verdict { response, findings, kind: Some(kind), record })
+    Ok(Verdict { response, findings, kind: Some(kind), record, adds_edges: false })
 }
 
 /// Decides `req` on the locked cache, after expiring old admissions, and records the object
 /// when it is admitted for real.
 fn judge(state: &mut State, policy: &Policy, req: &AdmissionRequest, now: Instant) -> Result<Verdict, BadRequest> {
     state.expire(now);
-    let verdict = validate(state.graphs_mut(), policy, req)?;
-    if let Some(object) = &verdict.record {
+    let mut verdict = validate(state.graphs_mut(), policy, req)?;
+    if let (Some(object), Some(kind)) = (&verdict.record, verdict.kind) {
+        verdict.adds_edges = adds_edges(state.graphs_mut(), kind, req);
         let replaced =
             req.old_object.as_ref().and_then(|o| o["metadata"]["resourceVersion"].as_str()).map(str::to_string);
         state.admit(object.clone(), replaced, now);
@@ -181,6 +194,9 @@ pub struct Webhook {
     pub catch_up_wait: Duration,
     /// How long a real admission takes, at most, to be stored; see [`STORE_WITHIN`].
     pub store_within: Duration,
+    /// In cluster mode, the writer of the record shared with the other replicas: admissions
+    /// that add an edge are recorded there before they are answered.
+    pub coordinator: Option<Arc<Coordinator>>,
 }
 
 /// Default of [`Webhook::catch_up_wait`]: with the lookups after it, well inside the API
@@ -202,6 +218,10 @@ pub const STORE_WITHIN: Duration = Duration::from_secs(1);
 /// What one review may spend on its own waits and lookups after any catch-up wait: with
 /// [`CATCH_UP_WAIT`] a request is answered within 4.5 s, inside the API server's 5 s timeout.
 const REVIEW_BUDGET: Duration = Duration::from_millis(2500);
+
+/// At most this many times a review is judged again after other replicas' admissions came
+/// into view and a denial resting on them was not confirmed.
+const MAX_COORDINATION_ROUNDS: usize = 3;
 
 /// At most this many rounds of confirming admitted objects per review: each round can bring
 /// other admitted objects into the decision.
@@ -229,7 +249,7 @@ fn catching_up(kind: FluxKind, reason: &str, for_secs: u64) -> Verdict {
          this change could depend on what it has not seen yet, so it is not decided now: retry in a few seconds"
     );
     let response = Response { allowed: false, message: Some(message), warnings: Vec::new(), patch: None };
-    Verdict { response, findings: Vec::new(), kind: Some(kind), record: None }
+    Verdict { response, findings: Vec::new(), kind: Some(kind), record: None, adds_edges: false }
 }
 
 /// At most this many objects of one request are looked up before denying it.
@@ -283,12 +303,26 @@ impl Webhook {
 
     /// A webhook deciding with whatever policy `policy` has in force at each request.
     pub fn live(cache: Arc<Cache>, policy: Arc<LivePolicy>) -> Webhook {
-        Webhook { cache, policy, lookup: None, catch_up_wait: CATCH_UP_WAIT, store_within: STORE_WITHIN }
+        Webhook {
+            cache,
+            policy,
+            lookup: None,
+            catch_up_wait: CATCH_UP_WAIT,
+            store_within: STORE_WITHIN,
+            coordinator: None,
+        }
     }
 
     /// The same webhook, confirming with `lookup` what a denial rests on.
     pub fn with_lookup(mut self, lookup: impl StoredObjects + 'static) -> Webhook {
         self.lookup = Some(Arc::new(lookup));
+        self
+    }
+
+    /// The same webhook, recording its edge-adding admissions in the shared record through
+    /// `coordinator` before answering them.
+    pub fn with_coordinator(mut self, coordinator: Arc<Coordinator>) -> Webhook {
+        self.coordinator = Some(coordinator);
         self
     }
 
@@ -333,23 +367,79 @@ impl Webhook {
         let mut now = now;
         let mut verdict = self.validate(req, now)?;
         let Some(kind) = verdict.kind else { return Ok(verdict) };
+        for round in 0.. {
+            verdict = self.settle(req, verdict, &mut now, kind, &budget).await?;
+            let Some(coordinator) = self.coordinator.as_deref() else { break };
+            if !(verdict.response.allowed && verdict.adds_edges && verdict.record.is_some()) {
+                break;
+            }
+            if round == MAX_COORDINATION_ROUNDS {
+                // Each round was denied on other replicas' admissions that the API server
+                // then did not hold; the admission of this round is not recorded.
+                if let Some(object) = &verdict.record {
+                    self.cache.lock().withdraw(object);
+                }
+                verdict.response = coordinate::not_recorded(
+                    crate::coordination::Failure::Conflict,
+                    "the admissions in view kept changing",
+                );
+                break;
+            }
+            // Bounded by what is left of the review's time, so that the answer still reaches the
+            // API server within its webhook timeout after a round of confirming.
+            let left = budget.remaining().max(MIN_LOOKUP_TIME);
+            let outcome = match tokio::time::timeout(left, self.coordinate(coordinator, req, &verdict)).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    // The write may still carry it: then it is an admission never stored,
+                    // which other replicas confirm before a denial rests on it.
+                    if let Some(object) = &verdict.record {
+                        self.cache.lock().withdraw(object);
+                    }
+                    coordinator.stats.failed(crate::coordination::Failure::Timeout, 1);
+                    coordinate::Outcome::Failed(crate::coordination::Failure::Timeout, "no answer in time".into())
+                }
+            };
+            match outcome {
+                coordinate::Outcome::Recorded => break,
+                // A denial resting on other replicas' admissions is confirmed like any other.
+                coordinate::Outcome::Rejudged(v) => verdict = v,
+                coordinate::Outcome::Failed(failure, reason) => {
+                    verdict.response = coordinate::not_recorded(failure, &reason);
+                    break;
+                }
+            }
+        }
+        if !verdict.response.allowed && self.lookup.is_some() {
+            self.explain_pending(req, &mut verdict, now, kind);
+        }
+        Ok(verdict)
+    }
+
+    /// Confirms with the API server what a denial of `verdict` rests on, judging again where
+    /// something changed: the part of [`Webhook::review`] that only the deny path pays for.
+    async fn settle(
+        &self,
+        req: &AdmissionRequest,
+        mut verdict: Verdict,
+        now: &mut Instant,
+        kind: FluxKind,
+        budget: &Budget,
+    ) -> Result<Verdict, BadRequest> {
         if let Some(lookup) = self.lookup.as_deref() {
             for _ in 0..MAX_CONFIRM_ROUNDS {
                 if verdict.response.allowed || !lookup.serves(kind) {
                     break;
                 }
-                let (judged, again) = self.confirm_pending(req, verdict, &mut now, lookup, kind, &budget).await?;
+                let (judged, again) = self.confirm_pending(req, verdict, now, lookup, kind, budget).await?;
                 verdict = judged;
                 if !again {
                     break;
                 }
             }
             if !verdict.response.allowed {
-                verdict = self.find_dangling_targets(req, verdict, now, lookup, kind, &budget).await?;
+                verdict = self.find_dangling_targets(req, verdict, *now, lookup, kind, budget).await?;
             }
-        }
-        if !verdict.response.allowed && self.lookup.is_some() {
-            self.explain_pending(req, &mut verdict, now, kind);
         }
         Ok(verdict)
     }
@@ -425,6 +515,9 @@ impl Webhook {
                         "an admitted change is not what the API server holds; it no longer counts"
                     );
                     state.forget_unstored(kind, key);
+                    if let Some(c) = &self.coordinator {
+                        c.refuted.add((*seen.object).clone());
+                    }
                     // The API server holds something else, newer than what the watch delivered.
                     if let Some(stored) = found
                         && state.delivered(kind, key).is_none_or(|d| !crate::cache::same_content(d, &stored))

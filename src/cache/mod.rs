@@ -136,6 +136,18 @@ pub fn same_content(a: &FluxObject, b: &FluxObject) -> bool {
     a == b
 }
 
+/// Whether a source event carrying `delivered` is older than an admission that replaced the
+/// version `replaced`: the same version, or (where both are numbers, as the API server's etcd
+/// revisions are) an earlier one. A watch that lags can deliver several versions older than
+/// what was admitted, and none of them may end the admission.
+fn is_stale(delivered: Option<&str>, replaced: Option<&str>) -> bool {
+    let (Some(delivered), Some(replaced)) = (delivered, replaced) else { return false };
+    match (delivered.parse::<u64>(), replaced.parse::<u64>()) {
+        (Ok(d), Ok(r)) => d <= r,
+        _ => delivered == replaced,
+    }
+}
+
 type Key = (FluxKind, ObjectKey);
 
 /// How one kind's source is doing.
@@ -220,8 +232,7 @@ impl State {
         }
         base.insert(object.clone());
         if let Some(entry) = self.overlay.get(&key) {
-            let stale = resource_version.is_some() && entry.replaced_version.as_deref() == resource_version;
-            if stale {
+            if is_stale(resource_version, entry.replaced_version.as_deref()) {
                 return;
             }
             self.remove_entry(&key);
@@ -351,6 +362,33 @@ impl State {
             self.show_base(&oldest);
             self.dropped[Dropped::Evicted as usize] += 1;
         }
+    }
+
+    /// Takes back a tentative admission of `object` (its recording for the other replicas
+    /// failed, or it is to be judged again): the source's view of it counts again. Nothing
+    /// happens if the overlay holds something else for that key by now.
+    pub fn withdraw(&mut self, object: &FluxObject) {
+        let key = (object.kind, object.key.clone());
+        if self.overlay.get(&key).is_some_and(|e| same_content(&e.object, object)) {
+            self.remove_entry(&key);
+            self.show_base(&key);
+        }
+    }
+
+    /// Brings an admission from the shared record (another replica's, or this one's own)
+    /// into view until the source delivers it. Returns whether it changed the view: not when
+    /// the source or the overlay already shows the same edges.
+    pub fn admit_recorded(&mut self, object: Arc<FluxObject>, replaced_version: Option<String>, now: Instant) -> bool {
+        let key = (object.kind, object.key.clone());
+        let same = |o: &FluxObject| crate::coordination::record::same_edges(o, &object);
+        if self.overlay.get(&key).is_some_and(|e| same(&e.object)) {
+            return false;
+        }
+        if !self.overlay.contains_key(&key) && self.base[key.0.index()].get(&key.1).is_some_and(|o| same(o)) {
+            return false;
+        }
+        self.record(object, replaced_version, now, false);
+        true
     }
 
     /// Takes an entry out of the overlay and its bookkeeping; the graph is left as it is.
@@ -604,6 +642,24 @@ mod tests {
         s.expire(t0 + OVERLAY_TTL);
         let g = s.graphs().get(FluxKind::Kustomization);
         assert!(g.get(&ObjectKey::new("f", "apps")).unwrap().depends_on.is_empty());
+    }
+
+    #[test]
+    fn no_event_older_than_an_admitted_update_undoes_it() {
+        let mut s = State::default();
+        let t0 = Instant::now();
+        s.apply(ks("f", "apps", &[]), Some("5"));
+        s.admit(ks("f", "apps", &["infra"]), Some("7".into()), t0);
+        // A lagging watch delivers versions 5 and 7, both older than the admitted change.
+        s.apply(ks("f", "apps", &[]), Some("5"));
+        s.apply(ks("f", "apps", &["other"]), Some("7"));
+        assert_eq!(s.pending_admissions(), 1);
+        let g = s.graphs().get(FluxKind::Kustomization);
+        assert_eq!(g.get(&ObjectKey::new("f", "apps")).unwrap().depends_on.len(), 1);
+        // The admitted change itself, stored as version 9, ends it.
+        s.apply(ks("f", "apps", &["infra"]), Some("9"));
+        assert_eq!(s.pending_admissions(), 0);
+        assert!(is_stale(Some("x"), Some("x")) && !is_stale(Some("x"), Some("y")), "opaque versions: equality");
     }
 
     #[test]

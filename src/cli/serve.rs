@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::{LogFormat, ServeArgs};
-use crate::admission::Webhook;
+use crate::admission::{Coordinator, Webhook};
 use crate::audit::events;
 use crate::cache::Cache;
 use crate::cache::watch::{self as cluster, WatchOptions};
@@ -78,10 +78,24 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let mut events = None;
     let mut lookup = None;
     let mut sync_client = None;
+    let mut coordinator = None;
     if args.manifests.is_empty() {
         let client = kube::Client::try_default().await.map_err(|e| {
             format!("cannot connect to a cluster ({e}); set KUBECONFIG or run in a pod, or pass --manifests PATH")
         })?;
+        let (identity, namespace) = events::pod_identity();
+        // Every replica coordinates, one alone too: a second one may start at any time (a
+        // rollout, a scale-up), and its first decision must see what this one admitted.
+        let store = Arc::new(crate::coordination::LeaseStore::new(client.clone(), &namespace));
+        let joining = Arc::new(Coordinator::new(store, identity.clone()));
+        // Before the watch lists: see `Coordinator::join`.
+        if let Err(e) = joining.join().await {
+            tracing::warn!(
+                error = %e,
+                "cannot put this replica's mark in the record of decisions; it is put there with its first admission"
+            );
+        }
+        coordinator = Some(joining);
         let served = Arc::new(cluster::Served::default());
         background.push(tokio::spawn(cluster::run(
             client.clone(),
@@ -91,7 +105,6 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         )));
         lookup = Some(cluster::Lookup::new(client.clone(), served));
         sync_client = Some(client.clone());
-        let (identity, namespace) = events::pod_identity();
         let publisher = Arc::new(
             events::Publisher::new(client, &namespace, &identity, LEASE_DURATION)
                 .with_blocked_after(args.blocked_after),
@@ -123,6 +136,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let mut webhook = Webhook::live(cache.clone(), policy.clone());
     if let Some(lookup) = lookup {
         webhook = webhook.with_lookup(lookup);
+    }
+    if let Some(coordinator) = coordinator {
+        webhook = webhook.with_coordinator(coordinator);
     }
     let app = App::new(webhook);
     if let Some(client) = sync_client {

@@ -53,6 +53,12 @@ pub struct CauseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// `timeout`, `forbidden`, `conflict` or `error` (see [`crate::coordination::Failure`]).
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DroppedLabels {
     /// `evicted`, `refused` or `unstored` (see [`crate::cache::Dropped`]).
     pub reason: &'static str,
@@ -89,6 +95,14 @@ pub struct Metrics {
     pub pending_dropped: Family<DroppedLabels, Counter>,
     pub webhook_config_state: Family<WebhookStateLabels, Gauge>,
     pub webhook_skipped_needs: Family<WebhookLabels, Gauge>,
+    pub coordination_writes: Counter,
+    pub coordination_recorded: Counter,
+    pub coordination_conflicts: Counter,
+    pub coordination_retries: Counter,
+    pub coordination_failures: Family<FailureLabels, Counter>,
+    pub coordination_rejudged: Counter,
+    pub coordination_entries: Gauge,
+    pub coordination_replicas: Gauge,
 }
 
 impl Default for Metrics {
@@ -179,6 +193,57 @@ impl Metrics {
             "Defaults and rules of the policy whose requests the registered webhook configuration skips",
             webhook_skipped_needs.clone(),
         );
+        let coordination_writes = Counter::default();
+        registry.register(
+            "coordination_writes",
+            "Writes of the record of decisions shared by the replicas",
+            coordination_writes.clone(),
+        );
+        let coordination_recorded = Counter::default();
+        registry.register(
+            "coordination_recorded_admissions",
+            "Admissions those writes carried (more than the writes when decisions share one)",
+            coordination_recorded.clone(),
+        );
+        let coordination_conflicts = Counter::default();
+        registry.register(
+            "coordination_conflicts",
+            "Writes of the shared record refused because another replica wrote first",
+            coordination_conflicts.clone(),
+        );
+        let coordination_retries = Counter::default();
+        registry.register(
+            "coordination_retries",
+            "Decisions judged again and written again after a conflict",
+            coordination_retries.clone(),
+        );
+        let coordination_failures = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "coordination_failures",
+            "Requests denied because the shared record could not be written",
+            coordination_failures.clone(),
+        );
+        for failure in crate::coordination::Failure::ALL {
+            drop(coordination_failures.get_or_create(&FailureLabels { reason: failure.as_str() }));
+        }
+        let coordination_rejudged = Counter::default();
+        registry.register(
+            "coordination_rejudged_denials",
+            "Requests allowed on this replica's cache but denied once other replicas' admissions were in view",
+            coordination_rejudged.clone(),
+        );
+        let coordination_entries = Gauge::default();
+        registry.register(
+            "coordination_record_entries",
+            "Admissions in the shared record not yet delivered to every replica, at the last write",
+            coordination_entries.clone(),
+        );
+        let coordination_replicas = Gauge::default();
+        registry.register(
+            "coordination_replicas",
+            "Replicas that wrote the shared record in the last five minutes, at the last write",
+            coordination_replicas.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -198,7 +263,33 @@ impl Metrics {
             pending_dropped,
             webhook_config_state,
             webhook_skipped_needs,
+            coordination_writes,
+            coordination_recorded,
+            coordination_conflicts,
+            coordination_retries,
+            coordination_failures,
+            coordination_rejudged,
+            coordination_entries,
+            coordination_replicas,
         }
+    }
+
+    /// Publishes the coordination counters: each moves up to the total it shows. Called with
+    /// the cache locked, like [`Metrics::publish_pending`].
+    pub fn publish_coordination(&self, stats: &crate::coordination::Stats) {
+        use crate::coordination::{Failure, Stats};
+        let catch_up = |counter: &Counter, total: u64| counter.inc_by(total.saturating_sub(counter.get()));
+        catch_up(&self.coordination_writes, Stats::get(&stats.writes));
+        catch_up(&self.coordination_recorded, Stats::get(&stats.recorded));
+        catch_up(&self.coordination_conflicts, Stats::get(&stats.conflicts));
+        catch_up(&self.coordination_retries, Stats::get(&stats.retries));
+        catch_up(&self.coordination_rejudged, Stats::get(&stats.rejudged_denials));
+        for failure in Failure::ALL {
+            let counter = self.coordination_failures.get_or_create(&FailureLabels { reason: failure.as_str() });
+            catch_up(&counter, stats.failures(failure));
+        }
+        self.coordination_entries.set(Stats::get(&stats.entries) as i64);
+        self.coordination_replicas.set(Stats::get(&stats.replicas) as i64);
     }
 
     /// Publishes the overlay's size and drop counts. Called with the cache locked, which also

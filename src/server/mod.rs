@@ -304,6 +304,10 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
         }
         app.metrics.cache_ready.set(i64::from(state.is_ready()));
         app.metrics.publish_pending(&state);
+        // Under the cache lock too, so that two scrapes never add the same count twice.
+        if let Some(c) = &app.webhook.coordinator {
+            app.metrics.publish_coordination(&c.stats);
+        }
     }
     app.metrics.publish_webhook_config(&app.webhook_config);
     let cache = app.webhook.cache.clone();
@@ -320,15 +324,44 @@ struct ReportWithPolicy {
     policy: crate::policy::live::InForce,
     /// The last look at each webhook configuration (cluster mode).
     webhooks: std::collections::BTreeMap<crate::webhooks::Hook, crate::webhooks::sync::Outcome>,
+    /// The record shared by the replicas, in cluster mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    coordination: Option<CoordinationReport>,
     #[serde(flatten)]
     report: Report,
 }
 
+/// What `/report` says of the coordination between replicas.
+#[derive(serde::Serialize)]
+struct CoordinationReport {
+    /// This replica's name in the record.
+    replica: String,
+    /// Replicas that recorded decisions in the last five minutes, as of the last write.
+    replicas_recently_deciding: u64,
+    /// Admissions in the record not yet delivered to every replica, as of the last write.
+    record_entries: u64,
+    writes: u64,
+    recorded_admissions: u64,
+    conflicts: u64,
+    failures: u64,
+}
+
 async fn report(State(app): State<Arc<App>>) -> Response {
+    use crate::coordination::{Failure, Stats};
     let report = app.report.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let coordination = app.webhook.coordinator.as_ref().map(|c| CoordinationReport {
+        replica: c.replica().to_string(),
+        replicas_recently_deciding: Stats::get(&c.stats.replicas),
+        record_entries: Stats::get(&c.stats.entries),
+        writes: Stats::get(&c.stats.writes),
+        recorded_admissions: Stats::get(&c.stats.recorded),
+        conflicts: Stats::get(&c.stats.conflicts),
+        failures: Failure::ALL.iter().map(|&f| c.stats.failures(f)).sum(),
+    });
     axum::Json(ReportWithPolicy {
         policy: app.webhook.policy.in_force().as_ref().clone(),
         webhooks: app.webhook_config.outcomes(),
+        coordination,
         report,
     })
     .into_response()
@@ -354,16 +387,20 @@ struct StatusWithNotices {
 
 /// The status page, live: it refreshes itself from `/status`.
 async fn status_page(State(app): State<Arc<App>>) -> Response {
+    // The heading says how many replicas share the decisions (as of the page's loading).
+    let title = match &app.webhook.coordinator {
+        Some(c) => {
+            let n = crate::coordination::Stats::get(&c.stats.replicas);
+            let replicas = if n == 1 { "replica" } else { "replicas" };
+            format!("fluxgate: Flux dependency status ({n} {replicas} recently deciding, this one {})", c.replica())
+        }
+        None => "fluxgate: Flux dependency status".to_string(),
+    };
     let cache = app.webhook.cache.clone();
     match tokio::task::spawn_blocking(move || cache.status_report()).await {
         Ok(report) => (
             [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")],
-            crate::status::page::render_with_notices(
-                &report,
-                "fluxgate: Flux dependency status",
-                true,
-                &app.webhook_config.problems(),
-            ),
+            crate::status::page::render_with_notices(&report, &title, true, &app.webhook_config.problems()),
         )
             .into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("status could not be computed: {e}")),

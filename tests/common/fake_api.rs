@@ -15,6 +15,11 @@
 //! lists are atomic; a field another manager owns with another value is a 409 conflict unless
 //! `force` takes it over; a field a manager stops applying is removed when no one else owns it.
 //! RBAC can be withheld (403) for either verb.
+//!
+//! Leases are served with optimistic concurrency (a stale `resourceVersion` gets 409), each
+//! write taking a configurable time one at a time, as etcd serialises the writes of one key;
+//! their writes can be made to fail (no answer, 403, 409 forever). Watch events can be
+//! delivered late (a random lag per event, order kept), as a busy API server delivers them.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -66,6 +71,28 @@ struct Inner {
     /// Whether GET and PATCH of webhook configurations are refused (RBAC withheld).
     forbid_get: bool,
     forbid_patch: bool,
+    /// Time each Lease write takes, writes one at a time.
+    lease_write_latency: std::time::Duration,
+    /// How Lease writes fail, if they do.
+    lease_failure: Option<LeaseFailure>,
+    /// Lease writes answered so far (successful or not), and conflicts among them.
+    lease_writes: usize,
+    lease_conflicts: usize,
+    /// Most lag of a watch event (each gets a random lag up to this, order kept).
+    watch_lag: std::time::Duration,
+    /// State of the lag's random numbers.
+    lag_seed: u64,
+}
+
+/// How the fake fails Lease writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseFailure {
+    /// No answer (the client times out).
+    Timeout,
+    /// 403 Forbidden, as when RBAC is missing.
+    Forbidden,
+    /// 409 Conflict on every write, as if another writer always came first.
+    ConflictForever,
 }
 
 /// A webhook configuration: its fields as a tree keyed the way `fieldsV1` is (`f:field`,
@@ -98,6 +125,8 @@ pub struct FakeApi {
     up: watch::Sender<bool>,
     /// While true, every watch connection goes silent: no event, no bookmark, no end.
     stall: watch::Sender<bool>,
+    /// Serialises Lease writes, as etcd serialises the writes of one key.
+    lease_writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn plural(kind: &str) -> String {
@@ -130,10 +159,13 @@ impl FakeApi {
         let (stall, _) = watch::channel(false);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let fake = FakeApi { addr, inner: Arc::new(Mutex::new(inner)), hold, up, stall };
+        let fake = FakeApi { addr, inner: Arc::new(Mutex::new(inner)), hold, up, stall, lease_writer: Arc::default() };
         let app = Router::new()
             .route("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases", axum::routing::post(create_lease))
-            .route("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}", get(get_lease).put(replace_lease))
+            .route(
+                "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",
+                get(get_lease).put(replace_lease).patch(patch_lease),
+            )
             .route("/apis/events.k8s.io/v1/namespaces/{ns}/events", axum::routing::post(create_event))
             .route("/apis/{group}/{version}/{plural}", get(list_or_watch))
             .route("/apis/admissionregistration.k8s.io/v1/{plural}/{name}", get(get_config).patch(apply_config))
@@ -175,6 +207,35 @@ impl FakeApi {
         res.watchers.clear();
     }
 
+    /// Every Lease write takes `latency`, one write at a time.
+    pub fn set_lease_write_latency(&self, latency: std::time::Duration) {
+        self.inner.lock().unwrap().lease_write_latency = latency;
+    }
+
+    /// Lease writes fail this way from now on (`None`: they work again).
+    pub fn fail_lease_writes(&self, failure: Option<LeaseFailure>) {
+        self.inner.lock().unwrap().lease_failure = failure;
+    }
+
+    /// Lease writes answered so far, and how many of them were conflicts.
+    pub fn lease_writes(&self) -> (usize, usize) {
+        let inner = self.inner.lock().unwrap();
+        (inner.lease_writes, inner.lease_conflicts)
+    }
+
+    /// The Lease as stored, if it exists.
+    pub fn lease(&self, ns: &str, name: &str) -> Option<Value> {
+        self.inner.lock().unwrap().leases.get(&(ns.to_string(), name.to_string())).cloned()
+    }
+
+    /// Watch events opened from now on are each delivered after a random lag of up to `lag`,
+    /// in order; `seed` makes the lags repeatable.
+    pub fn set_watch_lag(&self, lag: std::time::Duration, seed: u64) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.watch_lag = lag;
+        inner.lag_seed = seed | 1;
+    }
+
     /// A kube client for this server.
     pub fn client(&self) -> kube::Client {
         fluxgate::server::tls::provider();
@@ -198,7 +259,7 @@ impl FakeApi {
         (group_of(api_version).to_string(), plural(object["kind"].as_str().unwrap()))
     }
 
-    fn record(&self, kind: &str, mut object: Value) {
+    fn record(&self, kind: &str, mut object: Value) -> String {
         let (group, plural) = Self::key(&object);
         let mut inner = self.inner.lock().unwrap();
         inner.rv += 1;
@@ -217,10 +278,12 @@ impl FakeApi {
         res.events.push((rv, kind.to_string(), object.clone()));
         let line = json!({ "type": kind, "object": object });
         res.watchers.retain(|w| w.send(Ok(Bytes::from(format!("{line}\n")))).is_ok());
+        rv.to_string()
     }
 
-    /// Creates or replaces an object (ADDED or MODIFIED to watchers).
-    pub fn apply(&self, object: Value) {
+    /// Creates or replaces an object (ADDED or MODIFIED to watchers); returns the
+    /// `resourceVersion` it got.
+    pub fn apply(&self, object: Value) -> String {
         let (group, plural) = Self::key(&object);
         let exists = {
             let inner = self.inner.lock().unwrap();
@@ -230,7 +293,7 @@ impl FakeApi {
                 object["metadata"]["name"].as_str().unwrap().to_string(),
             ))
         };
-        self.record(if exists { "MODIFIED" } else { "ADDED" }, object);
+        self.record(if exists { "MODIFIED" } else { "ADDED" }, object)
     }
 
     /// Stores an object without telling any watch, as when another replica's admission
@@ -737,6 +800,12 @@ async fn list_or_watch(
     let from: u64 = query.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
     let timeout = query.get("timeoutSeconds").and_then(|t| t.parse().ok()).map(std::time::Duration::from_secs);
     let (tx, rx) = mpsc::unbounded_channel::<Result<Bytes, std::io::Error>>();
+    let (lag, seed) = {
+        let mut inner = fake.inner.lock().unwrap();
+        inner.lag_seed = inner.lag_seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (inner.watch_lag, inner.lag_seed)
+    };
+    let tx = if lag.is_zero() { tx } else { lagging(tx, lag, seed) };
     {
         let mut inner = fake.inner.lock().unwrap();
         inner.watch_versions.push(query.get("resourceVersion").cloned().unwrap_or_default());
@@ -778,6 +847,37 @@ async fn list_or_watch(
     Response::builder().header("content-type", "application/json").body(Body::from_stream(stream)).unwrap()
 }
 
+/// A sender whose items reach `out` each after a random lag of up to `lag`, in order: an item
+/// is never delivered before the one sent ahead of it.
+fn lagging(
+    out: mpsc::UnboundedSender<Result<Bytes, std::io::Error>>,
+    lag: std::time::Duration,
+    mut seed: u64,
+) -> mpsc::UnboundedSender<Result<Bytes, std::io::Error>> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Result<Bytes, std::io::Error>>();
+    let (timed_tx, mut timed_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(item) = rx.recv().await {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let at = tokio::time::Instant::now() + lag.mul_f64((seed % 1000) as f64 / 1000.0);
+            if timed_tx.send((at, item)).is_err() {
+                return;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some((at, item)) = timed_rx.recv().await {
+            tokio::time::sleep_until(at).await;
+            if out.send(item).is_err() {
+                return;
+            }
+        }
+    });
+    tx
+}
+
 fn next_version(inner: &mut Inner) -> String {
     inner.rv += 1;
     inner.rv.to_string()
@@ -791,11 +891,49 @@ async fn get_lease(State(fake): State<FakeApi>, Path((ns, name)): Path<(String, 
     }
 }
 
+/// Waits for the Lease write slot and the write's latency; `Err` is the injected failure.
+async fn lease_write_turn(fake: &FakeApi) -> Result<tokio::sync::OwnedMutexGuard<()>, Response> {
+    let turn = fake.lease_writer.clone().lock_owned().await;
+    let (latency, failure) = {
+        let mut inner = fake.inner.lock().unwrap();
+        inner.lease_writes += 1;
+        (inner.lease_write_latency, inner.lease_failure)
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    match failure {
+        None => Ok(turn),
+        Some(LeaseFailure::Timeout) => {
+            drop(turn);
+            std::future::pending::<()>().await;
+            unreachable!()
+        }
+        Some(LeaseFailure::Forbidden) => Err(status(
+            403,
+            "Forbidden",
+            "leases.coordination.k8s.io is forbidden: User \"system:serviceaccount:fluxgate-system:fluxgate\" cannot update resource \"leases\"",
+        )),
+        Some(LeaseFailure::ConflictForever) => {
+            fake.inner.lock().unwrap().lease_conflicts += 1;
+            Err(status(
+                409,
+                "Conflict",
+                "the object has been modified; please apply your changes to the latest version",
+            ))
+        }
+    }
+}
+
 async fn create_lease(
     State(fake): State<FakeApi>,
     Path(ns): Path<String>,
     axum::Json(mut lease): axum::Json<Value>,
 ) -> Response {
+    let _turn = match lease_write_turn(&fake).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
     let mut inner = fake.inner.lock().unwrap();
     let name = lease["metadata"]["name"].as_str().unwrap().to_string();
     if inner.leases.contains_key(&(ns.clone(), name.clone())) {
@@ -813,17 +951,61 @@ async fn replace_lease(
     Path((ns, name)): Path<(String, String)>,
     axum::Json(mut lease): axum::Json<Value>,
 ) -> Response {
+    let _turn = match lease_write_turn(&fake).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
     let mut inner = fake.inner.lock().unwrap();
     let Some(current) = inner.leases.get(&(ns.clone(), name.clone())) else {
         return status(404, "NotFound", "not found");
     };
     if current["metadata"]["resourceVersion"] != lease["metadata"]["resourceVersion"] {
+        inner.lease_conflicts += 1;
         return status(
             409,
             "Conflict",
             "the object has been modified; please apply your changes to the latest version",
         );
     }
+    lease["metadata"]["resourceVersion"] = json!(next_version(&mut inner));
+    inner.leases.insert((ns, name), lease.clone());
+    axum::Json(lease).into_response()
+}
+
+/// A JSON merge patch (RFC 7386) of `patch` onto `target`.
+fn merge(target: &mut Value, patch: &Value) {
+    let Value::Object(fields) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let object = target.as_object_mut().unwrap();
+    for (key, value) in fields {
+        if value.is_null() {
+            object.remove(key);
+        } else {
+            merge(object.entry(key.clone()).or_insert(Value::Null), value);
+        }
+    }
+}
+
+/// A merge patch, applied on the Lease as stored, writes one at a time: never a conflict.
+async fn patch_lease(
+    State(fake): State<FakeApi>,
+    Path((ns, name)): Path<(String, String)>,
+    axum::Json(patch): axum::Json<Value>,
+) -> Response {
+    let _turn = match lease_write_turn(&fake).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let mut inner = fake.inner.lock().unwrap();
+    let Some(mut lease) = inner.leases.get(&(ns.clone(), name.clone())).cloned() else {
+        return status(404, "NotFound", &format!("leases.coordination.k8s.io \"{name}\" not found"));
+    };
+    merge(&mut lease, &patch);
     lease["metadata"]["resourceVersion"] = json!(next_version(&mut inner));
     inner.leases.insert((ns, name), lease.clone());
     axum::Json(lease).into_response()

@@ -126,6 +126,19 @@ fn check_base(objects: &[Value]) {
     let role: Role = one(objects, "Role");
     let lease_rules = role.rules.unwrap();
     assert!(has(&lease_rules, "coordination.k8s.io", "leases", &["get", "update"]));
+    // Every verb but create names the Lease it is for: the audit's, read and updated; the
+    // record of decisions, only patched.
+    let named = |verb: &str| -> Vec<String> {
+        lease_rules
+            .iter()
+            .filter(|r| r.verbs.iter().any(|v| v == verb))
+            .filter(|r| r.resources.as_deref().unwrap_or_default().iter().any(|x| x == "leases"))
+            .flat_map(|r| r.resource_names.clone().expect("limited by name"))
+            .collect()
+    };
+    assert_eq!(named("get"), ["fluxgate-audit"]);
+    assert_eq!(named("update"), ["fluxgate-audit"]);
+    assert_eq!(named("patch"), ["fluxgate-decisions"]);
     for r in rules.iter().chain(&lease_rules) {
         assert!(!r.verbs.iter().any(|v| v == "*" || v == "delete" || v == "deletecollection"), "{r:?}");
         assert!(!r.resources.as_deref().unwrap_or_default().iter().any(|x| x == "*" || x == "secrets"), "{r:?}");
@@ -164,9 +177,12 @@ fn check_base(objects: &[Value]) {
     let m: MutatingWebhookConfiguration = one(objects, "MutatingWebhookConfiguration");
     let vw = &v.webhooks.unwrap()[0];
     let mw = &m.webhooks.unwrap()[0];
-    for (side, review, policy, timeout, service, selector) in [
+    // Validation writes the shared record of decisions on real requests, never on dry-runs
+    // (Flux's dry-runs are refused by a webhook with other side effects); mutation writes nothing.
+    assert_eq!(vw.side_effects, "NoneOnDryRun");
+    assert_eq!(mw.side_effects, "None");
+    for (review, policy, timeout, service, selector) in [
         (
-            &vw.side_effects,
             &vw.admission_review_versions,
             &vw.match_policy,
             vw.timeout_seconds,
@@ -174,7 +190,6 @@ fn check_base(objects: &[Value]) {
             &vw.namespace_selector,
         ),
         (
-            &mw.side_effects,
             &mw.admission_review_versions,
             &mw.match_policy,
             mw.timeout_seconds,
@@ -182,7 +197,6 @@ fn check_base(objects: &[Value]) {
             &mw.namespace_selector,
         ),
     ] {
-        assert_eq!(side, "None");
         assert_eq!(review, &vec!["v1".to_string()]);
         assert_eq!(policy.as_deref(), Some("Equivalent"));
         assert_eq!(timeout, Some(5));

@@ -22,6 +22,7 @@ mod match_conditions;
 mod mutate;
 mod page;
 mod property;
+mod replicas;
 mod serving;
 mod slim;
 mod status;
