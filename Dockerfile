@@ -10,7 +10,7 @@ RUN cargo build --release --locked --bin fluxgate \
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/fluxgate /usr/local/bin/fluxgate
 USER 65532:65532
-# glibc's allocator gives back what start-up frees (the Deployment sets the same; README, "Memory at
+# glibc's allocator gives back what start-up frees (the Deployment sets the same; docs/performance.md, "Memory at
 # scale").
 ENV GLIBC_TUNABLES=glibc.malloc.trim_threshold=131072:glibc.malloc.arena_max=2
 EXPOSE 8443 8080
