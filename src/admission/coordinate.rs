@@ -13,7 +13,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
 
-use super::{AdmissionRequest, Response, Verdict, judge};
+use super::{AdmissionRequest, Response, Reviewed, Verdict, decide_and_record};
 use crate::cache::State;
 use crate::coordination::record::{self, Entry, MAX_ENTRIES};
 use crate::coordination::{Failure, MAX_ATTEMPTS, Record, RecordStore, Refuted, Stats, WRITE_TIMEOUT, WriteError};
@@ -32,6 +32,7 @@ pub(super) enum Outcome {
 
 struct Ticket {
     req: AdmissionRequest,
+    reviewed: Reviewed,
     object: Arc<FluxObject>,
     replaced: Option<String>,
     done: oneshot::Sender<Outcome>,
@@ -128,16 +129,16 @@ impl super::Webhook {
         &self,
         coordinator: &Coordinator,
         req: &AdmissionRequest,
+        reviewed: &Reviewed,
         verdict: &Verdict,
     ) -> Outcome {
         let Some(object) = verdict.record.clone() else { return Outcome::Recorded };
         let (done, mut outcome) = oneshot::channel();
-        let replaced =
-            req.old_object.as_ref().and_then(|o| o["metadata"]["resourceVersion"].as_str()).map(str::to_string);
         coordinator.queue.lock().unwrap_or_else(|p| p.into_inner()).push(Ticket {
             req: req.clone(),
+            reviewed: reviewed.clone(),
             object,
-            replaced,
+            replaced: reviewed.replaced.clone(),
             done,
         });
         let mut known = coordinator.writer.lock().await;
@@ -240,20 +241,22 @@ impl super::Webhook {
         let policy = self.policy.get();
         let mut state = self.cache.lock();
         let now = Instant::now();
-        if !bring_into_view(&mut state, c, stored, ms, now) {
+        // The batch's own entries are in the stored record too: they are what is judged again,
+        // never part of the view it is judged in (in view, a request's own edges would look
+        // like edges it does not add, and a cycle it closes would only warn).
+        let own: std::collections::BTreeSet<&String> = new.iter().map(|(id, _)| id).collect();
+        if !bring_into_view(&mut state, c, stored, ms, now, &own) {
             return Vec::new();
         }
         // In arrival order, each with the ones before it in view.
         for t in batch.iter().rev() {
             state.withdraw(&t.object);
         }
-        bring_into_view(&mut state, c, stored, ms, now);
-        let own: std::collections::BTreeSet<&String> = new.iter().map(|(id, _)| id).collect();
+        bring_into_view(&mut state, c, stored, ms, now, &own);
         let mut taken_back = Vec::new();
         let mut kept = Vec::with_capacity(batch.len());
         for (t, (id, _)) in std::mem::take(batch).into_iter().zip(&new) {
-            debug_assert!(own.contains(id));
-            match judge(&mut state, &policy, &t.req, now) {
+            match decide_and_record(&mut state, &policy, &t.req, &t.reviewed, now) {
                 Ok(v) if v.response.allowed => kept.push(t),
                 Ok(v) => {
                     c.stats.rejudged_denials.fetch_add(1, Ordering::Relaxed);
@@ -310,22 +313,64 @@ fn failure_of(e: &WriteError) -> Failure {
     }
 }
 
-/// Puts the record's live entries into the overlay (they stay until this replica's watch
-/// delivers them, or they expire). Returns whether the view changed.
+/// Whether version `a` is newer than `b` (`Some(false)`: older), where both are numbers, as
+/// the API server's etcd revisions are; `None` where they are equal or cannot be ordered.
+fn newer(a: Option<&str>, b: Option<&str>) -> Option<bool> {
+    let (a, b) = (a?.parse::<u64>().ok()?, b?.parse::<u64>().ok()?);
+    (a != b).then_some(a > b)
+}
+
+/// Puts the record's live entries, but those in `skip`, into the overlay (they stay until this
+/// replica's watch delivers them, or they expire). Returns whether the view changed.
+///
+/// The record can hold several admissions of one object (by several replicas, one after the
+/// other). The overlay holds one object per key, so they are made one first: the admission
+/// that replaced the newest version (what the API server stores after it), and where two
+/// replaced the same version, or versions cannot be ordered, their `dependsOn` together (either
+/// may be the one stored; a view with both never misses an edge).
 fn bring_into_view(
     state: &mut State,
     c: &Coordinator,
     record: &crate::coordination::Record,
     ms: u64,
     now: Instant,
+    skip: &std::collections::BTreeSet<&String>,
 ) -> bool {
-    let mut changed = false;
-    for (_, e) in record.live(ms) {
+    let mut by_key: std::collections::BTreeMap<
+        (crate::object::FluxKind, crate::object::ObjectKey),
+        (FluxObject, Option<String>),
+    > = std::collections::BTreeMap::new();
+    for (_, e) in record.live(ms).filter(|(id, _)| !skip.contains(id)) {
         let Some(object) = e.flux_object() else { continue };
         if c.refuted.contains(&object) {
             continue;
         }
-        changed |= state.admit_recorded(Arc::new(object), e.replaced.clone(), now);
+        let key = (object.kind, object.key.clone());
+        match by_key.get_mut(&key) {
+            None => {
+                by_key.insert(key, (object, e.replaced.clone()));
+            }
+            Some((held, held_version)) => match newer(e.replaced.as_deref(), held_version.as_deref()) {
+                Some(true) => {
+                    *held = object;
+                    held_version.clone_from(&e.replaced);
+                }
+                Some(false) => {}
+                None => {
+                    let mut edges: Vec<crate::object::ObjectKey> = held.depends_on.to_vec();
+                    for d in object.depends_on.iter() {
+                        if !edges.contains(d) {
+                            edges.push(d.clone());
+                        }
+                    }
+                    held.depends_on = edges.into_boxed_slice();
+                }
+            },
+        }
+    }
+    let mut changed = false;
+    for (_, (object, replaced)) in by_key {
+        changed |= state.admit_recorded(Arc::new(object), replaced, now);
     }
     changed
 }

@@ -3,8 +3,10 @@
 //! reads and `warnings` can be set.
 
 use base64::Engine as _;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::object::slim::SlimObject;
 
 /// A request body that is not a usable AdmissionReview.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -12,11 +14,11 @@ use serde_json::{Value, json};
 pub struct BadRequest(pub String);
 
 #[derive(Deserialize)]
-struct Envelope {
+struct Envelope<R> {
     #[serde(rename = "apiVersion")]
     api_version: Option<String>,
     kind: Option<String>,
-    request: Option<AdmissionRequest>,
+    request: Option<R>,
 }
 
 /// The API group, version and kind of the object under review.
@@ -69,6 +71,43 @@ pub struct AdmissionRequest {
     pub dry_run: bool,
 }
 
+/// [`AdmissionRequest`] as `/validate` reads it: `object` and `oldObject` decoded through
+/// [`SlimObject`], only the fields the rules read built (see [`crate::object::slim`]). A
+/// HelmRelease's values, the managed fields' other entries and the status are skipped while
+/// the body is parsed.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SlimRequest {
+    uid: String,
+    kind: GroupVersionKind,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    namespace: String,
+    operation: Operation,
+    #[serde(default)]
+    object: Option<SlimObject>,
+    #[serde(default)]
+    old_object: Option<SlimObject>,
+    #[serde(default, deserialize_with = "null_as_false")]
+    dry_run: bool,
+}
+
+impl From<SlimRequest> for AdmissionRequest {
+    fn from(r: SlimRequest) -> AdmissionRequest {
+        AdmissionRequest {
+            uid: r.uid,
+            kind: r.kind,
+            name: r.name,
+            namespace: r.namespace,
+            operation: r.operation,
+            object: r.object.map(|o| o.0),
+            old_object: r.old_object.map(|o| o.0),
+            dry_run: r.dry_run,
+        }
+    }
+}
+
 fn null_as_false<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     Ok(Option::<bool>::deserialize(d)?.unwrap_or(false))
 }
@@ -84,7 +123,19 @@ impl AdmissionReview {
     /// Parses a request body. Anything that is not an AdmissionReview with a request and a uid
     /// is a [`BadRequest`] whose text says what is wrong.
     pub fn from_slice(body: &[u8]) -> Result<AdmissionReview, BadRequest> {
-        let envelope: Envelope =
+        Self::checked::<AdmissionRequest>(body)
+    }
+
+    /// [`AdmissionReview::from_slice`] keeping of the objects only what the rules read: what
+    /// `/validate` needs (`/mutate` reads whole objects, its defaults may set any field).
+    pub fn from_slice_slim(body: &[u8]) -> Result<AdmissionReview, BadRequest> {
+        Self::checked::<SlimRequest>(body)
+    }
+
+    fn checked<R: serde::de::DeserializeOwned + Into<AdmissionRequest>>(
+        body: &[u8],
+    ) -> Result<AdmissionReview, BadRequest> {
+        let envelope: Envelope<R> =
             serde_json::from_slice(body).map_err(|e| BadRequest(format!("body is not an AdmissionReview: {e}")))?;
         let api_version = envelope.api_version.unwrap_or_default();
         if !api_version.starts_with("admission.k8s.io/") {
@@ -96,13 +147,51 @@ impl AdmissionReview {
                 envelope.kind.unwrap_or_default()
             )));
         }
-        let request = envelope.request.ok_or_else(|| BadRequest("AdmissionReview has no request".into()))?;
+        let request: AdmissionRequest =
+            envelope.request.ok_or_else(|| BadRequest("AdmissionReview has no request".into()))?.into();
         if request.uid.is_empty() {
             return Err(BadRequest("request.uid is empty".into()));
         }
         Ok(AdmissionReview { api_version, request })
     }
 }
+
+/// The AdmissionReview sent back, borrowing from the [`Response`].
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewOut<'a> {
+    api_version: &'a str,
+    kind: &'static str,
+    response: ResponseOut<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResponseOut<'a> {
+    uid: &'a str,
+    allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<StatusOut<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+}
+
+/// `response.status` of a denial: a `metav1.Status`.
+#[derive(Serialize)]
+struct StatusOut<'a> {
+    metadata: Empty,
+    status: &'static str,
+    code: u16,
+    reason: &'static str,
+    message: &'a str,
+}
+
+#[derive(Serialize)]
+struct Empty {}
 
 /// Longest warning the API server passes on unshortened.
 pub const MAX_WARNING_CHARS: usize = 256;
@@ -127,26 +216,39 @@ impl Response {
 
     /// The AdmissionReview to send back for request `uid`.
     pub fn to_review(&self, api_version: &str, uid: &str) -> Value {
-        let mut response = json!({ "uid": uid, "allowed": self.allowed });
-        if !self.allowed {
-            response["status"] = json!({
-                "metadata": {},
-                "status": "Failure",
-                "code": 403,
-                "reason": "Forbidden",
-                "message": self.message.clone().unwrap_or_default(),
-            });
-        }
-        let warnings = fit_warnings(&self.warnings);
-        if !warnings.is_empty() {
-            response["warnings"] = json!(warnings);
-        }
-        if let Some(ops) = &self.patch {
+        serde_json::to_value(self.wire(api_version, uid)).expect("a review serialises")
+    }
+
+    /// [`Response::to_review`] as the bytes sent: serialised from borrowed parts, with no JSON
+    /// tree built in between.
+    pub fn to_review_bytes(&self, api_version: &str, uid: &str) -> Vec<u8> {
+        serde_json::to_vec(&self.wire(api_version, uid)).expect("a review serialises")
+    }
+
+    fn wire<'a>(&'a self, api_version: &'a str, uid: &'a str) -> ReviewOut<'a> {
+        let status = (!self.allowed).then(|| StatusOut {
+            metadata: Empty {},
+            status: "Failure",
+            code: 403,
+            reason: "Forbidden",
+            message: self.message.as_deref().unwrap_or_default(),
+        });
+        let patch = self.patch.as_ref().map(|ops| {
             let bytes = serde_json::to_vec(ops).expect("JSON values serialise");
-            response["patchType"] = json!("JSONPatch");
-            response["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(bytes));
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        });
+        ReviewOut {
+            api_version,
+            kind: "AdmissionReview",
+            response: ResponseOut {
+                uid,
+                allowed: self.allowed,
+                status,
+                warnings: fit_warnings(&self.warnings),
+                patch_type: patch.as_ref().map(|_| "JSONPatch"),
+                patch,
+            },
         }
-        json!({ "apiVersion": api_version, "kind": "AdmissionReview", "response": response })
     }
 }
 
@@ -186,6 +288,7 @@ pub fn shorten(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn warnings_are_cut_to_the_api_server_limits() {

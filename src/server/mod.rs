@@ -196,7 +196,11 @@ async fn handle(app: &App, request: Request, hook: Hook) -> Response {
             return response;
         }
     };
-    let review = match AdmissionReview::from_slice(&body) {
+    let read = match hook {
+        Hook::Validate => AdmissionReview::from_slice_slim(&body),
+        Hook::Mutate => AdmissionReview::from_slice(&body),
+    };
+    let review = match read {
         Ok(r) => r,
         Err(e) => {
             count_error();
@@ -255,7 +259,8 @@ async fn handle(app: &App, request: Request, hook: Hook) -> Response {
         micros = elapsed.as_micros() as u64,
         "admission decision"
     );
-    axum::Json(response.to_review(&review.api_version, &req.uid)).into_response()
+    ([(header::CONTENT_TYPE, "application/json")], response.to_review_bytes(&review.api_version, &req.uid))
+        .into_response()
 }
 
 /// `ready` or `not ready`, then one line per kind: the version watched and whether the source

@@ -7,13 +7,18 @@
 
 use std::path::{Path, PathBuf};
 
+use fluxgate::admission::{AdmissionReview, Webhook};
+use fluxgate::cache::Cache;
 use fluxgate::cache::watch::read_object;
 use fluxgate::manifests::{parse_document, split_documents};
 use fluxgate::object::slim::SlimObject;
 use fluxgate::object::{FluxKind, FluxObject, kind_of};
+use fluxgate::policy::Policy;
 use fluxgate::status::ObjectStatus;
 use proptest::prelude::*;
 use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Instant;
 
 /// Everything fluxgate reads of an object, through the readers the load paths use.
 #[derive(Debug, PartialEq)]
@@ -231,6 +236,36 @@ proptest! {
         // JSON text is YAML too (flow style): the manifest reader's path.
         let yaml = whole.to_string();
         assert_slim_reads_the_same(kind, &whole, Some(&yaml), "generated");
+    }
+
+    /// `/validate` decodes the review's objects slim: an UPDATE judged from the slim review gets
+    /// the same answer as from the whole one, on webhooks that hold the same objects.
+    #[test]
+    fn validation_of_a_slim_review_answers_as_of_the_whole_review(
+        (kind, new) in object(),
+        (_, old) in object(),
+        (_, neighbour) in object(),
+    ) {
+        let api_version = if kind == FluxKind::Kustomization { "kustomize.toolkit.fluxcd.io/v1" } else { "helm.toolkit.fluxcd.io/v2" };
+        let (group, _) = api_version.split_once('/').unwrap();
+        let body = json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": { "uid": "u", "kind": { "group": group, "version": "v1", "kind": kind.as_str() },
+                         "namespace": "ns", "operation": "UPDATE", "object": new, "oldObject": old, "dryRun": false }
+        })
+        .to_string();
+        let answer = |review: AdmissionReview| {
+            let cache = Arc::new(Cache::new());
+            if let Ok(o) = FluxObject::from_value(kind, &neighbour, "ns", "") {
+                cache.lock().apply(Arc::new(o), None);
+            }
+            let webhook = Webhook::new(cache, Arc::new(Policy::default()));
+            let verdict = webhook.validate(&review.request, Instant::now());
+            verdict.map(|v| (v.response.to_review_bytes("admission.k8s.io/v1", "u"), v.adds_edges, v.record))
+        };
+        let whole = answer(AdmissionReview::from_slice(body.as_bytes()).unwrap());
+        let slim = answer(AdmissionReview::from_slice_slim(body.as_bytes()).unwrap());
+        prop_assert_eq!(slim, whole);
     }
 
     /// A list page and a `kind: List` manifest: every item is slimmed the same way.
