@@ -384,6 +384,14 @@ impl State {
         if self.overlay.get(&key).is_some_and(|e| same(&e.object)) {
             return false;
         }
+        // This replica's own admission of a later version stays: the record's is older.
+        let older = |e: &OverlayEntry| match (replaced_version.as_deref(), e.replaced_version.as_deref()) {
+            (Some(a), Some(b)) => a.parse::<u64>().ok().zip(b.parse::<u64>().ok()).is_some_and(|(a, b)| a < b),
+            _ => false,
+        };
+        if self.overlay.get(&key).is_some_and(older) {
+            return false;
+        }
         if !self.overlay.contains_key(&key) && self.base[key.0.index()].get(&key.1).is_some_and(|o| same(o)) {
             return false;
         }
