@@ -363,7 +363,10 @@ impl Webhook {
             }
             match answer {
                 Err(e) => tracing::warn!(object = %key, error = %e, "cannot confirm an admitted object"),
-                Ok(Some(stored)) if crate::cache::same_content(&stored, &seen.object) => state.mark_stored(kind, key),
+                // Edges are what a denial rests on; entries from the record carry nothing else.
+                Ok(Some(stored)) if crate::coordination::record::same_edges(&stored, &seen.object) => {
+                    state.mark_stored(kind, key)
+                }
                 Ok(found) => {
                     tracing::info!(
                         kind = kind.as_str(),

@@ -240,3 +240,10 @@ pub fn warnings(response: &Value) -> Vec<String> {
         .map(|a| a.iter().map(|w| w.as_str().unwrap().to_string()).collect())
         .unwrap_or_default()
 }
+
+/// The target a dangling-dependsOn message suggests ("... did you mean ns/name?"), if any. The
+/// wording itself is pinned once, in `tests/integration/validate.rs`
+/// (`dangling_target_is_denied_with_a_near_name_hint`); other tests assert what is suggested.
+pub fn suggested(message: &str) -> Option<&str> {
+    message.rsplit_once("; did you mean ")?.1.strip_suffix('?')
+}
