@@ -227,9 +227,9 @@ impl super::Webhook {
         }
     }
 
-    /// Judges the batch again if the stored record holds admissions this replica did not have
-    /// in view when it judged them: written before this write, they count first. Keeps in
-    /// `batch` what is still admitted; returns the record ids of the rest.
+    /// Judges the batch again with every admission the stored record holds in view: written
+    /// before this write, they count first. Keeps in `batch` what is still admitted; returns
+    /// the record ids of the rest.
     fn judge_again(
         &self,
         c: &Coordinator,
@@ -245,9 +245,10 @@ impl super::Webhook {
         // never part of the view it is judged in (in view, a request's own edges would look
         // like edges it does not add, and a cycle it closes would only warn).
         let own: std::collections::BTreeSet<&String> = new.iter().map(|(id, _)| id).collect();
-        if !bring_into_view(&mut state, c, stored, ms, now, &own) {
-            return Vec::new();
-        }
+        // Judged again even when the record brings nothing new into view: the view may have
+        // changed since the batch was judged (this replica's previous write brought other
+        // replicas' admissions in while the batch waited for the writer), and a judgement made
+        // before that is not one the property can rest on.
         // In arrival order, each with the ones before it in view.
         for t in batch.iter().rev() {
             state.withdraw(&t.object);
@@ -321,7 +322,7 @@ fn newer(a: Option<&str>, b: Option<&str>) -> Option<bool> {
 }
 
 /// Puts the record's live entries, but those in `skip`, into the overlay (they stay until this
-/// replica's watch delivers them, or they expire). Returns whether the view changed.
+/// replica's watch delivers them, or they expire).
 ///
 /// The record can hold several admissions of one object (by several replicas, one after the
 /// other). The overlay holds one object per key, so they are made one first: the admission
@@ -335,7 +336,7 @@ fn bring_into_view(
     ms: u64,
     now: Instant,
     skip: &std::collections::BTreeSet<&String>,
-) -> bool {
+) {
     let mut by_key: std::collections::BTreeMap<
         (crate::object::FluxKind, crate::object::ObjectKey),
         (FluxObject, Option<String>),
@@ -368,9 +369,7 @@ fn bring_into_view(
             },
         }
     }
-    let mut changed = false;
     for (_, (object, replaced)) in by_key {
-        changed |= state.admit_recorded(Arc::new(object), replaced, now);
+        state.admit_recorded(Arc::new(object), replaced, now);
     }
-    changed
 }

@@ -295,11 +295,6 @@ async fn random_case(seed: u64, acyclic: bool) {
     }
 }
 
-// Ignored while a known bug is open (issue 18): on a loaded machine (three busy processes on two
-// cores) about one run in seven stores a cycle (seed 1: n3 -> n0 -> n2 -> n3, the last edge
-// admitted by a replica whose view lacked an earlier replica's admission). Run it with
-// `cargo test --test integration replicas:: -- --ignored`; it must pass before the issue closes.
-#[ignore = "known bug under CPU contention, see issue 18"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_interleavings_over_three_replicas_never_store_a_cycle() {
     for seed in 1..=6 {
