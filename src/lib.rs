@@ -1,24 +1,9 @@
 //! fluxgate guards the `dependsOn` graphs of Flux CD Kustomizations and HelmReleases.
 //!
-//! The crate is laid out by responsibility:
-//! - [`object`]: what a Flux object is to fluxgate (the fields the rules need, durations, the
-//!   slim decoding of the load paths, tables of objects by key);
-//! - [`graph`]: the per-kind dependency graph, cycle search, chains and waves;
-//! - [`rules`]: the rules and their findings, for one request or a whole graph;
-//! - [`policy`]: the policy file, its defaults checked against the CRDs, and the policy in force
-//!   reloaded when it changes;
-//! - [`webhooks`]: the webhook configurations derived from the policy, kept in step with it;
-//! - [`admission`]: AdmissionReview in, response out (validation and mutation);
-//! - [`cache`]: the objects the webhook knows, with read-your-writes;
-//! - [`coordination`]: the shared record that makes decisions hold across replicas;
-//! - [`manifests`]: Flux objects read from YAML files and folders;
-//! - [`server`]: the HTTPS webhook and the admin port;
-//! - [`status`]: live dependency status, states and root causes of stuck objects;
-//! - [`audit`]: the periodic whole-graph scan behind `/report`;
-//! - [`certs`]: CA and serving certificates;
-//! - [`diff`]: what a change to a checkout does to its graphs, waves and rollout time;
-//! - [`check`]: the offline checker over what each cluster of a checkout applies;
-//! - [`cli`]: the command line: arguments in, output rendered.
+//! The crate is laid out by responsibility, one module each; the layout, module by module and
+//! file by file, is described once, in `docs/design.md` ("Layout"), and each module's own doc
+//! says what it is for. The decision code ([`rules`], [`graph`], [`admission`]'s `decide`) does
+//! no I/O; [`server`], [`cache`]'s watch, [`coordination`] and [`cli`] are where the world is met.
 
 pub mod admission;
 pub mod audit;
