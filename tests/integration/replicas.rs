@@ -480,3 +480,88 @@ async fn two_fluxgate_binaries_over_tls_never_admit_both_halves_of_a_cycle() {
     assert!(metrics.contains("fluxgate_coordination_recorded_admissions_total"), "{metrics}");
     assert!(fake.lease(NS, RECORD_NAME).is_some());
 }
+
+/// A record kept in memory whose next write, once armed, waits until it is opened: a write in
+/// flight for as long as a test needs.
+struct GatedStore {
+    inner: fluxgate::coordination::MemoryStore,
+    armed: std::sync::atomic::AtomicBool,
+    gate: tokio::sync::Semaphore,
+}
+
+impl Default for GatedStore {
+    fn default() -> GatedStore {
+        GatedStore { inner: Default::default(), armed: Default::default(), gate: tokio::sync::Semaphore::new(0) }
+    }
+}
+
+impl fluxgate::coordination::RecordStore for GatedStore {
+    fn patch<'a>(
+        &'a self,
+        changes: &'a fluxgate::coordination::Changes,
+    ) -> futures::future::BoxFuture<'a, Result<fluxgate::coordination::Record, fluxgate::coordination::WriteError>>
+    {
+        Box::pin(async move {
+            if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                let _held = self.gate.acquire().await.expect("the gate stays open");
+            }
+            self.inner.patch(changes).await
+        })
+    }
+}
+
+/// Two requests on one replica, both judged on a view without another replica's admission:
+/// the first one's write brings that admission into view; the second, waiting for the writer
+/// meanwhile, is judged again after its own write although that write brings nothing new.
+/// Answered on its first judgement, it would close the cycle `a -> c -> a`.
+/// A replica with no watch: its cache holds `names` without edges at version 1, and it shares
+/// `store` with the others.
+fn unwatched_replica(store: Arc<dyn fluxgate::coordination::RecordStore>, name: &str, names: &[&str]) -> Arc<Webhook> {
+    let cache = Arc::new(Cache::new());
+    for n in names {
+        let object =
+            fluxgate::object::FluxObject::from_value(fluxgate::object::FluxKind::Kustomization, &ks(F, n, &[]), F, "")
+                .unwrap();
+        cache.lock().apply(Arc::new(object), Some("1"));
+    }
+    let coordinator = Arc::new(Coordinator::new(store, name));
+    Arc::new(Webhook::new(cache, Arc::new(Policy::default())).with_coordinator(coordinator))
+}
+
+/// `name` now depending on `deps`, replacing the version `version` without edges.
+async fn edges_update(
+    webhook: Arc<Webhook>,
+    name: &str,
+    deps: &[&str],
+    version: &str,
+) -> fluxgate::admission::Response {
+    let mut old = ks(F, name, &[]);
+    old["metadata"]["resourceVersion"] = version.into();
+    let mut new = ks(F, name, deps);
+    new["metadata"]["resourceVersion"] = version.into();
+    let parsed = AdmissionReview::from_slice(&serde_json::to_vec(&update(&new, &old)).unwrap()).unwrap();
+    webhook.review(&parsed.request, Instant::now()).await.unwrap().response
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_waited_for_the_writer_is_judged_again_with_what_came_into_view() {
+    let store = Arc::new(GatedStore::default());
+    let names = ["a", "b", "c", "x"];
+    let (other, this) =
+        (unwatched_replica(store.clone(), "other", &names), unwatched_replica(store.clone(), "this", &names));
+    // Recorded by the other replica; this one has no watch to deliver it.
+    assert!(edges_update(other, "c", &["a"], "1").await.allowed);
+
+    store.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let first = tokio::spawn(edges_update(this.clone(), "x", &["b"], "1"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = tokio::spawn(edges_update(this.clone(), "a", &["c"], "1"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    store.gate.add_permits(1);
+
+    assert!(first.await.unwrap().allowed);
+    let second = second.await.unwrap();
+    assert!(!second.allowed, "{second:?}");
+    let message = second.message.unwrap_or_default();
+    assert!(message.contains("flux-system/a -> flux-system/c -> flux-system/a"), "{message}");
+}
