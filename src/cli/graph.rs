@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -387,27 +387,11 @@ pub fn run(args: GraphArgs) -> ExitCode {
 fn under_paths(folder: &Path, paths: &[PathBuf]) -> String {
     paths
         .iter()
-        .filter_map(|p| folder.strip_prefix(lexical(p)).ok())
+        .filter_map(|p| folder.strip_prefix(manifests::normalize(p)).ok())
         .find(|rel| !rel.as_os_str().is_empty())
         .unwrap_or(folder)
         .display()
         .to_string()
-}
-
-/// `path` with `.` dropped and `..` taking off the component before it, without touching the
-/// file system.
-fn lexical(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir if out.file_name().is_some() => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

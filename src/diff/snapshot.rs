@@ -2,7 +2,7 @@
 //! every file named relative to the checkout's root so that the two sides can be compared.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::check::{Located, build_graphs, check_loaded};
@@ -47,19 +47,7 @@ pub struct SideFinding {
 /// `path` relative to `root` when it lies strictly under it. The loader names files with `.` and `..`
 /// resolved in the text of the path, so the root is compared both ways.
 pub(crate) fn relative(path: &Path, root: &Path) -> PathBuf {
-    let lexical: PathBuf = {
-        let mut out = PathBuf::new();
-        for c in root.components() {
-            match c {
-                Component::CurDir => {}
-                Component::ParentDir if out.file_name().is_some() => {
-                    out.pop();
-                }
-                other => out.push(other),
-            }
-        }
-        out
-    };
+    let lexical = manifests::normalize(root);
     for prefix in [root, lexical.as_path()] {
         if prefix.as_os_str().is_empty() {
             continue;

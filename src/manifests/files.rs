@@ -89,17 +89,19 @@ fn collect_files_below(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// `a/b/../c` as `a/c`, without touching the file system (links are not followed).
-pub(super) fn normalize(path: &Path) -> PathBuf {
+/// `a/b/../c` as `a/c`, without touching the file system (links are not followed). A `..`
+/// takes off the folder before it; leading ones stay (`../../a` is itself), and `..` at the
+/// root stays at the root.
+pub fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
     let mut out = PathBuf::new();
     for c in path.components() {
         match c {
-            std::path::Component::CurDir => {}
-            std::path::Component::ParentDir => {
-                if !out.pop() {
-                    out.push("..");
-                }
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
             }
+            Component::ParentDir if out.has_root() => {}
             other => out.push(other.as_os_str()),
         }
     }
@@ -124,4 +126,19 @@ pub(super) fn join(root: &Path, path: &str) -> PathBuf {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_resolves_dots_in_the_text_and_keeps_leading_parents() {
+        let n = |p: &str| normalize(Path::new(p)).display().to_string();
+        assert_eq!(n("a/./b/../c"), "a/c");
+        assert_eq!(n("../../fleets/repo"), "../../fleets/repo", "`check ../../repo` reads ../../repo");
+        assert_eq!(n("../x/../../y"), "../../y");
+        assert_eq!(n("a/.."), "");
+        assert_eq!(n("/../a"), "/a");
+    }
 }

@@ -34,6 +34,7 @@ use crate::object::{FluxKind, FluxObject, ObjectKey, kind_of};
 use crate::status::ObjectStatus;
 
 pub use documents::{Document, MANIFEST, MAX_ALIAS_EVENTS, parse_document, split_documents};
+pub use files::normalize;
 
 /// Namespace of a namespaced object that nothing gives one, as for any Kubernetes object.
 pub const FALLBACK_NAMESPACE: &str = "default";
