@@ -14,7 +14,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
 use super::{AdmissionRequest, Response, Reviewed, Verdict, decide_and_record};
-use crate::cache::State;
+use crate::cache::{State, version_order};
 use crate::coordination::record::{self, Entry, MAX_ENTRIES};
 use crate::coordination::{Failure, MAX_ATTEMPTS, Record, RecordStore, Refuted, Stats, WRITE_TIMEOUT, WriteError};
 use crate::object::FluxObject;
@@ -34,7 +34,6 @@ struct Ticket {
     req: AdmissionRequest,
     reviewed: Reviewed,
     object: Arc<FluxObject>,
-    replaced: Option<String>,
     done: oneshot::Sender<Outcome>,
 }
 
@@ -138,7 +137,6 @@ impl super::Webhook {
             req: req.clone(),
             reviewed: reviewed.clone(),
             object,
-            replaced: reviewed.replaced.clone(),
             done,
         });
         let mut known = coordinator.writer.lock().await;
@@ -168,7 +166,7 @@ impl super::Webhook {
             let new: Vec<(String, Entry)> = batch
                 .iter()
                 .map(|t| {
-                    let entry = Entry::new(&c.replica, &t.object, t.replaced.clone(), ms);
+                    let entry = Entry::new(&c.replica, &t.object, t.reviewed.replaced.clone(), ms);
                     (entry.id(c.seq.fetch_add(1, Ordering::Relaxed)), entry)
                 })
                 .collect();
@@ -314,13 +312,6 @@ fn failure_of(e: &WriteError) -> Failure {
     }
 }
 
-/// Whether version `a` is newer than `b` (`Some(false)`: older), where both are numbers, as
-/// the API server's etcd revisions are; `None` where they are equal or cannot be ordered.
-fn newer(a: Option<&str>, b: Option<&str>) -> Option<bool> {
-    let (a, b) = (a?.parse::<u64>().ok()?, b?.parse::<u64>().ok()?);
-    (a != b).then_some(a > b)
-}
-
 /// Puts the record's live entries, but those in `skip`, into the overlay (they stay until this
 /// replica's watch delivers them, or they expire).
 ///
@@ -351,13 +342,13 @@ fn bring_into_view(
             None => {
                 by_key.insert(key, (object, e.replaced.clone()));
             }
-            Some((held, held_version)) => match newer(e.replaced.as_deref(), held_version.as_deref()) {
-                Some(true) => {
+            Some((held, held_version)) => match version_order(e.replaced.as_deref(), held_version.as_deref()) {
+                Some(std::cmp::Ordering::Greater) => {
                     *held = object;
                     held_version.clone_from(&e.replaced);
                 }
-                Some(false) => {}
-                None => {
+                Some(std::cmp::Ordering::Less) => {}
+                Some(std::cmp::Ordering::Equal) | None => {
                     let mut edges: Vec<crate::object::ObjectKey> = held.depends_on.to_vec();
                     for d in object.depends_on.iter() {
                         if !edges.contains(d) {

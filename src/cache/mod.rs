@@ -136,16 +136,19 @@ pub fn same_content(a: &FluxObject, b: &FluxObject) -> bool {
     a == b
 }
 
+/// How two `resourceVersion`s are ordered, where both are numbers, as the API server's etcd
+/// revisions are; `None` where either is missing or not a number.
+pub(crate) fn version_order(a: Option<&str>, b: Option<&str>) -> Option<std::cmp::Ordering> {
+    Some(a?.parse::<u64>().ok()?.cmp(&b?.parse::<u64>().ok()?))
+}
+
 /// Whether a source event carrying `delivered` is older than an admission that replaced the
-/// version `replaced`: the same version, or (where both are numbers, as the API server's etcd
-/// revisions are) an earlier one. A watch that lags can deliver several versions older than
-/// what was admitted, and none of them may end the admission.
+/// version `replaced`: the same version, or (where they can be ordered) an earlier one. A watch
+/// that lags can deliver several versions older than what was admitted, and none of them may
+/// end the admission.
 fn is_stale(delivered: Option<&str>, replaced: Option<&str>) -> bool {
-    let (Some(delivered), Some(replaced)) = (delivered, replaced) else { return false };
-    match (delivered.parse::<u64>(), replaced.parse::<u64>()) {
-        (Ok(d), Ok(r)) => d <= r,
-        _ => delivered == replaced,
-    }
+    let (Some(d), Some(r)) = (delivered, replaced) else { return false };
+    version_order(delivered, replaced).map_or(d == r, |o| o.is_le())
 }
 
 type Key = (FluxKind, ObjectKey);
@@ -385,9 +388,8 @@ impl State {
             return false;
         }
         // This replica's own admission of a later version stays: the record's is older.
-        let older = |e: &OverlayEntry| match (replaced_version.as_deref(), e.replaced_version.as_deref()) {
-            (Some(a), Some(b)) => a.parse::<u64>().ok().zip(b.parse::<u64>().ok()).is_some_and(|(a, b)| a < b),
-            _ => false,
+        let older = |e: &OverlayEntry| {
+            version_order(replaced_version.as_deref(), e.replaced_version.as_deref()).is_some_and(|o| o.is_lt())
         };
         if self.overlay.get(&key).is_some_and(older) {
             return false;
