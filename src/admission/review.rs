@@ -214,13 +214,8 @@ impl Response {
         Response { allowed: true, ..Response::default() }
     }
 
-    /// The AdmissionReview to send back for request `uid`.
-    pub fn to_review(&self, api_version: &str, uid: &str) -> Value {
-        serde_json::to_value(self.wire(api_version, uid)).expect("a review serialises")
-    }
-
-    /// [`Response::to_review`] as the bytes sent: serialised from borrowed parts, with no JSON
-    /// tree built in between.
+    /// The AdmissionReview to send back for request `uid`, as the bytes sent: serialised from
+    /// borrowed parts, with no JSON tree built in between.
     pub fn to_review_bytes(&self, api_version: &str, uid: &str) -> Vec<u8> {
         serde_json::to_vec(&self.wire(api_version, uid)).expect("a review serialises")
     }
@@ -318,7 +313,7 @@ mod tests {
             patch: Some(vec![json!({"op": "add", "path": "/spec/wait", "value": true})]),
             ..Default::default()
         };
-        let review = r.to_review("admission.k8s.io/v1", "u1");
+        let review: Value = serde_json::from_slice(&r.to_review_bytes("admission.k8s.io/v1", "u1")).unwrap();
         let patch = review["response"]["patch"].as_str().unwrap();
         let decoded = base64::engine::general_purpose::STANDARD.decode(patch).unwrap();
         assert_eq!(String::from_utf8(decoded).unwrap(), r#"[{"op":"add","path":"/spec/wait","value":true}]"#);
