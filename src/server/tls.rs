@@ -120,21 +120,10 @@ impl ReloadingCert {
     /// Polls the files every `every` until the process ends.
     pub fn spawn_watch(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                match this.reload() {
-                    Ok(true) => {
-                        tracing::info!(cert = %this.cert_path.display(), "serving certificate reloaded")
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::error!(error = %e, "new serving certificate refused; the previous one stays in use")
-                    }
-                }
-            }
+        poll(every, move || match this.reload() {
+            Ok(true) => tracing::info!(cert = %this.cert_path.display(), "serving certificate reloaded"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "new serving certificate refused; the previous one stays in use"),
         })
     }
 
@@ -225,17 +214,10 @@ impl ReloadingClientCa {
     /// Polls the file every `every` until the process ends.
     pub fn spawn_watch(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                match this.reload() {
-                    Ok(true) => tracing::info!(client_ca = %this.path.display(), "client CA reloaded"),
-                    Ok(false) => {}
-                    Err(e) => tracing::error!(error = %e, "new client CA refused; the previous one stays in use"),
-                }
-            }
+        poll(every, move || match this.reload() {
+            Ok(true) => tracing::info!(client_ca = %this.path.display(), "client CA reloaded"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "new client CA refused; the previous one stays in use"),
         })
     }
 
@@ -287,4 +269,16 @@ impl ClientCertVerifier for ReloadingClientCa {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.verifier().supported_verify_schemes()
     }
+}
+
+/// Runs `step` every `every` until the process ends (a late tick is not made up for).
+fn poll(every: Duration, mut step: impl FnMut() + Send + 'static) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            step();
+        }
+    })
 }
