@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-use crate::common::suggested;
+use crate::common::{gotk_sync, ks_doc, suggested};
 
 fn fixture(name: &str) -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name).to_str().unwrap().to_string()
@@ -807,24 +807,6 @@ fn a_checkout_without_flux_objects_says_so_and_exits_zero() {
 // Applying a repository the way Flux does: small trees built like the real repositories whose
 // layouts once gave false findings.
 // ---------------------------------------------------------------------------------------------
-
-/// A Flux Kustomization document. `extra` is more YAML under `spec` (indented two spaces).
-fn ks_doc(name: &str, namespace: Option<&str>, path: &str, extra: &str) -> String {
-    let ns = namespace.map(|n| format!("  namespace: {n}\n")).unwrap_or_default();
-    format!(
-        "apiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata:\n  name: {name}\n{ns}spec:\n  \
-         interval: 10m\n  path: {path}\n  prune: true\n  sourceRef:\n    kind: GitRepository\n    name: flux-system\n{extra}"
-    )
-}
-
-/// `flux bootstrap`'s sync file for a cluster folder.
-fn gotk_sync(cluster: &str) -> String {
-    format!(
-        "apiVersion: source.toolkit.fluxcd.io/v1\nkind: GitRepository\nmetadata:\n  name: flux-system\n  namespace: flux-system\n\
-         spec:\n  interval: 1m\n  url: ssh://git@example.com/fleet\n---\n{}",
-        ks_doc("flux-system", Some("flux-system"), &format!("./{cluster}"), "")
-    )
-}
 
 /// Writes `files` (path, text) under a new temporary folder.
 fn tree(files: &[(&str, String)]) -> tempfile::TempDir {

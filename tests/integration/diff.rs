@@ -8,25 +8,10 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+use crate::common::{gotk_sync, ks_doc};
+
 fn fluxgate(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_fluxgate")).args(args).output().unwrap()
-}
-
-fn ks_doc(name: &str, namespace: Option<&str>, path: &str, extra: &str) -> String {
-    let ns = namespace.map(|n| format!("  namespace: {n}\n")).unwrap_or_default();
-    format!(
-        "apiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata:\n  name: {name}\n{ns}spec:\n  \
-         interval: 10m\n  path: {path}\n  prune: true\n  sourceRef:\n    kind: GitRepository\n    name: flux-system\n{extra}"
-    )
-}
-
-/// `flux bootstrap`'s sync file for a cluster folder.
-fn gotk_sync(cluster: &str) -> String {
-    format!(
-        "apiVersion: source.toolkit.fluxcd.io/v1\nkind: GitRepository\nmetadata:\n  name: flux-system\n  namespace: flux-system\n\
-         spec:\n  interval: 1m\n  url: ssh://git@example.com/fleet\n---\n{}",
-        ks_doc("flux-system", Some("flux-system"), &format!("./{cluster}"), "")
-    )
 }
 
 fn write(dir: &Path, files: &[(String, String)]) {
