@@ -5,14 +5,13 @@
 //! [`decide_and_record`] does the same on the locked cache state and remembers what it admitted.
 //! [`mutate`] is the mutating webhook's pure counterpart. The [`Webhook`] (`webhook.rs`) holds
 //! the locks, looks objects up in the API server, waits for a lagging watch and records
-//! decisions for the other replicas (`coordinate.rs`); `review.rs` is the wire format.
+//! edge-adding admissions to the replica that decides them (`coordinate.rs`); `review.rs` is the wire format.
 
 mod coordinate;
 mod mutate;
 mod review;
 mod webhook;
 
-pub use coordinate::Coordinator;
 pub use webhook::{CATCH_UP_WAIT, STORE_WITHIN, StoredObjects, Webhook};
 
 pub use mutate::{WaitDefault, default_patch, mutate, wait_default};

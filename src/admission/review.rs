@@ -22,7 +22,7 @@ struct Envelope<R> {
 }
 
 /// The API group, version and kind of the object under review.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 pub struct GroupVersionKind {
     #[serde(default)]
     pub group: String,
@@ -32,7 +32,7 @@ pub struct GroupVersionKind {
     pub kind: String,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Operation {
     Create,
@@ -52,8 +52,8 @@ impl Operation {
     }
 }
 
-/// The fields of `AdmissionRequest` that fluxgate reads.
-#[derive(Debug, Clone, Deserialize)]
+/// The fields of `AdmissionRequest` that fluxgate reads (and forwards to the deciding replica).
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AdmissionRequest {
     pub uid: String,

@@ -1,14 +1,14 @@
 //! The [`Webhook`]: the pure decision of [`super::decide`] put together with the cache, the API
 //! server and the other replicas. It takes the cache lock for the time of a decision, confirms
-//! with the API server what a denial rests on, waits for a lagging watch, and records edge-adding
-//! admissions in the record the replicas share (`coordinate.rs`) before answering them.
+//! with the API server what a denial rests on, waits for a lagging watch, and leaves edge-adding
+//! admissions to the one replica that decides them (`coordinate.rs`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 
-use super::coordinate::{self, Coordinator};
+use super::coordinate;
 use super::{
     AdmissionRequest, BadRequest, Response, Reviewed, Verdict, adds_edges, catching_up, decide, decide_and_record,
     mutate, wait_default,
@@ -31,6 +31,9 @@ pub trait StoredObjects: Send + Sync {
 
     /// The stored object; `None` when the API server does not have it, or is deleting it.
     fn get<'a>(&'a self, kind: FluxKind, key: &'a ObjectKey) -> BoxFuture<'a, Result<Option<FluxObject>, String>>;
+
+    /// Every stored object of `kind`, but those being deleted.
+    fn list(&self, kind: FluxKind) -> BoxFuture<'_, Result<Vec<FluxObject>, String>>;
 }
 
 impl StoredObjects for Lookup {
@@ -42,6 +45,10 @@ impl StoredObjects for Lookup {
         Box::pin(async move {
             Lookup::get(self, kind, key).await.map(|found| found.map(|(object, _)| object)).map_err(|e| e.to_string())
         })
+    }
+
+    fn list(&self, kind: FluxKind) -> BoxFuture<'_, Result<Vec<FluxObject>, String>> {
+        Box::pin(async move { Lookup::list(self, kind).await.map_err(|e| e.to_string()) })
     }
 }
 
@@ -57,9 +64,10 @@ pub struct Webhook {
     pub catch_up_wait: Duration,
     /// How long a real admission takes, at most, to be stored; see [`STORE_WITHIN`].
     pub store_within: Duration,
-    /// In cluster mode, the writer of the record shared with the other replicas: admissions
-    /// that add an edge are recorded there before they are answered.
-    pub coordinator: Option<Arc<Coordinator>>,
+    /// In cluster mode, which replica decides admissions that add an edge, and how to reach
+    /// it: one replica decides them all, the others forward them (see
+    /// [`crate::coordination::decider`]).
+    pub decider: Option<Arc<crate::coordination::decider::Decider>>,
 }
 
 /// Default of [`Webhook::catch_up_wait`]: with the lookups after it, well inside the API
@@ -82,10 +90,6 @@ pub const STORE_WITHIN: Duration = Duration::from_secs(1);
 /// [`CATCH_UP_WAIT`] a request is answered within 4.5 s, inside the API server's 5 s timeout.
 const REVIEW_BUDGET: Duration = Duration::from_millis(2500);
 
-/// At most this many times a review is judged again after other replicas' admissions came
-/// into view and a denial resting on them was not confirmed.
-const MAX_COORDINATION_ROUNDS: usize = 3;
-
 /// At most this many rounds of confirming admitted objects per review: each round can bring
 /// other admitted objects into the decision.
 const MAX_CONFIRM_ROUNDS: usize = 3;
@@ -96,25 +100,25 @@ const MAX_LOOKUPS: usize = 10;
 /// answer stands.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
 /// A lookup is not started with less time than this left in the review's budget.
-const MIN_LOOKUP_TIME: Duration = Duration::from_millis(200);
+pub(super) const MIN_LOOKUP_TIME: Duration = Duration::from_millis(200);
 
 /// The request under review, as sent and as read, of a kind fluxgate judges.
 #[derive(Clone, Copy)]
-struct Under<'a> {
-    req: &'a AdmissionRequest,
-    reviewed: &'a Reviewed,
-    kind: FluxKind,
+pub(super) struct Under<'a> {
+    pub(super) req: &'a AdmissionRequest,
+    pub(super) reviewed: &'a Reviewed,
+    pub(super) kind: FluxKind,
 }
 
 /// The end of a review's own waits and lookups.
-struct Budget(tokio::time::Instant);
+pub(super) struct Budget(tokio::time::Instant);
 
 impl Budget {
     fn start() -> Budget {
         Budget(tokio::time::Instant::now() + REVIEW_BUDGET)
     }
 
-    fn remaining(&self) -> Duration {
+    pub(super) fn remaining(&self) -> Duration {
         self.0.saturating_duration_since(tokio::time::Instant::now())
     }
 
@@ -149,14 +153,7 @@ impl Webhook {
 
     /// A webhook deciding with whatever policy `policy` has in force at each request.
     pub fn live(cache: Arc<Cache>, policy: Arc<LivePolicy>) -> Webhook {
-        Webhook {
-            cache,
-            policy,
-            lookup: None,
-            catch_up_wait: CATCH_UP_WAIT,
-            store_within: STORE_WITHIN,
-            coordinator: None,
-        }
+        Webhook { cache, policy, lookup: None, catch_up_wait: CATCH_UP_WAIT, store_within: STORE_WITHIN, decider: None }
     }
 
     /// The same webhook, confirming with `lookup` what a denial rests on.
@@ -165,10 +162,9 @@ impl Webhook {
         self
     }
 
-    /// The same webhook, recording its edge-adding admissions in the shared record through
-    /// `coordinator` before answering them.
-    pub fn with_coordinator(mut self, coordinator: Arc<Coordinator>) -> Webhook {
-        self.coordinator = Some(coordinator);
+    /// The same webhook, leaving edge-adding admissions to the replica `decider` names.
+    pub fn with_decider(mut self, decider: Arc<crate::coordination::decider::Decider>) -> Webhook {
+        self.decider = Some(decider);
         self
     }
 
@@ -179,7 +175,12 @@ impl Webhook {
     }
 
     /// [`Webhook::validate`] of a request already read.
-    fn decide_now(&self, req: &AdmissionRequest, reviewed: &Reviewed, now: Instant) -> Result<Verdict, BadRequest> {
+    pub(super) fn decide_now(
+        &self,
+        req: &AdmissionRequest,
+        reviewed: &Reviewed,
+        now: Instant,
+    ) -> Result<Verdict, BadRequest> {
         // Taken before the cache lock: a reload never waits for a decision, nor a decision for it.
         let policy = self.policy.get();
         let mut state = self.cache.lock();
@@ -211,68 +212,48 @@ impl Webhook {
     /// once), and is denied as "catching up" if it is not. Edges that add nothing, deletes that
     /// are allowed, and untouched objects (Flux's dry-runs of unchanged objects) go through.
     pub async fn review(&self, req: &AdmissionRequest, now: Instant) -> Result<Verdict, BadRequest> {
+        self.review_from(req, now, None).await
+    }
+
+    /// [`Webhook::review`] of a review another replica forwarded (`forwarded_by` names it):
+    /// decided here if this replica decides, denied otherwise; never forwarded again.
+    pub async fn review_from(
+        &self,
+        req: &AdmissionRequest,
+        now: Instant,
+        forwarded_by: Option<&str>,
+    ) -> Result<Verdict, BadRequest> {
+        if let (Some(from), Some(decider)) = (forwarded_by, &self.decider) {
+            decider.election.forwarded_from(from);
+        }
         // Read once, outside any lock; every judgement of this request below uses the reading.
         let reviewed = Reviewed::read(req);
         if let Some(verdict) = self.wait_if_lagging(req, &reviewed).await? {
             return Ok(verdict);
         }
         let budget = Budget::start();
-        let mut now = now;
+        // Taken before the first judgement: an admission stands here only if this replica
+        // decided in one term from before the judgement to after it.
+        let term = self.decider.as_ref().and_then(|d| d.election.deciding_term());
         let mut verdict = self.decide_now(req, &reviewed, now)?;
         let Some(kind) = verdict.kind else { return Ok(verdict) };
-        for round in 0.. {
-            verdict = self.settle(req, &reviewed, verdict, &mut now, kind, &budget).await?;
-            let Some(coordinator) = self.coordinator.as_deref() else { break };
-            if !(verdict.response.allowed && verdict.adds_edges && verdict.record.is_some()) {
-                break;
-            }
-            if round == MAX_COORDINATION_ROUNDS {
-                // Each round was denied on other replicas' admissions that the API server
-                // then did not hold; the admission of this round is not recorded.
-                if let Some(object) = &verdict.record {
-                    self.cache.lock().withdraw(object);
-                }
-                verdict.response = coordinate::not_recorded(
-                    crate::coordination::Failure::Conflict,
-                    "the admissions in view kept changing",
-                );
-                break;
-            }
-            // Bounded by what is left of the review's time, so that the answer still reaches the
-            // API server within its webhook timeout after a round of confirming.
-            let left = budget.remaining().max(MIN_LOOKUP_TIME);
-            let outcome = match tokio::time::timeout(left, self.coordinate(coordinator, req, &reviewed, &verdict)).await
-            {
-                Ok(outcome) => outcome,
-                Err(_) => {
-                    // The write may still carry it: then it is an admission never stored,
-                    // which other replicas confirm before a denial rests on it.
-                    if let Some(object) = &verdict.record {
-                        self.cache.lock().withdraw(object);
-                    }
-                    coordinator.stats.failed(crate::coordination::Failure::Timeout, 1);
-                    coordinate::Outcome::Failed(crate::coordination::Failure::Timeout, "no answer in time".into())
-                }
-            };
-            match outcome {
-                coordinate::Outcome::Recorded => break,
-                // A denial resting on other replicas' admissions is confirmed like any other.
-                coordinate::Outcome::Rejudged(v) => verdict = v,
-                coordinate::Outcome::Failed(failure, reason) => {
-                    verdict.response = coordinate::not_recorded(failure, &reason);
-                    break;
-                }
-            }
+        let mut at = now;
+        verdict = self.settle(req, &reviewed, verdict, &mut at, kind, &budget).await?;
+        if let Some(decider) = self.decider.as_deref()
+            && coordinate::needs_decider(&verdict)
+        {
+            let under = Under { req, reviewed: &reviewed, kind };
+            verdict = self.leave_to_decider(decider, under, verdict, term, &budget, forwarded_by).await?;
         }
         if !verdict.response.allowed && self.lookup.is_some() {
-            self.explain_pending(req, &mut verdict, now, kind);
+            self.explain_pending(req, &mut verdict, Instant::now(), kind);
         }
         Ok(verdict)
     }
 
     /// Confirms with the API server what a denial of `verdict` rests on, judging again where
     /// something changed: the part of [`Webhook::review`] that only the deny path pays for.
-    async fn settle(
+    pub(super) async fn settle(
         &self,
         req: &AdmissionRequest,
         reviewed: &Reviewed,
@@ -363,10 +344,8 @@ impl Webhook {
             }
             match answer {
                 Err(e) => tracing::warn!(object = %key, error = %e, "cannot confirm an admitted object"),
-                // Edges are what a denial rests on; entries from the record carry nothing else.
-                Ok(Some(stored)) if crate::coordination::record::same_edges(&stored, &seen.object) => {
-                    state.mark_stored(kind, key)
-                }
+                // Edges are what a denial rests on.
+                Ok(Some(stored)) if crate::cache::same_edges(&stored, &seen.object) => state.mark_stored(kind, key),
                 Ok(found) => {
                     tracing::info!(
                         kind = kind.as_str(),
@@ -375,9 +354,6 @@ impl Webhook {
                         "an admitted change is not what the API server holds; it no longer counts"
                     );
                     state.forget_unstored(kind, key);
-                    if let Some(c) = &self.coordinator {
-                        c.refuted.add((*seen.object).clone());
-                    }
                     // The API server holds something else, newer than what the watch delivered.
                     if let Some(stored) = found
                         && state.delivered(kind, key).is_none_or(|d| !crate::cache::same_content(d, &stored))
@@ -485,6 +461,41 @@ impl Webhook {
         let state = self.cache.lock();
         let Some((since, reason)) = &state.health(kind).lagging else { return Ok(None) };
         Ok(Some(catching_up(kind, reason, since.elapsed().as_secs())))
+    }
+
+    /// What a replica does when it takes the decider Lease, before it decides: waits until
+    /// whatever the previous decider admitted is stored ([`Webhook::store_within`]), then reads
+    /// what the API server holds and brings into view what its watch has not delivered yet.
+    /// Retried until it succeeds: the replica does not decide on a view that may lack an
+    /// admission of its predecessor.
+    pub async fn catch_up_with_api_server(&self) {
+        tokio::time::sleep(self.store_within).await;
+        let Some(lookup) = self.lookup.as_deref() else { return };
+        'retry: loop {
+            let mut listed = Vec::new();
+            for kind in FluxKind::ALL {
+                match lookup.list(kind).await {
+                    Ok(objects) => listed.push(objects),
+                    Err(e) => {
+                        tracing::warn!(kind = kind.as_str(), error = %e, "cannot list to catch up; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue 'retry;
+                    }
+                }
+            }
+            let now = Instant::now();
+            let mut state = self.cache.lock();
+            let mut brought = 0;
+            for object in listed.into_iter().flatten() {
+                let shown = state.graphs().get(object.kind).get(&object.key);
+                if shown.is_none_or(|o| !crate::cache::same_edges(o, &object)) {
+                    state.admit_stored(Arc::new(object), now);
+                    brought += 1;
+                }
+            }
+            tracing::info!(objects = brought, "caught up with the API server before deciding");
+            return;
+        }
     }
 
     /// Computes the mutating webhook's response. The cache is read (whether the object applies

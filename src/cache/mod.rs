@@ -125,6 +125,17 @@ pub struct Pending {
     pub stored: bool,
 }
 
+/// Whether two objects draw the same edges: all a denial rests on, so all an admitted object
+/// must match in what the API server holds to be confirmed.
+pub fn same_edges(a: &FluxObject, b: &FluxObject) -> bool {
+    a.kind == b.kind
+        && a.key == b.key
+        && a.depends_on == b.depends_on
+        && (a.wait && !a.wait_unowned) == (b.wait && !b.wait_unowned)
+        && a.owner == b.owner
+        && a.health_check_kustomizations() == b.health_check_kustomizations()
+}
+
 /// Whether two copies of an object are the same apart from `metadata.uid` (a retried create
 /// gets a new one).
 pub fn same_content(a: &FluxObject, b: &FluxObject) -> bool {
@@ -376,29 +387,6 @@ impl State {
             self.remove_entry(&key);
             self.show_base(&key);
         }
-    }
-
-    /// Brings an admission from the shared record (another replica's, or this one's own)
-    /// into view until the source delivers it. Returns whether it changed the view: not when
-    /// the source or the overlay already shows the same edges.
-    pub fn admit_recorded(&mut self, object: Arc<FluxObject>, replaced_version: Option<String>, now: Instant) -> bool {
-        let key = (object.kind, object.key.clone());
-        let same = |o: &FluxObject| crate::coordination::record::same_edges(o, &object);
-        if self.overlay.get(&key).is_some_and(|e| same(&e.object)) {
-            return false;
-        }
-        // This replica's own admission of a later version stays: the record's is older.
-        let older = |e: &OverlayEntry| {
-            version_order(replaced_version.as_deref(), e.replaced_version.as_deref()).is_some_and(|o| o.is_lt())
-        };
-        if self.overlay.get(&key).is_some_and(older) {
-            return false;
-        }
-        if !self.overlay.contains_key(&key) && self.base[key.0.index()].get(&key.1).is_some_and(|o| same(o)) {
-            return false;
-        }
-        self.record(object, replaced_version, now, false);
-        true
     }
 
     /// Takes an entry out of the overlay and its bookkeeping; the graph is left as it is.

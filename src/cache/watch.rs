@@ -511,6 +511,26 @@ impl Lookup {
         self.served.get(kind).is_some()
     }
 
+    /// Every object of `kind` the API server holds now (a consistent read, page by page), but
+    /// those being deleted. Empty when the kind is not watched.
+    pub async fn list(&self, kind: FluxKind) -> Result<Vec<FluxObject>, kube::Error> {
+        let Some(ar) = self.served.get(kind) else { return Ok(Vec::new()) };
+        let mut objects = Vec::new();
+        let mut params = ListParams::default().limit(500);
+        loop {
+            let page = list_page(&self.client, &ar, &params).await?;
+            for o in page.items.iter().flatten().map(|o| &o.0).filter(|o| !is_terminating(o)) {
+                if let Ok((object, _)) = read_object(kind, o) {
+                    objects.push(object);
+                }
+            }
+            match page.metadata.continue_.as_deref().filter(|t| !t.is_empty()) {
+                Some(token) => params = ListParams::default().limit(500).continue_token(token),
+                None => return Ok(objects),
+            }
+        }
+    }
+
     /// The object, if the API server has it. `Ok(None)` when it does not, or when the kind is
     /// not watched (its CRD is missing).
     pub async fn get(

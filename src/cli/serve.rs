@@ -8,10 +8,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::{LogFormat, ServeArgs};
-use crate::admission::{Coordinator, Webhook};
+use crate::admission::Webhook;
 use crate::audit::events;
 use crate::cache::Cache;
 use crate::cache::watch::{self as cluster, WatchOptions};
+use crate::coordination::decider::{Decider, Election, Timing};
 use crate::manifests;
 use crate::object::{FluxKind, FluxObject};
 use crate::policy::Policy;
@@ -78,24 +79,24 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let mut events = None;
     let mut lookup = None;
     let mut sync_client = None;
-    let mut coordinator = None;
+    // Bound first: the other replicas are told the port actually listened on.
+    let webhook_listener = server::bind(args.listen).await.map_err(|e| e.to_string())?;
+    let listening = webhook_listener.local_addr().map_err(|e| e.to_string())?;
+    let mut election = None;
     if args.manifests.is_empty() {
         let client = kube::Client::try_default().await.map_err(|e| {
             format!("cannot connect to a cluster ({e}); set KUBECONFIG or run in a pod, or pass --manifests PATH")
         })?;
         let (identity, namespace) = events::pod_identity();
-        // Every replica coordinates, one alone too: a second one may start at any time (a
-        // rollout, a scale-up), and its first decision must see what this one admitted.
-        let store = Arc::new(crate::coordination::LeaseStore::new(client.clone(), &namespace));
-        let joining = Arc::new(Coordinator::new(store, identity.clone()));
-        // Before the watch lists: see `Coordinator::join`.
-        if let Err(e) = joining.join().await {
-            tracing::warn!(
-                error = %e,
-                "cannot put this replica's mark in the record of decisions; it is put there with its first admission"
-            );
-        }
-        coordinator = Some(joining);
+        // Every replica takes part in the election, one alone too: a second one may start at
+        // any time (a rollout, a scale-up), and must find the decider.
+        election = Some(Arc::new(Election::new(
+            client.clone(),
+            &namespace,
+            &identity,
+            &peer_address(listening),
+            Timing::default(),
+        )));
         let served = Arc::new(cluster::Served::default());
         background.push(tokio::spawn(cluster::run(
             client.clone(),
@@ -137,8 +138,14 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     if let Some(lookup) = lookup {
         webhook = webhook.with_lookup(lookup);
     }
-    if let Some(coordinator) = coordinator {
-        webhook = webhook.with_coordinator(coordinator);
+    if let Some(election) = &election {
+        let forward = Arc::new(server::peer::Peers::new(cert.clone(), election.identity()));
+        webhook = webhook.with_decider(Arc::new(Decider { election: election.clone(), forward }));
+        let catching_up = webhook.clone();
+        background.push(tokio::spawn(election.clone().run(move || {
+            let webhook = catching_up.clone();
+            Box::pin(async move { webhook.catch_up_with_api_server().await })
+        })));
     }
     let app = App::new(webhook);
     if let Some(client) = sync_client {
@@ -154,7 +161,6 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         let counting = app.clone();
         background.push(policy.spawn_watch(POLICY_POLL, move |loaded| counting.metrics.count_policy_reload(loaded)));
     }
-    let webhook_listener = server::bind(args.listen).await.map_err(|e| e.to_string())?;
     let admin_listener = server::bind(args.admin_listen).await.map_err(|e| e.to_string())?;
     tracing::info!(
         webhook = %webhook_listener.local_addr().map_err(|e| e.to_string())?,
@@ -183,6 +189,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
 
     wait_for_signal().await;
     tracing::info!("shutting down: draining in-flight requests");
+    if let Some(election) = &election {
+        // Another replica decides from its next look at the Lease, not after the lease expires.
+        election.release().await;
+    }
     let _ = stop_tx.send(true);
     let _ = webhook.await;
     let _ = admin.await;
@@ -192,6 +202,16 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Where the other replicas reach this one's webhook port: the pod's IP (`POD_IP`, from the
+/// downward API) and the port listened on.
+fn peer_address(listen: std::net::SocketAddr) -> String {
+    let ip = std::env::var("POD_IP")
+        .ok()
+        .and_then(|ip| ip.trim().parse::<std::net::IpAddr>().ok())
+        .unwrap_or(if listen.ip().is_unspecified() { std::net::IpAddr::from([127, 0, 0, 1]) } else { listen.ip() });
+    std::net::SocketAddr::new(ip, listen.port()).to_string()
 }
 
 async fn wait_for_signal() {

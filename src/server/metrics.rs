@@ -54,7 +54,7 @@ pub struct CauseLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FailureLabels {
-    /// `timeout`, `forbidden`, `conflict` or `error` (see [`crate::coordination::Failure`]).
+    /// `no_decider`, `unreachable` or `moved` (see [`crate::coordination::decider::Failure`]).
     pub reason: &'static str,
 }
 
@@ -95,14 +95,11 @@ pub struct Metrics {
     pub pending_dropped: Family<DroppedLabels, Counter>,
     pub webhook_config_state: Family<WebhookStateLabels, Gauge>,
     pub webhook_skipped_needs: Family<WebhookLabels, Gauge>,
-    pub coordination_writes: Counter,
-    pub coordination_recorded: Counter,
-    pub coordination_conflicts: Counter,
-    pub coordination_retries: Counter,
+    pub coordination_decider: Gauge,
+    pub coordination_acquired: Counter,
+    pub coordination_decided: Counter,
+    pub coordination_forwarded: Counter,
     pub coordination_failures: Family<FailureLabels, Counter>,
-    pub coordination_rejudged: Counter,
-    pub coordination_entries: Gauge,
-    pub coordination_replicas: Gauge,
 }
 
 impl Default for Metrics {
@@ -193,57 +190,39 @@ impl Metrics {
             "Defaults and rules of the policy whose requests the registered webhook configuration skips",
             webhook_skipped_needs.clone(),
         );
-        let coordination_writes = Counter::default();
+        let coordination_decider = Gauge::default();
         registry.register(
-            "coordination_writes",
-            "Writes of the record of decisions shared by the replicas",
-            coordination_writes.clone(),
+            "coordination_decider",
+            "1 while this replica decides the admissions that add an edge, 0 while another one does",
+            coordination_decider.clone(),
         );
-        let coordination_recorded = Counter::default();
+        let coordination_acquired = Counter::default();
         registry.register(
-            "coordination_recorded_admissions",
-            "Admissions those writes carried (more than the writes when decisions share one)",
-            coordination_recorded.clone(),
+            "coordination_acquired",
+            "Times this replica took the decider Lease",
+            coordination_acquired.clone(),
         );
-        let coordination_conflicts = Counter::default();
+        let coordination_decided = Counter::default();
         registry.register(
-            "coordination_conflicts",
-            "Writes of the shared record refused because another replica wrote first",
-            coordination_conflicts.clone(),
+            "coordination_decided",
+            "Edge-adding admissions this replica decided as the decider",
+            coordination_decided.clone(),
         );
-        let coordination_retries = Counter::default();
+        let coordination_forwarded = Counter::default();
         registry.register(
-            "coordination_retries",
-            "Decisions judged again and written again after a conflict",
-            coordination_retries.clone(),
+            "coordination_forwarded",
+            "Edge-adding reviews this replica forwarded to the decider and answered with its answer",
+            coordination_forwarded.clone(),
         );
         let coordination_failures = Family::<FailureLabels, Counter>::default();
         registry.register(
             "coordination_failures",
-            "Requests denied because the shared record could not be written",
+            "Edge-adding requests denied because no replica could decide them",
             coordination_failures.clone(),
         );
-        for failure in crate::coordination::Failure::ALL {
+        for failure in crate::coordination::decider::Failure::ALL {
             drop(coordination_failures.get_or_create(&FailureLabels { reason: failure.as_str() }));
         }
-        let coordination_rejudged = Counter::default();
-        registry.register(
-            "coordination_rejudged_denials",
-            "Requests allowed on this replica's cache but denied once other replicas' admissions were in view",
-            coordination_rejudged.clone(),
-        );
-        let coordination_entries = Gauge::default();
-        registry.register(
-            "coordination_record_entries",
-            "Admissions in the shared record not yet delivered to every replica, at the last write",
-            coordination_entries.clone(),
-        );
-        let coordination_replicas = Gauge::default();
-        registry.register(
-            "coordination_replicas",
-            "Replicas that wrote the shared record in the last five minutes, at the last write",
-            coordination_replicas.clone(),
-        );
         Metrics {
             registry,
             requests,
@@ -263,33 +242,28 @@ impl Metrics {
             pending_dropped,
             webhook_config_state,
             webhook_skipped_needs,
-            coordination_writes,
-            coordination_recorded,
-            coordination_conflicts,
-            coordination_retries,
+            coordination_decider,
+            coordination_acquired,
+            coordination_decided,
+            coordination_forwarded,
             coordination_failures,
-            coordination_rejudged,
-            coordination_entries,
-            coordination_replicas,
         }
     }
 
-    /// Publishes the coordination counters: each moves up to the total it shows. Called with
+    /// Publishes the election's counters: each moves up to the total it shows. Called with
     /// the cache locked, like [`Metrics::publish_pending`].
-    pub fn publish_coordination(&self, stats: &crate::coordination::Stats) {
-        use crate::coordination::{Failure, Stats};
+    pub fn publish_coordination(&self, election: &crate::coordination::decider::Election) {
+        use crate::coordination::decider::{Failure, Stats};
+        let stats = &election.stats;
         let catch_up = |counter: &Counter, total: u64| counter.inc_by(total.saturating_sub(counter.get()));
-        catch_up(&self.coordination_writes, Stats::get(&stats.writes));
-        catch_up(&self.coordination_recorded, Stats::get(&stats.recorded));
-        catch_up(&self.coordination_conflicts, Stats::get(&stats.conflicts));
-        catch_up(&self.coordination_retries, Stats::get(&stats.retries));
-        catch_up(&self.coordination_rejudged, Stats::get(&stats.rejudged_denials));
+        catch_up(&self.coordination_acquired, Stats::get(&stats.acquired));
+        catch_up(&self.coordination_decided, Stats::get(&stats.decided));
+        catch_up(&self.coordination_forwarded, Stats::get(&stats.forwarded));
         for failure in Failure::ALL {
             let counter = self.coordination_failures.get_or_create(&FailureLabels { reason: failure.as_str() });
             catch_up(&counter, stats.failures(failure));
         }
-        self.coordination_entries.set(Stats::get(&stats.entries) as i64);
-        self.coordination_replicas.set(Stats::get(&stats.replicas) as i64);
+        self.coordination_decider.set(i64::from(election.deciding_term().is_some()));
     }
 
     /// Publishes the overlay's size and drop counts. Called with the cache locked, which also

@@ -6,6 +6,7 @@
 //! body size limit, and a graceful drain on shutdown.
 
 pub mod metrics;
+pub mod peer;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -189,6 +190,12 @@ async fn handle(app: &App, request: Request, hook: Hook) -> Response {
             })
             .inc();
     };
+    // A review another replica forwarded to this one as the decider (see `peer`).
+    let forwarded_by = request
+        .headers()
+        .get(peer::FORWARDED_BY)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.chars().take(253).collect::<String>());
     let body = match read_body(request).await {
         Ok(b) => b,
         Err(response) => {
@@ -210,7 +217,11 @@ async fn handle(app: &App, request: Request, hook: Hook) -> Response {
     };
     let req = &review.request;
     let outcome = match hook {
-        Hook::Validate => app.webhook.review(req, Instant::now()).await.map(|v| (v.response, v.findings)),
+        Hook::Validate => app
+            .webhook
+            .review_from(req, Instant::now(), forwarded_by.as_deref())
+            .await
+            .map(|v| (v.response, v.findings)),
         Hook::Mutate => app.webhook.mutate(req).map(|r| (r, Vec::new())),
     };
     let (response, findings) = match outcome {
@@ -310,8 +321,8 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
         app.metrics.cache_ready.set(i64::from(state.is_ready()));
         app.metrics.publish_pending(&state);
         // Under the cache lock too, so that two scrapes never add the same count twice.
-        if let Some(c) = &app.webhook.coordinator {
-            app.metrics.publish_coordination(&c.stats);
+        if let Some(d) = &app.webhook.decider {
+            app.metrics.publish_coordination(&d.election);
         }
     }
     app.metrics.publish_webhook_config(&app.webhook_config);
@@ -329,7 +340,7 @@ struct ReportWithPolicy {
     policy: crate::policy::live::InForce,
     /// The last look at each webhook configuration (cluster mode).
     webhooks: std::collections::BTreeMap<crate::webhooks::Hook, crate::webhooks::sync::Outcome>,
-    /// The record shared by the replicas, in cluster mode.
+    /// Which replica decides, in cluster mode.
     #[serde(skip_serializing_if = "Option::is_none")]
     coordination: Option<CoordinationReport>,
     #[serde(flatten)]
@@ -339,29 +350,31 @@ struct ReportWithPolicy {
 /// What `/report` says of the coordination between replicas.
 #[derive(serde::Serialize)]
 struct CoordinationReport {
-    /// This replica's name in the record.
+    /// This replica's name.
     replica: String,
-    /// Replicas that recorded decisions in the last five minutes, as of the last write.
-    replicas_recently_deciding: u64,
-    /// Admissions in the record not yet delivered to every replica, as of the last write.
-    record_entries: u64,
-    writes: u64,
-    recorded_admissions: u64,
-    conflicts: u64,
+    /// The replica that decides admissions adding an edge, as this one knows it.
+    decider: Option<String>,
+    /// On the decider: itself and the replicas that forwarded reviews to it in the last five
+    /// minutes. Elsewhere 0 (the decider's own report says).
+    replicas_recently_deciding: usize,
+    decided: u64,
+    forwarded: u64,
     failures: u64,
 }
 
 async fn report(State(app): State<Arc<App>>) -> Response {
-    use crate::coordination::{Failure, Stats};
+    use crate::coordination::decider::{Failure, Stats};
     let report = app.report.read().unwrap_or_else(|p| p.into_inner()).clone();
-    let coordination = app.webhook.coordinator.as_ref().map(|c| CoordinationReport {
-        replica: c.replica().to_string(),
-        replicas_recently_deciding: Stats::get(&c.stats.replicas),
-        record_entries: Stats::get(&c.stats.entries),
-        writes: Stats::get(&c.stats.writes),
-        recorded_admissions: Stats::get(&c.stats.recorded),
-        conflicts: Stats::get(&c.stats.conflicts),
-        failures: Failure::ALL.iter().map(|&f| c.stats.failures(f)).sum(),
+    let coordination = app.webhook.decider.as_ref().map(|d| {
+        let e = &d.election;
+        CoordinationReport {
+            replica: e.identity().to_string(),
+            decider: e.decider(),
+            replicas_recently_deciding: e.taking_part(),
+            decided: Stats::get(&e.stats.decided),
+            forwarded: Stats::get(&e.stats.forwarded),
+            failures: Failure::ALL.iter().map(|&f| e.stats.failures(f)).sum(),
+        }
     });
     axum::Json(ReportWithPolicy {
         policy: app.webhook.policy.in_force().as_ref().clone(),
@@ -392,12 +405,22 @@ struct StatusWithNotices {
 
 /// The status page, live: it refreshes itself from `/status`.
 async fn status_page(State(app): State<Arc<App>>) -> Response {
-    // The heading says how many replicas share the decisions (as of the page's loading).
-    let title = match &app.webhook.coordinator {
-        Some(c) => {
-            let n = crate::coordination::Stats::get(&c.stats.replicas);
-            let replicas = if n == 1 { "replica" } else { "replicas" };
-            format!("fluxgate: Flux dependency status ({n} {replicas} recently deciding, this one {})", c.replica())
+    // The heading says who decides, and how many replicas took part (as of the page's loading).
+    let title = match &app.webhook.decider {
+        Some(d) => {
+            let e = &d.election;
+            match e.decider() {
+                Some(decider) if decider == e.identity() => {
+                    let n = e.taking_part();
+                    let replicas = if n == 1 { "replica" } else { "replicas" };
+                    format!("fluxgate: Flux dependency status ({n} {replicas} recently deciding, {decider} decides)")
+                }
+                Some(decider) => format!(
+                    "fluxgate: Flux dependency status ({decider} decides, this one {} forwards to it)",
+                    e.identity()
+                ),
+                None => format!("fluxgate: Flux dependency status (no replica decides now, this one {})", e.identity()),
+            }
         }
         None => "fluxgate: Flux dependency status".to_string(),
     };

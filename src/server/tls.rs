@@ -139,7 +139,9 @@ impl ReloadingCert {
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .expect("ring supports TLS 1.2 and 1.3");
         let mut config = match &client_ca {
-            Some(ca) => builder.with_client_cert_verifier(ca.clone()).with_cert_resolver(self.clone()),
+            Some(ca) => builder
+                .with_client_cert_verifier(Arc::new(PeerOrClientCa { own: self.clone(), ca: ca.clone() }))
+                .with_cert_resolver(self.clone()),
             None => builder.with_no_client_auth().with_cert_resolver(self.clone()),
         };
         if client_ca.is_some() {
@@ -151,6 +153,19 @@ impl ReloadingCert {
         }
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         config
+    }
+}
+
+impl ReloadingCert {
+    /// The pair serving now.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether `cert` is the certificate this replica serves now: the replicas of one
+    /// Deployment mount the same Secret, so another replica presents this same certificate.
+    pub fn is_own(&self, cert: &CertificateDer<'_>) -> bool {
+        self.current().cert.first().is_some_and(|own| own.as_ref() == cert.as_ref())
     }
 }
 
@@ -268,6 +283,59 @@ impl ClientCertVerifier for ReloadingClientCa {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.verifier().supported_verify_schemes()
+    }
+}
+
+/// With `--client-ca`, the client certificates the webhook port accepts: those signed by the CA
+/// (the API server), and this replica's own serving certificate, which the other replicas
+/// present when they forward a review to the deciding replica (`server::peer`).
+#[derive(Debug)]
+struct PeerOrClientCa {
+    own: Arc<ReloadingCert>,
+    ca: Arc<ReloadingClientCa>,
+}
+
+impl ClientCertVerifier for PeerOrClientCa {
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        if self.own.is_own(end_entity) {
+            return Ok(ClientCertVerified::assertion());
+        }
+        self.ca.verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.ca.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.ca.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.ca.supported_verify_schemes()
     }
 }
 

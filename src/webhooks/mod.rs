@@ -364,10 +364,10 @@ pub fn configurations(policy: &Policy, namespace: &str, conditions: Conditions) 
         let mut webhook = json!({
             "name": hook.webhook_name(),
             "admissionReviewVersions": ["v1"],
-            // Validation writes the record of decisions the replicas share on real requests
-            // that add an edge, never on dry-runs; mutation writes nothing. Flux dry-runs every
-            // object: any other value would have every dry-run refused.
-            "sideEffects": if hook == Hook::Validate { "NoneOnDryRun" } else { "None" },
+            // Neither writes anything outside fluxgate (a review forwarded to the deciding replica
+            // stays inside it). Flux dry-runs every object: a webhook with side effects would
+            // have every dry-run refused.
+            "sideEffects": "None",
             "matchPolicy": "Equivalent",
             "timeoutSeconds": 5,
             "failurePolicy": if hook == Hook::Validate { "Fail" } else { "Ignore" },

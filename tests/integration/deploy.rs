@@ -126,8 +126,8 @@ fn check_base(objects: &[Value]) {
     let role: Role = one(objects, "Role");
     let lease_rules = role.rules.unwrap();
     assert!(has(&lease_rules, "coordination.k8s.io", "leases", &["get", "update"]));
-    // Every verb but create names the Lease it is for: the audit's, read and updated; the
-    // record of decisions, only patched.
+    // Every verb but create names the Lease it is for: the audit's and the
+    // decider Lease, read and updated in the election.
     let named = |verb: &str| -> Vec<String> {
         lease_rules
             .iter()
@@ -136,9 +136,9 @@ fn check_base(objects: &[Value]) {
             .flat_map(|r| r.resource_names.clone().expect("limited by name"))
             .collect()
     };
-    assert_eq!(named("get"), ["fluxgate-audit"]);
-    assert_eq!(named("update"), ["fluxgate-audit"]);
-    assert_eq!(named("patch"), ["fluxgate-decisions"]);
+    assert_eq!(named("get"), ["fluxgate-audit", "fluxgate-decider"]);
+    assert_eq!(named("update"), ["fluxgate-audit", "fluxgate-decider"]);
+    assert!(named("patch").is_empty());
     for r in rules.iter().chain(&lease_rules) {
         assert!(!r.verbs.iter().any(|v| v == "*" || v == "delete" || v == "deletecollection"), "{r:?}");
         assert!(!r.resources.as_deref().unwrap_or_default().iter().any(|x| x == "*" || x == "secrets"), "{r:?}");
@@ -177,9 +177,9 @@ fn check_base(objects: &[Value]) {
     let m: MutatingWebhookConfiguration = one(objects, "MutatingWebhookConfiguration");
     let vw = &v.webhooks.unwrap()[0];
     let mw = &m.webhooks.unwrap()[0];
-    // Validation writes the shared record of decisions on real requests, never on dry-runs
-    // (Flux's dry-runs are refused by a webhook with other side effects); mutation writes nothing.
-    assert_eq!(vw.side_effects, "NoneOnDryRun");
+    // Neither writes anything outside fluxgate (Flux's dry-runs are refused by a webhook with
+    // side effects).
+    assert_eq!(vw.side_effects, "None");
     assert_eq!(mw.side_effects, "None");
     for (review, policy, timeout, service, selector) in [
         (

@@ -251,6 +251,10 @@ impl StoredObjects for Unreachable {
     ) -> futures::future::BoxFuture<'a, Result<Option<FluxObject>, String>> {
         Box::pin(async { Err("connection refused".to_string()) })
     }
+
+    fn list(&self, _: FluxKind) -> futures::future::BoxFuture<'_, Result<Vec<FluxObject>, String>> {
+        Box::pin(async { Err("connection refused".to_string()) })
+    }
 }
 
 /// A webhook over a cache holding `objects`, confirming with `lookup` if given.

@@ -1,12 +1,14 @@
 //! Several replicas against one fake API server whose watch delivers events late (up to 2 s)
 //! and whose Lease writes take 2 ms one at a time: decisions hold for the cluster, not per
-//! replica. The test plays the API server's part: it sends each review to one replica and
-//! stores the object only when that replica admitted it (and, as the API server does, refuses
-//! an update whose object changed since it was read: a later rejection that never reaches
-//! storage).
+//! replica. Each replica is a webhook with its own watch cache, served over TLS on loopback
+//! (the deciding replica takes forwarded reviews there), taking part in the election of the
+//! decider on the fake's Lease. The test plays the API server's part: it sends each review to
+//! one replica and stores the object only when that replica admitted it (and, as the API server
+//! does, refuses an update whose object changed since it was read: a later rejection that never
+//! reaches storage).
 //!
-//! `FLUXGATE_TEST_NO_COORDINATION=1` runs the same tests with the shared record switched off,
-//! to show that they fail without it.
+//! `FLUXGATE_TEST_NO_COORDINATION=1` runs the same tests with the election switched off (each
+//! replica decides alone), to show that they fail without it.
 
 use crate::common;
 
@@ -18,38 +20,48 @@ use axum::body::Body;
 use axum::http::Request;
 use common::fake_api::{FakeApi, LeaseFailure};
 use common::*;
-use fluxgate::admission::{AdmissionReview, Coordinator, Verdict, Webhook};
+use fluxgate::admission::{AdmissionReview, Verdict, Webhook};
 use fluxgate::cache::Cache;
 use fluxgate::cache::watch::{self, WatchOptions};
-use fluxgate::coordination::{LeaseStore, RECORD_NAME};
+use fluxgate::coordination::decider::{DECIDER_LEASE, Decider, Election, Role, Timing};
 use fluxgate::policy::Policy;
+use fluxgate::server::peer::Peers;
+use fluxgate::server::tls::ReloadingCert;
+use fluxgate::server::{self, App, Limits};
 use serde_json::Value;
 use tower::ServiceExt;
 
 const F: &str = "flux-system";
 const NS: &str = "fluxgate-system";
 
+/// The election's clock in these tests: short enough that a takeover fits in a test, long
+/// enough that a loaded machine renews in time.
+const TIMING: Timing =
+    Timing { lease: Duration::from_secs(4), renew_deadline: Duration::from_secs(3), retry: Duration::from_millis(200) };
+
 fn coordination_on() -> bool {
     std::env::var("FLUXGATE_TEST_NO_COORDINATION").is_err()
+}
+
+/// The serving pair every replica of a test mounts (one Secret in a cluster).
+fn shared_cert() -> (Arc<ReloadingCert>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, cert, key) = common::process::write_certs(dir.path());
+    (ReloadingCert::load(&cert, &key).unwrap(), dir)
 }
 
 struct Replica {
     cache: Arc<Cache>,
     webhook: Webhook,
-    _watch: tokio::task::JoinHandle<()>,
+    election: Option<Arc<Election>>,
+    /// Stops the webhook server (the replica's port closes; its election goes on).
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Replica {
-    /// As `fluxgate serve` starts: the replica's mark in the record first, then the watch.
-    async fn start(fake: &FakeApi, name: &str) -> Replica {
-        let coordinator = if coordination_on() {
-            let store = Arc::new(LeaseStore::new(fake.client(), NS));
-            let coordinator = Arc::new(Coordinator::new(store, name));
-            coordinator.join().await.unwrap();
-            Some(coordinator)
-        } else {
-            None
-        };
+    /// As `fluxgate serve` starts: the watch, the webhook port, the election.
+    async fn start(fake: &FakeApi, name: &str, cert: &Arc<ReloadingCert>) -> Replica {
         let cache = Arc::new(Cache::new());
         let served = Arc::new(watch::Served::default());
         // Long enough that a lagging event is not taken for a silent watch.
@@ -58,18 +70,50 @@ impl Replica {
             silence_grace: Duration::from_secs(5),
             ..WatchOptions::default()
         };
-        let task = tokio::spawn(watch::run(fake.client(), cache.clone(), served.clone(), options));
+        let mut tasks = vec![tokio::spawn(watch::run(fake.client(), cache.clone(), served.clone(), options))];
         let mut webhook = Webhook::new(cache.clone(), Arc::new(Policy::default()))
             .with_lookup(watch::Lookup::new(fake.client(), served));
-        if let Some(coordinator) = coordinator {
-            webhook = webhook.with_coordinator(coordinator);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let mut election = None;
+        if coordination_on() {
+            let e = Arc::new(Election::new(fake.client(), NS, name, &address, TIMING));
+            let forward = Arc::new(Peers::new(cert.clone(), name));
+            webhook = webhook.with_decider(Arc::new(Decider { election: e.clone(), forward }));
+            let catching_up = webhook.clone();
+            tasks.push(tokio::spawn(e.clone().run(move || {
+                let webhook = catching_up.clone();
+                Box::pin(async move { webhook.catch_up_with_api_server().await })
+            })));
+            election = Some(e);
         }
-        Replica { cache, webhook, _watch: task }
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let router = server::webhook_router(App::new(webhook.clone()));
+        tasks.push(tokio::spawn(server::serve_tls(
+            listener,
+            Arc::new(cert.server_config()),
+            router,
+            stop_rx,
+            Limits::default(),
+        )));
+        Replica { cache, webhook, election, stop, tasks }
     }
 
     async fn review(&self, review: &Value) -> Verdict {
         let parsed = AdmissionReview::from_slice(&serde_json::to_vec(review).unwrap()).unwrap();
         self.webhook.review(&parsed.request, Instant::now()).await.unwrap()
+    }
+
+    fn decides(&self) -> bool {
+        self.election.as_ref().is_some_and(|e| e.role().decides_now())
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }
 
@@ -92,14 +136,23 @@ async fn cluster(names: &[String], n: usize, lag: Duration, seed: u64) -> (FakeA
         storage.0.lock().unwrap().insert(name.clone(), (BTreeSet::new(), version));
     }
     fake.set_watch_lag(lag, seed);
+    let (cert, dir) = shared_cert();
     let mut replicas = Vec::new();
     for i in 0..n {
-        replicas.push(Arc::new(Replica::start(&fake, &format!("replica-{i}")).await));
+        replicas.push(Arc::new(Replica::start(&fake, &format!("replica-{i}"), &cert).await));
     }
     for r in &replicas {
         let cache = r.cache.clone();
         eventually("the replicas to be ready", || cache.is_ready()).await;
     }
+    if coordination_on() {
+        eventually("a replica to decide", || replicas.iter().any(|r| r.decides())).await;
+        let followers =
+            |r: &Arc<Replica>| r.election.as_ref().is_some_and(|e| matches!(e.role(), Role::Following { .. }));
+        eventually("the others to follow it", || replicas.iter().filter(|r| followers(r)).count() == n - 1).await;
+    }
+    // The certificate files may go: the pair is in memory.
+    drop(dir);
     (fake, replicas, storage)
 }
 
@@ -211,9 +264,14 @@ async fn two_halves_of_a_cycle_sent_to_two_replicas_at_once_are_never_both_admit
     assert_eq!(both, Vec::<usize>::new(), "pairs whose two halves were both admitted");
     assert_eq!(storage.cycle(), None);
     if coordination_on() {
-        let (writes, _) = fake.lease_writes();
-        assert!(writes >= 20, "each admitted half was recorded: {writes} writes");
-        assert!(fake.lease(NS, RECORD_NAME).is_some());
+        // Two of every three pairs reached a replica that forwarded one half or both.
+        let forwarded: u64 = replicas
+            .iter()
+            .filter_map(|r| r.election.as_ref())
+            .map(|e| e.stats.forwarded.load(std::sync::atomic::Ordering::Relaxed))
+            .sum();
+        assert!(forwarded >= 20, "halves were decided by the decider: {forwarded} forwarded");
+        assert!(fake.lease_holder(NS, DECIDER_LEASE).is_some());
     }
 }
 
@@ -327,83 +385,181 @@ async fn readyz(webhook: &Webhook) -> u16 {
     response.status().as_u16()
 }
 
-/// With Lease writes failing as `failure`: an edge-adding admission is denied with a message
-/// that says why and asks to retry, and counted; what adds no edge, dry-runs and deletes go
-/// through; the failed admission leaves nothing behind once writes work again.
-async fn record_cannot_be_written(failure: LeaseFailure, reason: &str, says: &str) {
+/// What cannot close a cycle is decided by the replica called, decider or not: a create
+/// without edges, a dry-run, a delete, an unchanged re-apply; readiness is not the election's
+/// business.
+async fn everything_else_goes_through(r: &Replica) {
+    assert!(r.review(&create(&ks(F, "c", &[]))).await.response.allowed, "a create without edges");
+    let dry_run = review("UPDATE", Some(&ks(F, "a", &["b"])), Some(&ks(F, "a", &[])), true);
+    assert!(r.review(&dry_run).await.response.allowed, "a dry-run is decided where it arrives");
+    assert!(r.review(&delete(&ks(F, "b", &[]))).await.response.allowed, "a delete");
+    assert!(r.review(&update(&ks(F, "a", &[]), &ks(F, "a", &[]))).await.response.allowed, "an unchanged re-apply");
+    assert_eq!(readyz(&r.webhook).await, 200);
+}
+
+/// The fake with `a` and `b` stored without edges and `n` replicas watching it, ready, with
+/// Lease writes failing as `failure` from the start (no replica can take the decider Lease).
+async fn cluster_without_decider(n: usize, failure: LeaseFailure) -> (FakeApi, Vec<Replica>, tempfile::TempDir) {
+    let fake = FakeApi::start(false).await;
+    for name in ["a", "b"] {
+        fake.apply(ks(F, name, &[]));
+    }
+    fake.fail_lease_writes(Some(failure));
+    let (cert, dir) = shared_cert();
+    let mut replicas = Vec::new();
+    for i in 0..n {
+        replicas.push(Replica::start(&fake, &format!("replica-{i}"), &cert).await);
+    }
+    for r in &replicas {
+        let cache = r.cache.clone();
+        eventually("the replicas to be ready", || cache.is_ready()).await;
+    }
+    (fake, replicas, dir)
+}
+
+/// With Lease writes failing as `failure`, no replica decides: an edge-adding admission is
+/// denied with a message that says so and asks to retry, and counted; everything else goes
+/// through; once writes work again a replica decides, and the denied admission left nothing
+/// behind.
+async fn no_decider_can_be_elected(failure: LeaseFailure) {
     if !coordination_on() {
         return;
     }
-    let names: Vec<String> = ["a", "b"].map(String::from).to_vec();
-    let (fake, replicas, _) = cluster(&names, 1, Duration::ZERO, 1).await;
+    let (fake, replicas, _dir) = cluster_without_decider(2, failure).await;
     let r = &replicas[0];
-    fake.fail_lease_writes(Some(failure));
-
     let verdict = r.review(&update(&ks(F, "a", &["b"]), &ks(F, "a", &[]))).await;
     assert!(!verdict.response.allowed);
     let message = verdict.response.message.unwrap();
-    assert!(message.contains("could not record this admission") && message.contains("retry"), "{message}");
-    assert!(message.contains(says), "{message}");
-
-    assert!(r.review(&create(&ks(F, "c", &[]))).await.response.allowed, "a create without edges");
-    let dry_run = review("UPDATE", Some(&ks(F, "a", &["b"])), Some(&ks(F, "a", &[])), true);
-    assert!(r.review(&dry_run).await.response.allowed, "a dry-run never writes");
-    assert!(r.review(&delete(&ks(F, "b", &[]))).await.response.allowed, "a delete");
-    assert!(r.review(&update(&ks(F, "a", &[]), &ks(F, "a", &[]))).await.response.allowed, "an unchanged re-apply");
-    assert_eq!(readyz(&r.webhook).await, 200, "readiness is not the record's business");
-
+    assert!(message.contains("no fluxgate replica is deciding such changes right now"), "{message}");
+    assert!(message.contains("retry"), "{message}");
+    everything_else_goes_through(r).await;
     let text = metrics(&r.webhook).await;
-    let line = format!("fluxgate_coordination_failures_total{{reason=\"{reason}\"}} 1");
-    assert!(text.contains(&line), "{line} in\n{text}");
+    let line = "fluxgate_coordination_failures_total{reason=\"no_decider\"} 1";
+    assert!(text.contains(line), "{line} in\n{text}");
+    assert!(text.contains("fluxgate_coordination_decider 0"), "{text}");
 
     fake.fail_lease_writes(None);
+    eventually("a replica to decide", || replicas.iter().any(Replica::decides)).await;
     // The denied a -> b is not remembered: b -> a closes no cycle.
     let verdict = r.review(&update(&ks(F, "b", &["a"]), &ks(F, "b", &[]))).await;
     assert!(verdict.response.allowed, "{:?}", verdict.response.message);
-    let text = metrics(&r.webhook).await;
-    // The mark written at start, then the admission.
-    assert!(text.contains("fluxgate_coordination_writes_total 2"), "{text}");
 }
 
-#[tokio::test]
-async fn a_record_write_that_times_out_denies_only_edge_adding_admissions() {
-    record_cannot_be_written(LeaseFailure::Timeout, "timeout", "did not answer in time").await;
-}
-
-#[tokio::test]
-async fn a_forbidden_record_write_denies_only_edge_adding_admissions() {
-    record_cannot_be_written(LeaseFailure::Forbidden, "forbidden", "check fluxgate's RBAC").await;
-}
-
-#[tokio::test]
-async fn record_writes_that_conflict_forever_deny_only_edge_adding_admissions() {
-    record_cannot_be_written(LeaseFailure::ConflictForever, "conflict", "concurrent writes conflicted").await;
-}
-
-/// A record entry is only as trustworthy as a pending admission: a forged review admitted by
-/// one replica (never stored) must not make another replica deny a real change for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forged_admission_in_the_record_does_not_deny_a_real_change_on_another_replica() {
+async fn lease_writes_that_time_out_deny_only_edge_adding_admissions() {
+    no_decider_can_be_elected(LeaseFailure::Timeout).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forbidden_lease_writes_deny_only_edge_adding_admissions() {
+    no_decider_can_be_elected(LeaseFailure::Forbidden).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_writes_that_conflict_forever_deny_only_edge_adding_admissions() {
+    no_decider_can_be_elected(LeaseFailure::ConflictForever).await;
+}
+
+/// The decider holds the Lease but its port is closed (a network partition between pods):
+/// the others deny edge-adding admissions, saying the decider did not answer; everything else
+/// goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_decider_denies_only_edge_adding_admissions() {
     if !coordination_on() {
         return;
     }
     let names: Vec<String> = ["a", "b"].map(String::from).to_vec();
-    let (fake, replicas, _) = cluster(&names, 2, Duration::ZERO, 3).await;
-    // Sent straight to replica 0, never to the API server: admitted and recorded, never stored.
-    let forged = replicas[0].review(&update(&ks(F, "a", &["b"]), &ks(F, "a", &[]))).await;
-    assert!(forged.response.allowed);
-    // The real change closes a cycle with the forged one only: replica 1 confirms the entry
-    // with the API server, finds it is not stored, and admits.
-    let real = replicas[1].review(&update(&ks(F, "b", &["a"]), &ks(F, "b", &[]))).await;
-    assert!(real.response.allowed, "{:?}", real.response.message);
-    let text = metrics(&replicas[1].webhook).await;
-    assert!(text.contains("fluxgate_coordination_rejudged_denials_total 1"), "{text}");
-    assert!(text.contains("fluxgate_pending_admissions_dropped_total{reason=\"unstored\"} 1"), "{text}");
-    let _ = fake;
+    let (_fake, replicas, _) = cluster(&names, 2, Duration::ZERO, 5).await;
+    let decider = replicas.iter().find(|r| r.decides()).unwrap();
+    let follower = replicas.iter().find(|r| !r.decides()).unwrap();
+    decider.stop.send_replace(true);
+    // The port closes once the server has drained.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let verdict = follower.review(&update(&ks(F, "a", &["b"]), &ks(F, "a", &[]))).await;
+    assert!(!verdict.response.allowed);
+    let message = verdict.response.message.unwrap();
+    assert!(message.contains("the fluxgate replica that decides such changes did not answer"), "{message}");
+    assert!(message.contains("replica-") && message.contains("retry"), "{message}");
+    everything_else_goes_through(follower).await;
+    let text = metrics(&follower.webhook).await;
+    assert!(text.contains("fluxgate_coordination_failures_total{reason=\"unreachable\"} 1"), "{text}");
 }
 
-/// The built binary, twice, as `deploy/` runs it: each replica joins the record at start, and
-/// two halves of a cycle posted over TLS to the two at the same moment are never both admitted.
+/// The decider admits `a -> b`, which is stored but which no watch has delivered, and then
+/// stops deciding: released on shutdown, or gone without a word (its Lease expires). The
+/// replica taking over catches up with the API server before it decides, so `b -> a` is
+/// denied although its own watch never showed `a -> b`.
+async fn a_new_decider_sees_what_the_old_one_admitted(released: bool) {
+    if !coordination_on() {
+        return;
+    }
+    let names: Vec<String> = ["a", "b"].map(String::from).to_vec();
+    let (fake, replicas, _) = cluster(&names, 2, Duration::ZERO, 9).await;
+    let old = replicas.iter().position(|r| r.decides()).unwrap();
+    let new = &replicas[1 - old];
+    let a_to_b = ks(F, "a", &["b"]);
+    assert!(replicas[old].review(&update(&a_to_b, &ks(F, "a", &[]))).await.response.allowed);
+    fake.store_unwatched(a_to_b);
+    let election = replicas[old].election.clone().unwrap();
+    for t in &replicas[old].tasks {
+        t.abort();
+    }
+    if released {
+        election.release().await;
+    }
+    let taken = Instant::now();
+    eventually("the other replica to decide", || new.decides()).await;
+    let delivered = new
+        .cache
+        .lock()
+        .delivered(fluxgate::object::FluxKind::Kustomization, &fluxgate::object::ObjectKey::new(F, "a"))
+        .cloned();
+    assert!(delivered.is_some_and(|a| a.depends_on.is_empty()), "the new decider's watch never showed a -> b");
+    let verdict = new.review(&update(&ks(F, "b", &["a"]), &ks(F, "b", &[]))).await;
+    assert!(!verdict.response.allowed, "b -> a closes a cycle with the old decider's admission");
+    assert!(verdict.response.message.unwrap().contains("cycle"));
+    if released {
+        assert!(taken.elapsed() < TIMING.lease, "a released Lease is taken at once, not after it expires");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decider_that_shuts_down_hands_over_without_losing_an_admission() {
+    a_new_decider_sees_what_the_old_one_admitted(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decider_that_disappears_is_replaced_without_losing_an_admission() {
+    a_new_decider_sees_what_the_old_one_admitted(false).await;
+}
+
+/// A forwarded review is only as trustworthy as any other: a forged review sent straight to
+/// the decider (never stored) must not make it deny a real change, forwarded by another
+/// replica, for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_admission_does_not_deny_a_real_change_forwarded_by_another_replica() {
+    if !coordination_on() {
+        return;
+    }
+    let names: Vec<String> = ["a", "b"].map(String::from).to_vec();
+    let (_fake, replicas, _) = cluster(&names, 2, Duration::ZERO, 3).await;
+    let decider = replicas.iter().find(|r| r.decides()).unwrap();
+    let follower = replicas.iter().find(|r| !r.decides()).unwrap();
+    // Sent straight to the decider, never to the API server: admitted, never stored.
+    let forged = decider.review(&update(&ks(F, "a", &["b"]), &ks(F, "a", &[]))).await;
+    assert!(forged.response.allowed);
+    // The real change closes a cycle with the forged one only: the decider confirms it with
+    // the API server, finds it is not stored, and admits.
+    let real = follower.review(&update(&ks(F, "b", &["a"]), &ks(F, "b", &[]))).await;
+    assert!(real.response.allowed, "{:?}", real.response.message);
+    let text = metrics(&decider.webhook).await;
+    assert!(text.contains("fluxgate_pending_admissions_dropped_total{reason=\"unstored\"} 1"), "{text}");
+    assert!(text.contains("fluxgate_coordination_decider 1"), "{text}");
+}
+
+/// The built binary, twice, as `deploy/` runs it: one takes the decider Lease, the other
+/// forwards to it over TLS, and two halves of a cycle posted to the two at the same moment
+/// are never both admitted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_fluxgate_binaries_over_tls_never_admit_both_halves_of_a_cycle() {
     use common::process::{Client, Http, ServeProcess, admin_get, write_certs};
@@ -470,98 +626,15 @@ async fn two_fluxgate_binaries_over_tls_never_admit_both_halves_of_a_cycle() {
         }
     }
     assert_eq!(both, Vec::<usize>::new(), "pairs whose two halves were both admitted");
-    let (_, report) = admin_get(servers[0].admin, "/report").await;
+    let holder = fake.lease_holder(NS, DECIDER_LEASE).expect("a replica holds the decider Lease");
+    let (d, f) = if holder == "fluxgate-0" { (0, 1) } else { (1, 0) };
+    let (_, report) = admin_get(servers[d].admin, "/report").await;
     let report: Value = serde_json::from_str(&report).unwrap();
-    assert_eq!(report["coordination"]["replica"], "fluxgate-0");
+    assert_eq!(report["coordination"]["decider"], holder.as_str(), "{report}");
     assert_eq!(report["coordination"]["replicas_recently_deciding"], 2, "{report}");
-    let (_, page) = admin_get(servers[1].admin, "/").await;
-    assert!(page.contains("2 replicas recently deciding, this one fluxgate-1"), "the status page says it too");
-    let (_, metrics) = admin_get(servers[1].admin, "/metrics").await;
-    assert!(metrics.contains("fluxgate_coordination_recorded_admissions_total"), "{metrics}");
-    assert!(fake.lease(NS, RECORD_NAME).is_some());
-}
-
-/// A record kept in memory whose next write, once armed, waits until it is opened: a write in
-/// flight for as long as a test needs.
-struct GatedStore {
-    inner: fluxgate::coordination::MemoryStore,
-    armed: std::sync::atomic::AtomicBool,
-    gate: tokio::sync::Semaphore,
-}
-
-impl Default for GatedStore {
-    fn default() -> GatedStore {
-        GatedStore { inner: Default::default(), armed: Default::default(), gate: tokio::sync::Semaphore::new(0) }
-    }
-}
-
-impl fluxgate::coordination::RecordStore for GatedStore {
-    fn patch<'a>(
-        &'a self,
-        changes: &'a fluxgate::coordination::Changes,
-    ) -> futures::future::BoxFuture<'a, Result<fluxgate::coordination::Record, fluxgate::coordination::WriteError>>
-    {
-        Box::pin(async move {
-            if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
-                let _held = self.gate.acquire().await.expect("the gate stays open");
-            }
-            self.inner.patch(changes).await
-        })
-    }
-}
-
-/// Two requests on one replica, both judged on a view without another replica's admission:
-/// the first one's write brings that admission into view; the second, waiting for the writer
-/// meanwhile, is judged again after its own write although that write brings nothing new.
-/// Answered on its first judgement, it would close the cycle `a -> c -> a`.
-/// A replica with no watch: its cache holds `names` without edges at version 1, and it shares
-/// `store` with the others.
-fn unwatched_replica(store: Arc<dyn fluxgate::coordination::RecordStore>, name: &str, names: &[&str]) -> Arc<Webhook> {
-    let cache = Arc::new(Cache::new());
-    for n in names {
-        let object =
-            fluxgate::object::FluxObject::from_value(fluxgate::object::FluxKind::Kustomization, &ks(F, n, &[]), F, "")
-                .unwrap();
-        cache.lock().apply(Arc::new(object), Some("1"));
-    }
-    let coordinator = Arc::new(Coordinator::new(store, name));
-    Arc::new(Webhook::new(cache, Arc::new(Policy::default())).with_coordinator(coordinator))
-}
-
-/// `name` now depending on `deps`, replacing the version `version` without edges.
-async fn edges_update(
-    webhook: Arc<Webhook>,
-    name: &str,
-    deps: &[&str],
-    version: &str,
-) -> fluxgate::admission::Response {
-    let mut old = ks(F, name, &[]);
-    old["metadata"]["resourceVersion"] = version.into();
-    let mut new = ks(F, name, deps);
-    new["metadata"]["resourceVersion"] = version.into();
-    let parsed = AdmissionReview::from_slice(&serde_json::to_vec(&update(&new, &old)).unwrap()).unwrap();
-    webhook.review(&parsed.request, Instant::now()).await.unwrap().response
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_that_waited_for_the_writer_is_judged_again_with_what_came_into_view() {
-    let store = Arc::new(GatedStore::default());
-    let names = ["a", "b", "c", "x"];
-    let (other, this) =
-        (unwatched_replica(store.clone(), "other", &names), unwatched_replica(store.clone(), "this", &names));
-    // Recorded by the other replica; this one has no watch to deliver it.
-    assert!(edges_update(other, "c", &["a"], "1").await.allowed);
-
-    store.armed.store(true, std::sync::atomic::Ordering::SeqCst);
-    let first = tokio::spawn(edges_update(this.clone(), "x", &["b"], "1"));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let second = tokio::spawn(edges_update(this.clone(), "a", &["c"], "1"));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    store.gate.add_permits(1);
-
-    assert!(first.await.unwrap().allowed);
-    let second = second.await.unwrap();
-    assert!(!second.allowed, "{second:?}");
-    let message = second.message.unwrap_or_default();
-    assert!(message.contains("flux-system/a -> flux-system/c -> flux-system/a"), "{message}");
+    let (_, page) = admin_get(servers[f].admin, "/").await;
+    let says = format!("{holder} decides, this one fluxgate-{f} forwards to it");
+    assert!(page.contains(&says), "the status page says who decides: {says}");
+    let (_, metrics) = admin_get(servers[f].admin, "/metrics").await;
+    assert!(metrics.contains("fluxgate_coordination_forwarded_total 10"), "{metrics}");
 }
