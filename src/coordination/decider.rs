@@ -154,6 +154,9 @@ pub struct Election {
 /// A replica counts as taking part in decisions for this long after it last forwarded one.
 pub const ACTIVE_WINDOW: Duration = Duration::from_secs(300);
 
+/// At most this many forwarding replicas are remembered.
+const MAX_FORWARDERS: usize = 64;
+
 /// The Lease as last seen, and since when (this replica's clock).
 struct Seen {
     version: String,
@@ -207,7 +210,10 @@ impl Election {
         let mut seen = self.forwarders.lock().unwrap_or_else(|p| p.into_inner());
         let now = std::time::Instant::now();
         seen.retain(|_, at| now.duration_since(*at) < ACTIVE_WINDOW);
-        seen.insert(replica.to_string(), now);
+        // Anyone who reaches the port can send the header: the names kept are bounded.
+        if seen.len() < MAX_FORWARDERS || seen.contains_key(replica) {
+            seen.insert(replica.to_string(), now);
+        }
     }
 
     /// The replica deciding, as this one knows it.

@@ -26,7 +26,7 @@ use fluxgate::cache::watch::{self, WatchOptions};
 use fluxgate::coordination::decider::{DECIDER_LEASE, Decider, Election, Role, Timing};
 use fluxgate::policy::Policy;
 use fluxgate::server::peer::Peers;
-use fluxgate::server::tls::ReloadingCert;
+use fluxgate::server::tls::{ReloadingCert, ReloadingClientCa};
 use fluxgate::server::{self, App, Limits};
 use serde_json::Value;
 use tower::ServiceExt;
@@ -62,6 +62,17 @@ struct Replica {
 impl Replica {
     /// As `fluxgate serve` starts: the watch, the webhook port, the election.
     async fn start(fake: &FakeApi, name: &str, cert: &Arc<ReloadingCert>) -> Replica {
+        Replica::start_with(fake, name, cert, None).await
+    }
+
+    /// [`Replica::start`], the webhook port requiring client certificates signed by `client_ca`
+    /// (`--client-ca`) when given.
+    async fn start_with(
+        fake: &FakeApi,
+        name: &str,
+        cert: &Arc<ReloadingCert>,
+        client_ca: Option<Arc<ReloadingClientCa>>,
+    ) -> Replica {
         let cache = Arc::new(Cache::new());
         let served = Arc::new(watch::Served::default());
         // Long enough that a lagging event is not taken for a silent watch.
@@ -91,7 +102,7 @@ impl Replica {
         let router = server::webhook_router(App::new(webhook.clone()));
         tasks.push(tokio::spawn(server::serve_tls(
             listener,
-            Arc::new(cert.server_config()),
+            Arc::new(cert.server_config_with(client_ca)),
             router,
             stop_rx,
             Limits::default(),
@@ -458,6 +469,45 @@ async fn forbidden_lease_writes_deny_only_edge_adding_admissions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_writes_that_conflict_forever_deny_only_edge_adding_admissions() {
     no_decider_can_be_elected(LeaseFailure::ConflictForever).await;
+}
+
+/// With `--client-ca`, the webhook port refuses callers without a certificate of the API
+/// server's CA; the replicas present their shared serving certificate to each other instead,
+/// and the decider accepts it: forwarding works, and still keeps the cycle out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_works_where_the_webhook_port_requires_client_certificates() {
+    if !coordination_on() {
+        return;
+    }
+    let fake = FakeApi::start(false).await;
+    for name in ["a", "b", "c"] {
+        fake.apply(ks(F, name, &[]));
+    }
+    let (cert, _dir) = shared_cert();
+    let ca_dir = tempfile::tempdir().unwrap();
+    // Another CA: the one the API server's client certificate would be signed by.
+    let (api_server_ca, _, _) = common::process::write_certs(ca_dir.path());
+    let client_ca = ReloadingClientCa::load(&api_server_ca).unwrap();
+    let mut replicas = Vec::new();
+    for i in 0..2 {
+        replicas.push(Replica::start_with(&fake, &format!("replica-{i}"), &cert, Some(client_ca.clone())).await);
+    }
+    eventually("a replica to decide", || replicas.iter().any(Replica::decides)).await;
+    let follows = |r: &Replica| r.election.as_ref().is_some_and(|e| matches!(e.role(), Role::Following { .. }));
+    eventually("the other to follow", || replicas.iter().any(follows)).await;
+    let decider = replicas.iter().find(|r| r.decides()).unwrap();
+    let follower = replicas.iter().find(|r| follows(r)).unwrap();
+    assert!(decider.review(&update(&ks(F, "a", &["b"]), &ks(F, "a", &[]))).await.response.allowed);
+    fake.apply(ks(F, "a", &["b"]));
+    let verdict = follower.review(&update(&ks(F, "b", &["a"]), &ks(F, "b", &[]))).await;
+    assert!(!verdict.response.allowed, "forwarded, and denied by the decider");
+    assert!(verdict.response.message.unwrap().contains("cycle"));
+    let verdict = follower.review(&update(&ks(F, "b", &["c"]), &ks(F, "b", &[]))).await;
+    assert!(verdict.response.allowed, "{:?}", verdict.response.message);
+    // b -> c at least went to the decider (b -> a may have been denied by the follower's own
+    // watch, had it delivered a -> b by then).
+    let forwarded = follower.election.as_ref().unwrap().stats.forwarded.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(forwarded >= 1, "{forwarded}");
 }
 
 /// The decider holds the Lease but its port is closed (a network partition between pods):
