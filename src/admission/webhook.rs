@@ -471,6 +471,11 @@ impl Webhook {
     pub async fn catch_up_with_api_server(&self) {
         tokio::time::sleep(self.store_within).await;
         let Some(lookup) = self.lookup.as_deref() else { return };
+        // On a cache still listing, everything would differ from it: only what the watch has
+        // not delivered once it is listed belongs in the overlay.
+        while !self.cache.is_ready() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         'retry: loop {
             let mut listed = Vec::new();
             for kind in FluxKind::ALL {
