@@ -146,6 +146,8 @@ pub struct Election {
     timing: Timing,
     role: watch::Sender<Role>,
     terms: AtomicU64,
+    /// Set by [`Election::release`]: this replica never decides again.
+    stopped: std::sync::atomic::AtomicBool,
     /// Replicas that forwarded reviews here, and when they last did.
     forwarders: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     pub stats: Stats,
@@ -182,6 +184,7 @@ impl Election {
             timing,
             role: watch::Sender::new(Role::Unknown),
             terms: AtomicU64::new(0),
+            stopped: std::sync::atomic::AtomicBool::new(false),
             forwarders: std::sync::Mutex::default(),
             stats: Stats::default(),
         }
@@ -249,9 +252,15 @@ impl Election {
         self.set(Role::Deciding { until, ready: false, term });
     }
 
+    fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
     fn set(&self, role: Role) {
         self.role.send_if_modified(|r| {
-            if *r == role {
+            // Checked under the role's lock: a round that ends after a release cannot make this
+            // replica decide again.
+            if *r == role || (self.stopped() && matches!(role, Role::Deciding { .. })) {
                 return false;
             }
             match (&*r, &role) {
@@ -309,6 +318,9 @@ impl Election {
     async fn round(&self, seen: &mut Option<Seen>) -> Result<bool, kube::Error> {
         let started = Instant::now();
         let current = self.api.get_opt(DECIDER_LEASE).await?;
+        if self.stopped() {
+            return Ok(false);
+        }
         let Some(current) = current else {
             let taken = self.write(&self.lease(Timestamp::now(), None), true).await?;
             if taken {
@@ -325,13 +337,13 @@ impl Election {
                 }
                 let until = started + self.timing.renew_deadline;
                 let extended = self.role.send_if_modified(|r| match r {
-                    Role::Deciding { until: u, .. } => {
+                    Role::Deciding { until: u, .. } if !self.stopped() => {
                         *u = until;
                         true
                     }
                     _ => false,
                 });
-                if extended {
+                if extended || self.stopped() {
                     return Ok(false);
                 }
                 // Held under this name but not deciding here (past its deadline, or a restarted
@@ -370,7 +382,7 @@ impl Election {
         let catch_up = Arc::new(catch_up);
         let mut seen = None;
         let mut catching: Option<tokio::task::JoinHandle<()>> = None;
-        loop {
+        while !self.stopped() {
             // A round the API server leaves unanswered must not stop the loop: past its deadline
             // the holder steps down below, and the next round tries again.
             let round = tokio::time::timeout(self.timing.renew_deadline / 2, self.round(&mut seen)).await;
@@ -419,6 +431,7 @@ impl Election {
     /// Stops deciding and gives the Lease up (on shutdown), so that another replica takes it
     /// at its next look instead of after the lease duration.
     pub async fn release(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
         self.set(Role::Unknown);
         let Ok(Some(mut lease)) = self.api.get_opt(DECIDER_LEASE).await else { return };
         if holder(&lease) != Some(self.identity.as_str()) {

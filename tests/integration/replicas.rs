@@ -551,11 +551,13 @@ async fn a_new_decider_sees_what_the_old_one_admitted(released: bool) {
     assert!(replicas[old].review(&update(&a_to_b, &ks(F, "a", &[]))).await.response.allowed);
     fake.store_unwatched(a_to_b);
     let election = replicas[old].election.clone().unwrap();
-    for t in &replicas[old].tasks {
-        t.abort();
-    }
     if released {
+        // As on SIGTERM: released while its election loop still runs.
         election.release().await;
+    } else {
+        for t in &replicas[old].tasks {
+            t.abort();
+        }
     }
     let taken = Instant::now();
     eventually("the other replica to decide", || new.decides()).await;
@@ -570,6 +572,10 @@ async fn a_new_decider_sees_what_the_old_one_admitted(released: bool) {
     assert!(verdict.response.message.unwrap().contains("cycle"));
     if released {
         assert!(taken.elapsed() < TIMING.lease, "a released Lease is taken at once, not after it expires");
+        // The old replica's loop went on running, and never took the Lease back.
+        tokio::time::sleep(TIMING.retry * 5).await;
+        assert!(!replicas[old].decides());
+        assert_eq!(fake.lease_holder(NS, DECIDER_LEASE).as_deref(), Some(format!("replica-{}", 1 - old).as_str()));
     }
 }
 
