@@ -523,8 +523,10 @@ async fn an_unreachable_decider_denies_only_edge_adding_admissions() {
     let decider = replicas.iter().find(|r| r.decides()).unwrap();
     let follower = replicas.iter().find(|r| !r.decides()).unwrap();
     decider.stop.send_replace(true);
-    // The port closes once the server has drained.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let Some(Role::Following { address, .. }) = follower.election.as_ref().map(|e| e.role()) else {
+        panic!("the other replica follows the decider")
+    };
+    eventually("the decider's port to close", || std::net::TcpStream::connect(&address).is_err()).await;
     let verdict = follower.review(&update(&ks(F, "a", &["b"]), &ks(F, "a", &[]))).await;
     assert!(!verdict.response.allowed);
     let message = verdict.response.message.unwrap();
