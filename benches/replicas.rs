@@ -74,6 +74,9 @@ enum Mode {
     NoWebhook,
     Alone,
     Coordinated,
+    /// Coordinated, and the decider shuts down half-way (a rollout): it releases the Lease, the
+    /// other replica takes over, catches up and decides the rest.
+    Handover,
 }
 
 struct Run {
@@ -103,7 +106,7 @@ async fn bootstrap(mode: Mode, objects: usize, clients: usize, lag: Duration) ->
             tasks.push(tokio::spawn(watch::run(fake.client(), cache.clone(), served.clone(), WatchOptions::default())));
             let mut webhook = Webhook::new(cache.clone(), Arc::new(Policy::default()))
                 .with_lookup(watch::Lookup::new(fake.client(), served));
-            if mode == Mode::Coordinated {
+            if matches!(mode, Mode::Coordinated | Mode::Handover) {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let address = listener.local_addr().unwrap().to_string();
                 let name = format!("replica-{r}");
@@ -133,7 +136,7 @@ async fn bootstrap(mode: Mode, objects: usize, clients: usize, lag: Duration) ->
             replicas.push(webhook);
         }
         // One decides, the other follows: the bootstrap starts on a settled election.
-        while mode == Mode::Coordinated
+        while matches!(mode, Mode::Coordinated | Mode::Handover)
             && !(elections.iter().any(|e| e.role().decides_now())
                 && elections.iter().all(|e| e.role().decides_now() || matches!(e.role(), Role::Following { .. })))
         {
@@ -142,10 +145,22 @@ async fn bootstrap(mode: Mode, objects: usize, clients: usize, lag: Duration) ->
     }
     let (lease_writes_before, _) = fake.lease_writes();
     let replicas = Arc::new(replicas);
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    if mode == Mode::Handover {
+        let (done, elections) = (done.clone(), elections.clone());
+        tokio::spawn(async move {
+            while done.load(std::sync::atomic::Ordering::Relaxed) < objects / 2 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            if let Some(decider) = elections.iter().find(|e| e.role().decides_now()) {
+                decider.release().await;
+            }
+        });
+    }
     let started = Instant::now();
     let mut senders = Vec::new();
     for c in 0..clients {
-        let (fake, replicas) = (fake.clone(), replicas.clone());
+        let (fake, replicas, done) = (fake.clone(), replicas.clone(), done.clone());
         senders.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut denied = 0;
@@ -156,6 +171,7 @@ async fn bootstrap(mode: Mode, objects: usize, clients: usize, lag: Duration) ->
                     let asked = Instant::now();
                     let verdict = replicas[i % replicas.len()].review(&review.request, asked).await.unwrap();
                     latencies.push(asked.elapsed());
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if !verdict.response.allowed {
                         if denied == 0 {
                             eprintln!("first denial: {:?}", verdict.response.message);
@@ -213,7 +229,11 @@ async fn main() {
     );
     let base = bootstrap(Mode::NoWebhook, objects, clients, lag).await;
     println!("  no webhook:             {:>8.1?}", base.took);
-    for (mode, name) in [(Mode::Alone, "replicas, each alone"), (Mode::Coordinated, "replicas, one decides")] {
+    for (mode, name) in [
+        (Mode::Alone, "replicas, each alone"),
+        (Mode::Coordinated, "replicas, one decides"),
+        (Mode::Handover, "decider hands over"),
+    ] {
         let mut run = bootstrap(mode, objects, clients, lag).await;
         run.latencies.sort();
         let throughput = run.latencies.len() as f64 / run.took.as_secs_f64();
@@ -226,6 +246,13 @@ async fn main() {
             quantile(&run.latencies, 0.99),
             run.denied,
         );
+        if mode == Mode::Handover {
+            println!(
+                "    (released after {} of {objects}) slowest request {:.2?}",
+                objects / 2,
+                run.latencies.last().copied().unwrap_or_default()
+            );
+        }
         if mode == Mode::Coordinated {
             println!(
                 "    {} forwarded to the decider, {} decided by it; {} Lease writes during the bootstrap (renewals)",

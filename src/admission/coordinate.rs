@@ -8,12 +8,13 @@
 //! cycle (requests that add no edge, dry-runs, deletes) on their own caches, as before.
 
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::webhook::{Budget, MIN_LOOKUP_TIME, Under};
+use super::webhook::{Budget, Under};
 use super::{AdmissionRequest, Response, Verdict};
-use crate::coordination::decider::{Decider, Failure, Role};
+use crate::coordination::decider::{Decider, FORWARD_TIMEOUT, Failure, Role};
 
 /// Whether `verdict` is an admission only the decider may make.
 pub(super) fn needs_decider(verdict: &Verdict) -> bool {
@@ -54,11 +55,22 @@ fn read_answer(bytes: &[u8]) -> Result<Response, String> {
     Ok(Response { allowed, message, warnings, patch: None })
 }
 
+/// How long after its arrival an edge-adding request may wait for a decider (a new one taking
+/// over, forwards retried): with the answer's way back, inside the API server's 5 s webhook
+/// timeout.
+pub(super) const DECIDER_WAIT: Duration = Duration::from_secs(4);
+
+/// Between two tries to reach a decider.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
 impl super::Webhook {
     /// Lets `verdict`, an edge-adding admission judged after reading `term`, stand if this
     /// replica decided it throughout; otherwise takes it back and forwards the review to the
-    /// decider, or waits (within the review's budget) for a decider to be ready and judges it
-    /// again. A review `forwarded_by` another replica is never forwarded again.
+    /// decider, or waits for one to be ready (a replica taking over catches up first) and judges
+    /// it again, until [`DECIDER_WAIT`] after `arrived`. A forward that fails (the decider is
+    /// gone, or no longer decides) is tried again with whichever replica decides by then. A
+    /// review `forwarded_by` another replica is never forwarded again.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn leave_to_decider(
         &self,
         decider: &Decider,
@@ -66,10 +78,13 @@ impl super::Webhook {
         mut verdict: Verdict,
         mut term: Option<u64>,
         budget: &Budget,
+        arrived: Instant,
         forwarded_by: Option<&str>,
     ) -> Result<Verdict, super::BadRequest> {
         let Under { req, reviewed, kind } = under;
         let stats = &decider.election.stats;
+        let deadline = arrived + DECIDER_WAIT;
+        let mut unreachable: Option<String> = None;
         loop {
             if term.is_some() && decider.election.deciding_term() == term {
                 stats.decided.fetch_add(1, Ordering::Relaxed);
@@ -80,30 +95,67 @@ impl super::Webhook {
                 self.cache.lock().withdraw(object);
             }
             verdict.record = None;
-            match decider.election.role() {
-                Role::Following { holder, address } if forwarded_by.is_none() => {
-                    return Ok(self.forward(decider, req, verdict, &holder, &address).await);
-                }
-                Role::Following { holder, .. } => {
-                    stats.failed(Failure::Moved);
-                    let from = forwarded_by.unwrap_or_default();
-                    verdict.response = undecided(Failure::Moved, &format!("from {from}; {holder} decides now"));
-                    return Ok(verdict);
-                }
-                _ => {}
-            }
-            // No decider, or this replica is taking over: wait for one, within the budget.
-            let settled = |r: &Role| r.decides_now() || (forwarded_by.is_none() && matches!(r, Role::Following { .. }));
-            let left = budget.remaining().saturating_sub(MIN_LOOKUP_TIME);
-            let role = decider.election.wait_for(left, settled).await;
-            if !settled(&role) {
-                stats.failed(Failure::NoDecider);
-                let detail = match role {
-                    Role::Deciding { .. } => "this replica is catching up with the previous decider",
-                    _ => "the decider Lease is free or cannot be read",
-                };
-                verdict.response = undecided(Failure::NoDecider, detail);
+            if let Some(from) = forwarded_by {
+                // The forwarding replica tries again with whichever replica decides by then.
+                stats.failed(Failure::Moved);
+                let now_deciding = decider.election.decider().unwrap_or_else(|| "no replica".into());
+                verdict.findings.clear();
+                verdict.not_decided = true;
+                verdict.response = undecided(Failure::Moved, &format!("from {from}; {now_deciding} decides now"));
                 return Ok(verdict);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Role::Following { holder, address } = decider.election.role() {
+                let timeout = left.min(FORWARD_TIMEOUT);
+                match self.forward(decider, req, &address, timeout).await {
+                    Ok(response) => {
+                        stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                        if !response.allowed {
+                            // The decider's findings are its own; these were for an
+                            // admission it refused.
+                            verdict.findings.clear();
+                        }
+                        verdict.response = response;
+                        return Ok(verdict);
+                    }
+                    Err(e) => {
+                        tracing::debug!(decider = %holder, error = %e, "forward failed; trying again");
+                        unreachable = Some(format!("{holder} at {address}: {e}"));
+                    }
+                }
+            }
+            // No decider yet, this replica taking over, or the decider did not answer: wait for
+            // a change, or a moment before trying again.
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left <= RETRY_PAUSE {
+                verdict.findings.clear();
+                verdict.response = match unreachable {
+                    Some(detail) => {
+                        stats.failed(Failure::Unreachable);
+                        tracing::warn!(uid = %req.uid, error = %detail, "denied: the deciding replica did not answer");
+                        undecided(Failure::Unreachable, &detail)
+                    }
+                    None => {
+                        stats.failed(Failure::NoDecider);
+                        let detail = match decider.election.role() {
+                            Role::Deciding { .. } => "this replica is catching up with the previous decider",
+                            _ => "the decider Lease is free or cannot be read",
+                        };
+                        tracing::warn!(uid = %req.uid, error = detail, "denied: no replica decides");
+                        undecided(Failure::NoDecider, detail)
+                    }
+                };
+                return Ok(verdict);
+            }
+            let waited = if unreachable.is_some() { RETRY_PAUSE } else { left - RETRY_PAUSE };
+            let settled = |r: &Role| r.decides_now() || matches!(r, Role::Following { .. });
+            let role = decider.election.wait_for(waited, settled).await;
+            if unreachable.is_some() && !role.decides_now() {
+                tokio::time::sleep(RETRY_PAUSE.saturating_sub(Duration::from_millis(1))).await;
+                continue;
+            }
+            if !role.decides_now() {
+                continue;
             }
             // Judged again: the view may have changed while it waited (a new decider has
             // caught up with its predecessor's admissions).
@@ -117,39 +169,17 @@ impl super::Webhook {
         }
     }
 
-    /// Forwards `req` to the decider `holder` at `address`; its answer is the answer.
+    /// Forwards `req` to the decider at `address`: its answer, or why there is none (it did not
+    /// answer, or answered that it does not decide).
     async fn forward(
         &self,
         decider: &Decider,
         req: &AdmissionRequest,
-        mut verdict: Verdict,
-        holder: &str,
         address: &str,
-    ) -> Verdict {
-        let stats = &decider.election.stats;
-        let answer = decider.forward.forward(address, forwarded_review(req)).await.and_then(|b| read_answer(&b));
-        match answer {
-            Ok(response) => {
-                stats.forwarded.fetch_add(1, Ordering::Relaxed);
-                if !response.allowed {
-                    // The decider's findings are its own; these were for an admission it refused.
-                    verdict.findings.clear();
-                }
-                verdict.response = response;
-            }
-            Err(e) => {
-                stats.failed(Failure::Unreachable);
-                tracing::warn!(
-                    uid = %req.uid,
-                    decider = %holder,
-                    address = %address,
-                    error = %e,
-                    "denied: the review could not be forwarded to the deciding replica"
-                );
-                verdict.findings.clear();
-                verdict.response = undecided(Failure::Unreachable, &format!("{holder} at {address}: {e}"));
-            }
-        }
-        verdict
+        timeout: Duration,
+    ) -> Result<Response, String> {
+        let answer = tokio::time::timeout(timeout, decider.forward.forward(address, forwarded_review(req))).await;
+        let answer = answer.unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
+        answer.and_then(|b| read_answer(&b))
     }
 }

@@ -42,11 +42,22 @@ pub struct Verdict {
     /// The recorded admission gives its graph an edge it did not have: the only kind that
     /// other replicas must hear of before it is answered (see [`crate::coordination`]).
     pub adds_edges: bool,
+    /// A review another replica forwarded here, which this replica does not decide (it no
+    /// longer holds the decider Lease, or has not caught up yet): `/validate` answers 503, and
+    /// the forwarding replica tries again with whichever replica decides.
+    pub not_decided: bool,
 }
 
 impl Verdict {
     pub(crate) fn untouched() -> Verdict {
-        Verdict { response: Response::allow(), findings: Vec::new(), kind: None, record: None, adds_edges: false }
+        Verdict {
+            response: Response::allow(),
+            findings: Vec::new(),
+            kind: None,
+            record: None,
+            adds_edges: false,
+            not_decided: false,
+        }
     }
 }
 
@@ -122,6 +133,7 @@ pub fn decide(
                         kind: Some(kind),
                         record: None,
                         adds_edges: false,
+                        not_decided: false,
                     });
                 }
             };
@@ -154,7 +166,7 @@ pub fn decide(
     let allowed = denials.is_empty();
     let response = Response { allowed, message: (!allowed).then(|| denial_message(&denials)), warnings, patch: None };
     let record = if allowed && !req.dry_run { candidate } else { None };
-    Ok(Verdict { response, findings, kind: Some(kind), record, adds_edges: false })
+    Ok(Verdict { response, findings, kind: Some(kind), record, adds_edges: false, not_decided: false })
 }
 
 /// [`decide`] on the locked cache state, after expiring old admissions; an object admitted for
@@ -209,5 +221,5 @@ pub(crate) fn catching_up(kind: FluxKind, reason: &str, for_secs: u64) -> Verdic
          this change could depend on what it has not seen yet, so it is not decided now: retry in a few seconds"
     );
     let response = Response { allowed: false, message: Some(message), warnings: Vec::new(), patch: None };
-    Verdict { response, findings: Vec::new(), kind: Some(kind), record: None, adds_edges: false }
+    Verdict { response, findings: Vec::new(), kind: Some(kind), record: None, adds_edges: false, not_decided: false }
 }

@@ -243,7 +243,7 @@ impl Webhook {
             && coordinate::needs_decider(&verdict)
         {
             let under = Under { req, reviewed: &reviewed, kind };
-            verdict = self.leave_to_decider(decider, under, verdict, term, &budget, forwarded_by).await?;
+            verdict = self.leave_to_decider(decider, under, verdict, term, &budget, now, forwarded_by).await?;
         }
         if !verdict.response.allowed && self.lookup.is_some() {
             self.explain_pending(req, &mut verdict, Instant::now(), kind);

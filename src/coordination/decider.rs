@@ -132,6 +132,9 @@ impl Stats {
     }
 }
 
+/// How long one forwarded review may take, connecting included.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Sends a review to the deciding replica: its bytes in, the AdmissionReview it answered out.
 /// A trait so that the election does not depend on the HTTP client (`server::peer`).
 pub trait Forward: Send + Sync {
@@ -146,7 +149,7 @@ pub struct Election {
     timing: Timing,
     role: watch::Sender<Role>,
     terms: AtomicU64,
-    /// Set by [`Election::release`]: this replica never decides again.
+    /// Set by [`Election::release`]: this replica never decides again (it follows).
     stopped: std::sync::atomic::AtomicBool,
     /// Replicas that forwarded reviews here, and when they last did.
     forwarders: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
@@ -319,6 +322,13 @@ impl Election {
         let started = Instant::now();
         let current = self.api.get_opt(DECIDER_LEASE).await?;
         if self.stopped() {
+            // Released: it never takes the Lease again, but still forwards to whoever decides
+            // (the API server goes on calling a pod that is shutting down for a moment).
+            let role = match current.as_ref().and_then(|l| holder(l).map(|h| (h.to_string(), address_of(l)))) {
+                Some((holder, address)) if holder != self.identity => Role::Following { holder, address },
+                _ => Role::Unknown,
+            };
+            self.set(role);
             return Ok(false);
         }
         let Some(current) = current else {
@@ -382,7 +392,7 @@ impl Election {
         let catch_up = Arc::new(catch_up);
         let mut seen = None;
         let mut catching: Option<tokio::task::JoinHandle<()>> = None;
-        while !self.stopped() {
+        loop {
             // A round the API server leaves unanswered must not stop the loop: past its deadline
             // the holder steps down below, and the next round tries again.
             let round = tokio::time::timeout(self.timing.renew_deadline / 2, self.round(&mut seen)).await;
@@ -429,7 +439,8 @@ impl Election {
     }
 
     /// Stops deciding and gives the Lease up (on shutdown), so that another replica takes it
-    /// at its next look instead of after the lease duration.
+    /// at its next look instead of after the lease duration. From then on this replica only
+    /// follows: reviews still reaching it are forwarded to the new decider.
     pub async fn release(&self) {
         self.stopped.store(true, Ordering::SeqCst);
         self.set(Role::Unknown);

@@ -217,11 +217,14 @@ async fn handle(app: &App, request: Request, hook: Hook) -> Response {
     };
     let req = &review.request;
     let outcome = match hook {
-        Hook::Validate => app
-            .webhook
-            .review_from(req, Instant::now(), forwarded_by.as_deref())
-            .await
-            .map(|v| (v.response, v.findings)),
+        Hook::Validate => {
+            let verdict = app.webhook.review_from(req, Instant::now(), forwarded_by.as_deref()).await;
+            if verdict.as_ref().is_ok_and(|v| v.not_decided) {
+                // Not an answer to the API server: the forwarding replica tries the decider again.
+                return error(StatusCode::SERVICE_UNAVAILABLE, "this replica does not decide such changes now");
+            }
+            verdict.map(|v| (v.response, v.findings))
+        }
         Hook::Mutate => app.webhook.mutate(req).map(|r| (r, Vec::new())),
     };
     let (response, findings) = match outcome {

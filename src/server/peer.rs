@@ -8,7 +8,6 @@
 //! decider is kept open and shared by every forwarded review (HTTP/2 multiplexes them).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Bytes;
 use futures::future::BoxFuture;
@@ -22,14 +21,11 @@ use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use super::tls::{ReloadingCert, provider};
-use crate::coordination::decider::Forward;
+use crate::coordination::decider::{FORWARD_TIMEOUT, Forward};
 
 /// Header naming the replica that forwarded a review: the receiver decides it itself or denies
 /// it, and never forwards it again.
 pub const FORWARDED_BY: &str = "x-fluxgate-forwarded-by";
-
-/// How long a forwarded review may take, connecting included.
-pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The forwarding side of one replica.
 pub struct Peers {

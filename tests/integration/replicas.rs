@@ -510,6 +510,41 @@ async fn forwarding_works_where_the_webhook_port_requires_client_certificates() 
     assert!(forwarded >= 1, "{forwarded}");
 }
 
+/// A review forwarded to a replica that does not decide (the forwarder's view of the Lease was
+/// a moment old) is not answered with a denial the API server would see: the replica answers
+/// 503, and the forwarder tries the decider again. After a release, the old decider follows
+/// the new one, so reviews still reaching it are decided there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_review_forwarded_to_a_replica_that_does_not_decide_is_tried_again_elsewhere() {
+    if !coordination_on() {
+        return;
+    }
+    let names: Vec<String> = ["a", "b"].map(String::from).to_vec();
+    let (_fake, replicas, _) = cluster(&names, 2, Duration::ZERO, 13).await;
+    let old = replicas.iter().position(|r| r.decides()).unwrap();
+    let post = |r: &Replica, body: &Value| {
+        let router = server::webhook_router(App::new(r.webhook.clone()));
+        let request = Request::post("/validate")
+            .header("content-type", "application/json")
+            .header(fluxgate::server::peer::FORWARDED_BY, "replica-x")
+            .body(Body::from(serde_json::to_vec(body).unwrap()))
+            .unwrap();
+        async move { router.oneshot(request).await.unwrap().status().as_u16() }
+    };
+    let edge = update(&ks(F, "a", &["b"]), &ks(F, "a", &[]));
+    assert_eq!(post(&replicas[1 - old], &edge).await, 503, "the follower does not decide forwarded reviews");
+    replicas[old].election.as_ref().unwrap().release().await;
+    eventually("the other replica to decide", || replicas[1 - old].decides()).await;
+    assert_eq!(post(&replicas[old], &edge).await, 503, "nor does a replica that released the Lease");
+    // Sent by the API server to the released replica: forwarded to the new decider.
+    let follows = |r: &Replica| r.election.as_ref().is_some_and(|e| matches!(e.role(), Role::Following { .. }));
+    eventually("the released replica to follow", || follows(&replicas[old])).await;
+    let verdict = replicas[old].review(&edge).await;
+    assert!(verdict.response.allowed, "{:?}", verdict.response.message);
+    let forwarded = replicas[old].election.as_ref().unwrap().stats.forwarded.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(forwarded, 1);
+}
+
 /// The decider holds the Lease but its port is closed (a network partition between pods):
 /// the others deny edge-adding admissions, saying the decider did not answer; everything else
 /// goes through.
@@ -588,6 +623,11 @@ async fn a_new_decider_sees_what_the_old_one_admitted(released: bool) {
         // The old replica's loop went on running, and never took the Lease back.
         tokio::time::sleep(TIMING.retry * 5).await;
         assert!(!replicas[old].decides());
+        let role = replicas[old].election.as_ref().unwrap().role();
+        assert!(
+            matches!(&role, Role::Following { holder, .. } if *holder == format!("replica-{}", 1 - old)),
+            "{role:?}"
+        );
         assert_eq!(fake.lease_holder(NS, DECIDER_LEASE).as_deref(), Some(format!("replica-{}", 1 - old).as_str()));
     }
 }
