@@ -159,6 +159,9 @@ pub struct Election {
 /// A replica counts as taking part in decisions for this long after it last forwarded one.
 pub const ACTIVE_WINDOW: Duration = Duration::from_secs(300);
 
+/// Tries to release the Lease on shutdown.
+const RELEASE_ATTEMPTS: usize = 4;
+
 /// At most this many forwarding replicas are remembered.
 const MAX_FORWARDERS: usize = 64;
 
@@ -444,19 +447,33 @@ impl Election {
     pub async fn release(&self) {
         self.stopped.store(true, Ordering::SeqCst);
         self.set(Role::Unknown);
-        let Ok(Some(mut lease)) = self.api.get_opt(DECIDER_LEASE).await else { return };
-        if holder(&lease) != Some(self.identity.as_str()) {
-            return;
-        }
-        if let Some(spec) = lease.spec.as_mut() {
-            spec.holder_identity = None;
-            spec.renew_time = Some(MicroTime(Timestamp::now()));
-        }
-        match self.api.replace(DECIDER_LEASE, &PostParams::default(), &lease).await {
-            Ok(_) => tracing::info!(identity = %self.identity, "decider Lease released"),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot release the decider Lease; another replica takes it when it expires")
+        // A renewal already on its way when the release began can land first and make the
+        // release's write a conflict: read again and release what that renewal left.
+        for _ in 0..RELEASE_ATTEMPTS {
+            let mut lease = match self.api.get_opt(DECIDER_LEASE).await {
+                Ok(Some(lease)) => lease,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the decider Lease to release it");
+                    continue;
+                }
+            };
+            if holder(&lease) != Some(self.identity.as_str()) {
+                return;
+            }
+            if let Some(spec) = lease.spec.as_mut() {
+                spec.holder_identity = None;
+                spec.renew_time = Some(MicroTime(Timestamp::now()));
+            }
+            match self.write(&lease, false).await {
+                Ok(true) => {
+                    tracing::info!(identity = %self.identity, "decider Lease released");
+                    return;
+                }
+                Ok(false) => continue,
+                Err(e) => tracing::warn!(error = %e, "cannot release the decider Lease"),
             }
         }
+        tracing::warn!("the decider Lease was not released; another replica takes it when it expires");
     }
 }

@@ -605,7 +605,10 @@ async fn a_new_decider_sees_what_the_old_one_admitted(released: bool) {
     fake.store_unwatched(a_to_b);
     let election = replicas[old].election.clone().unwrap();
     if released {
-        // As on SIGTERM: released while its election loop still runs.
+        // As on SIGTERM: released while its election loop still runs, and with Lease writes
+        // slow enough that a renewal is often on its way when the release begins.
+        fake.set_lease_write_latency(Duration::from_millis(300));
+        tokio::time::sleep(Duration::from_millis(100)).await;
         election.release().await;
     } else {
         for t in &replicas[old].tasks {
