@@ -29,7 +29,6 @@ pub const FORWARDED_BY: &str = "x-fluxgate-forwarded-by";
 
 /// The forwarding side of one replica.
 pub struct Peers {
-    cert: Arc<ReloadingCert>,
     from: String,
     connection: tokio::sync::Mutex<Option<(String, SendRequest<Full<Bytes>>)>>,
     tls: Arc<rustls::ClientConfig>,
@@ -45,7 +44,7 @@ impl Peers {
             .with_custom_certificate_verifier(Arc::new(SameCertificate(cert.clone())))
             .with_client_cert_resolver(Arc::new(OwnPair(cert.clone())));
         tls.alpn_protocols = vec![b"h2".to_vec()];
-        Peers { cert, from: from.to_string(), connection: tokio::sync::Mutex::default(), tls: Arc::new(tls) }
+        Peers { from: from.to_string(), connection: tokio::sync::Mutex::default(), tls: Arc::new(tls) }
     }
 
     async fn connect(&self, address: &str) -> Result<SendRequest<Full<Bytes>>, String> {
@@ -96,11 +95,6 @@ impl Peers {
             return Err(format!("answered {status}: {}", String::from_utf8_lossy(&body)));
         }
         Ok(body.to_vec())
-    }
-
-    /// This replica's serving pair (for tests).
-    pub fn cert(&self) -> &Arc<ReloadingCert> {
-        &self.cert
     }
 }
 
