@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use fluxgate::admission::{AdmissionReview, Webhook};
 use fluxgate::cache::Cache;
 use fluxgate::cache::watch::{self, WatchOptions};
-use fluxgate::coordination::decider::{Decider, Election, Role, Stats, Timing};
+use fluxgate::coordination::decider::{Election, Role, Stats, Timing};
 use fluxgate::policy::Policy;
 use fluxgate::server::peer::Peers;
 use fluxgate::server::tls::ReloadingCert;
@@ -112,12 +112,9 @@ async fn bootstrap(mode: Mode, objects: usize, clients: usize, lag: Duration) ->
                 let name = format!("replica-{r}");
                 let election = Arc::new(Election::new(fake.client(), NS, &name, &address, Timing::default()));
                 let forward = Arc::new(Peers::new(cert.clone(), &name));
-                webhook = webhook.with_decider(Arc::new(Decider { election: election.clone(), forward }));
-                let catching_up = webhook.clone();
-                tasks.push(tokio::spawn(election.clone().run(move || {
-                    let webhook = catching_up.clone();
-                    Box::pin(async move { webhook.catch_up_with_api_server().await })
-                })));
+                let (taking_part, task) = webhook.taking_part(election.clone(), forward);
+                webhook = taking_part;
+                tasks.push(task);
                 let (stop, stop_rx) = tokio::sync::watch::channel(false);
                 std::mem::forget(stop);
                 let router = server::webhook_router(App::new(webhook.clone()));

@@ -22,7 +22,7 @@ pub(super) fn needs_decider(verdict: &Verdict) -> bool {
 }
 
 /// The denial when no replica could decide an edge-adding request.
-pub(super) fn undecided(failure: Failure, detail: &str) -> Response {
+fn undecided(failure: Failure, detail: &str) -> Response {
     let why = match failure {
         Failure::NoDecider => format!("no fluxgate replica is deciding such changes right now ({detail})"),
         Failure::Unreachable => format!("the fluxgate replica that decides such changes did not answer ({detail})"),
@@ -58,7 +58,7 @@ fn read_answer(bytes: &[u8]) -> Result<Response, String> {
 /// How long after its arrival an edge-adding request may wait for a decider (a new one taking
 /// over, forwards retried): with the answer's way back, inside the API server's 5 s webhook
 /// timeout.
-pub(super) const DECIDER_WAIT: Duration = Duration::from_secs(4);
+const DECIDER_WAIT: Duration = Duration::from_secs(4);
 
 /// Between two tries to reach a decider.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
@@ -147,20 +147,21 @@ impl super::Webhook {
                 };
                 return Ok(verdict);
             }
-            let waited = if unreachable.is_some() { RETRY_PAUSE } else { left - RETRY_PAUSE };
-            let settled = |r: &Role| r.decides_now() || matches!(r, Role::Following { .. });
-            let role = decider.election.wait_for(waited, settled).await;
-            if unreachable.is_some() && !role.decides_now() {
-                tokio::time::sleep(RETRY_PAUSE.saturating_sub(Duration::from_millis(1))).await;
-                continue;
-            }
+            let role = if unreachable.is_some() {
+                // The Lease may name another decider by the next try.
+                tokio::time::sleep(RETRY_PAUSE).await;
+                decider.election.role()
+            } else {
+                let settled = |r: &Role| r.decides_now() || matches!(r, Role::Following { .. });
+                decider.election.wait_for(left - RETRY_PAUSE, settled).await
+            };
             if !role.decides_now() {
                 continue;
             }
             // Judged again: the view may have changed while it waited (a new decider has
             // caught up with its predecessor's admissions).
             term = decider.election.deciding_term();
-            let mut at = std::time::Instant::now();
+            let mut at = Instant::now();
             verdict = self.decide_now(req, reviewed, at)?;
             verdict = self.settle(req, reviewed, verdict, &mut at, kind, budget).await?;
             if !needs_decider(&verdict) {

@@ -15,6 +15,7 @@ use super::{
 };
 use crate::cache::watch::Lookup;
 use crate::cache::{Cache, Pending};
+use crate::coordination::decider::{Decider, Election, Forward};
 use crate::object::{FluxKind, FluxObject, ObjectKey};
 use crate::policy::Policy;
 use crate::policy::Rule;
@@ -67,7 +68,7 @@ pub struct Webhook {
     /// In cluster mode, which replica decides admissions that add an edge, and how to reach
     /// it: one replica decides them all, the others forward them (see
     /// [`crate::coordination::decider`]).
-    pub decider: Option<Arc<crate::coordination::decider::Decider>>,
+    pub decider: Option<Arc<Decider>>,
 }
 
 /// Default of [`Webhook::catch_up_wait`]: with the lookups after it, well inside the API
@@ -100,7 +101,7 @@ const MAX_LOOKUPS: usize = 10;
 /// answer stands.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
 /// A lookup is not started with less time than this left in the review's budget.
-pub(super) const MIN_LOOKUP_TIME: Duration = Duration::from_millis(200);
+const MIN_LOOKUP_TIME: Duration = Duration::from_millis(200);
 
 /// The request under review, as sent and as read, of a kind fluxgate judges.
 #[derive(Clone, Copy)]
@@ -118,7 +119,7 @@ impl Budget {
         Budget(tokio::time::Instant::now() + REVIEW_BUDGET)
     }
 
-    pub(super) fn remaining(&self) -> Duration {
+    fn remaining(&self) -> Duration {
         self.0.saturating_duration_since(tokio::time::Instant::now())
     }
 
@@ -162,10 +163,22 @@ impl Webhook {
         self
     }
 
-    /// The same webhook, leaving edge-adding admissions to the replica `decider` names.
-    pub fn with_decider(mut self, decider: Arc<crate::coordination::decider::Decider>) -> Webhook {
-        self.decider = Some(decider);
-        self
+    /// The same webhook, taking part in `election`: edge-adding admissions are left to the
+    /// replica it names (forwarded there through `forward`), and each time this replica takes
+    /// the Lease it catches up with the API server before deciding. Returns the webhook and the
+    /// election's task (spawned).
+    pub fn taking_part(
+        mut self,
+        election: Arc<Election>,
+        forward: Arc<dyn Forward>,
+    ) -> (Webhook, tokio::task::JoinHandle<()>) {
+        self.decider = Some(Arc::new(Decider { election: election.clone(), forward }));
+        let catching_up = self.clone();
+        let task = tokio::spawn(election.run(move || {
+            let webhook = catching_up.clone();
+            Box::pin(async move { webhook.catch_up_with_api_server().await })
+        }));
+        (self, task)
     }
 
     /// Validates `req` and, when it is admitted for real, records the object so the next
@@ -468,7 +481,7 @@ impl Webhook {
     /// what the API server holds and brings into view what its watch has not delivered yet.
     /// Retried until it succeeds: the replica does not decide on a view that may lack an
     /// admission of its predecessor.
-    pub async fn catch_up_with_api_server(&self) {
+    async fn catch_up_with_api_server(&self) {
         tokio::time::sleep(self.store_within).await;
         let Some(lookup) = self.lookup.as_deref() else { return };
         // On a cache still listing, everything would differ from it: only what the watch has

@@ -12,7 +12,7 @@ use crate::admission::Webhook;
 use crate::audit::events;
 use crate::cache::Cache;
 use crate::cache::watch::{self as cluster, WatchOptions};
-use crate::coordination::decider::{Decider, Election, Timing};
+use crate::coordination::decider::{Election, Timing};
 use crate::manifests;
 use crate::object::{FluxKind, FluxObject};
 use crate::policy::Policy;
@@ -140,12 +140,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     }
     if let Some(election) = &election {
         let forward = Arc::new(server::peer::Peers::new(cert.clone(), election.identity()));
-        webhook = webhook.with_decider(Arc::new(Decider { election: election.clone(), forward }));
-        let catching_up = webhook.clone();
-        background.push(tokio::spawn(election.clone().run(move || {
-            let webhook = catching_up.clone();
-            Box::pin(async move { webhook.catch_up_with_api_server().await })
-        })));
+        let (taking_part, task) = webhook.taking_part(election.clone(), forward);
+        webhook = taking_part;
+        background.push(task);
     }
     let app = App::new(webhook);
     if let Some(client) = sync_client {

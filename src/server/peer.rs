@@ -4,7 +4,7 @@
 //! Both ends authenticate with the certificate the replicas share (one Secret, mounted by every
 //! pod of the Deployment): the deciding replica is trusted when it presents this replica's own
 //! serving certificate, and presents that certificate back when the webhook port asks for a
-//! client certificate (`--client-ca`, see `tls::PeerOrClientCa`). One connection to the current
+//! client certificate (`--client-ca`, see `tls::ReloadingClientCa`). One connection to the current
 //! decider is kept open and shared by every forwarded review (HTTP/2 multiplexes them).
 
 use std::sync::Arc;
@@ -41,7 +41,10 @@ impl Peers {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("ring supports TLS 1.3")
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(SameCertificate(cert.clone())))
+            .with_custom_certificate_verifier(Arc::new(SameCertificate {
+                own: cert.clone(),
+                algorithms: provider().signature_verification_algorithms,
+            }))
             .with_client_cert_resolver(Arc::new(OwnPair(cert.clone())));
         tls.alpn_protocols = vec![b"h2".to_vec()];
         Peers { from: from.to_string(), connection: tokio::sync::Mutex::default(), tls: Arc::new(tls) }
@@ -114,7 +117,10 @@ impl Forward for Peers {
 
 /// Trusts a server presenting this replica's own serving certificate, and no other.
 #[derive(Debug)]
-struct SameCertificate(Arc<ReloadingCert>);
+struct SameCertificate {
+    own: Arc<ReloadingCert>,
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
 
 impl ServerCertVerifier for SameCertificate {
     fn verify_server_cert(
@@ -125,7 +131,7 @@ impl ServerCertVerifier for SameCertificate {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if self.0.is_own(end_entity) {
+        if self.own.is_own(end_entity) {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure))
@@ -138,7 +144,7 @@ impl ServerCertVerifier for SameCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &provider().signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -147,11 +153,11 @@ impl ServerCertVerifier for SameCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &provider().signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider().signature_verification_algorithms.supported_schemes()
+        self.algorithms.supported_schemes()
     }
 }
 

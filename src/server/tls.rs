@@ -139,9 +139,11 @@ impl ReloadingCert {
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .expect("ring supports TLS 1.2 and 1.3");
         let mut config = match &client_ca {
-            Some(ca) => builder
-                .with_client_cert_verifier(Arc::new(PeerOrClientCa { own: self.clone(), ca: ca.clone() }))
-                .with_cert_resolver(self.clone()),
+            Some(ca) => {
+                // The other replicas forward reviews with this same certificate (`server::peer`).
+                let _ = ca.peers.set(self.clone());
+                builder.with_client_cert_verifier(ca.clone()).with_cert_resolver(self.clone())
+            }
             None => builder.with_no_client_auth().with_cert_resolver(self.clone()),
         };
         if client_ca.is_some() {
@@ -191,12 +193,14 @@ fn parse_client_ca(pem: &[u8], path: &Path) -> Result<Arc<dyn ClientCertVerifier
 
 /// The CA that client certificates must chain to (`--client-ca`), swapped whole when its file
 /// changes. Each handshake verifies against the CA current at that moment; connections already
-/// open stay open.
+/// open stay open. The serving certificate it is configured with is accepted too: the other
+/// replicas present it when they forward a review to the deciding replica (`server::peer`).
 #[derive(Debug)]
 pub struct ReloadingClientCa {
     current: RwLock<Arc<dyn ClientCertVerifier>>,
     path: PathBuf,
     seen: RwLock<Vec<u8>>,
+    peers: std::sync::OnceLock<Arc<ReloadingCert>>,
 }
 
 impl ReloadingClientCa {
@@ -208,6 +212,7 @@ impl ReloadingClientCa {
             current: RwLock::new(verifier),
             path: path.to_path_buf(),
             seen: RwLock::new(pem),
+            peers: std::sync::OnceLock::new(),
         }))
     }
 
@@ -260,6 +265,9 @@ impl ClientCertVerifier for ReloadingClientCa {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
+        if self.peers.get().is_some_and(|own| own.is_own(end_entity)) {
+            return Ok(ClientCertVerified::assertion());
+        }
         self.verifier().verify_client_cert(end_entity, intermediates, now)
     }
 
@@ -283,59 +291,6 @@ impl ClientCertVerifier for ReloadingClientCa {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.verifier().supported_verify_schemes()
-    }
-}
-
-/// With `--client-ca`, the client certificates the webhook port accepts: those signed by the CA
-/// (the API server), and this replica's own serving certificate, which the other replicas
-/// present when they forward a review to the deciding replica (`server::peer`).
-#[derive(Debug)]
-struct PeerOrClientCa {
-    own: Arc<ReloadingCert>,
-    ca: Arc<ReloadingClientCa>,
-}
-
-impl ClientCertVerifier for PeerOrClientCa {
-    fn client_auth_mandatory(&self) -> bool {
-        true
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        if self.own.is_own(end_entity) {
-            return Ok(ClientCertVerified::assertion());
-        }
-        self.ca.verify_client_cert(end_entity, intermediates, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.ca.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.ca.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.ca.supported_verify_schemes()
     }
 }
 

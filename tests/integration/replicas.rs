@@ -23,7 +23,7 @@ use common::*;
 use fluxgate::admission::{AdmissionReview, Verdict, Webhook};
 use fluxgate::cache::Cache;
 use fluxgate::cache::watch::{self, WatchOptions};
-use fluxgate::coordination::decider::{DECIDER_LEASE, Decider, Election, Role, Timing};
+use fluxgate::coordination::decider::{DECIDER_LEASE, Election, Role, Timing};
 use fluxgate::policy::Policy;
 use fluxgate::server::peer::Peers;
 use fluxgate::server::tls::{ReloadingCert, ReloadingClientCa};
@@ -91,12 +91,9 @@ impl Replica {
         if coordination_on() {
             let e = Arc::new(Election::new(fake.client(), NS, name, &address, timing));
             let forward = Arc::new(Peers::new(cert.clone(), name));
-            webhook = webhook.with_decider(Arc::new(Decider { election: e.clone(), forward }));
-            let catching_up = webhook.clone();
-            tasks.push(tokio::spawn(e.clone().run(move || {
-                let webhook = catching_up.clone();
-                Box::pin(async move { webhook.catch_up_with_api_server().await })
-            })));
+            let (taking_part, task) = webhook.taking_part(e.clone(), forward);
+            webhook = taking_part;
+            tasks.push(task);
             election = Some(e);
         }
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
@@ -118,6 +115,15 @@ impl Replica {
 
     fn decides(&self) -> bool {
         self.election.as_ref().is_some_and(|e| e.role().decides_now())
+    }
+
+    fn follows(&self) -> bool {
+        self.election.as_ref().is_some_and(|e| matches!(e.role(), Role::Following { .. }))
+    }
+
+    /// Reviews this replica forwarded to the decider and answered with its answer.
+    fn forwarded(&self) -> u64 {
+        self.election.as_ref().map_or(0, |e| e.stats.forwarded.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 
@@ -170,9 +176,7 @@ async fn cluster_with(
     }
     if coordination_on() {
         eventually("a replica to decide", || replicas.iter().any(|r| r.decides())).await;
-        let followers =
-            |r: &Arc<Replica>| r.election.as_ref().is_some_and(|e| matches!(e.role(), Role::Following { .. }));
-        eventually("the others to follow it", || replicas.iter().filter(|r| followers(r)).count() == n - 1).await;
+        eventually("the others to follow it", || replicas.iter().filter(|r| r.follows()).count() == n - 1).await;
     }
     // The certificate files may go: the pair is in memory.
     drop(dir);
@@ -288,11 +292,7 @@ async fn two_halves_of_a_cycle_sent_to_two_replicas_at_once_are_never_both_admit
     assert_eq!(storage.cycle(), None);
     if coordination_on() {
         // Two of every three pairs reached a replica that forwarded one half or both.
-        let forwarded: u64 = replicas
-            .iter()
-            .filter_map(|r| r.election.as_ref())
-            .map(|e| e.stats.forwarded.load(std::sync::atomic::Ordering::Relaxed))
-            .sum();
+        let forwarded: u64 = replicas.iter().map(|r| r.forwarded()).sum();
         assert!(forwarded >= 20, "halves were decided by the decider: {forwarded} forwarded");
         assert!(fake.lease_holder(NS, DECIDER_LEASE).is_some());
     }
@@ -506,10 +506,9 @@ async fn forwarding_works_where_the_webhook_port_requires_client_certificates() 
             .push(Replica::start_with(&fake, &format!("replica-{i}"), &cert, Some(client_ca.clone()), TIMING).await);
     }
     eventually("a replica to decide", || replicas.iter().any(Replica::decides)).await;
-    let follows = |r: &Replica| r.election.as_ref().is_some_and(|e| matches!(e.role(), Role::Following { .. }));
-    eventually("the other to follow", || replicas.iter().any(follows)).await;
+    eventually("the other to follow", || replicas.iter().any(Replica::follows)).await;
     let decider = replicas.iter().find(|r| r.decides()).unwrap();
-    let follower = replicas.iter().find(|r| follows(r)).unwrap();
+    let follower = replicas.iter().find(|r| r.follows()).unwrap();
     assert!(decider.review(&update(&ks(F, "a", &["b"]), &ks(F, "a", &[]))).await.response.allowed);
     fake.apply(ks(F, "a", &["b"]));
     let verdict = follower.review(&update(&ks(F, "b", &["a"]), &ks(F, "b", &[]))).await;
@@ -519,8 +518,7 @@ async fn forwarding_works_where_the_webhook_port_requires_client_certificates() 
     assert!(verdict.response.allowed, "{:?}", verdict.response.message);
     // b -> c at least went to the decider (b -> a may have been denied by the follower's own
     // watch, had it delivered a -> b by then).
-    let forwarded = follower.election.as_ref().unwrap().stats.forwarded.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(forwarded >= 1, "{forwarded}");
+    assert!(follower.forwarded() >= 1, "{}", follower.forwarded());
 }
 
 /// A review forwarded to a replica that does not decide (the forwarder's view of the Lease was
@@ -550,12 +548,10 @@ async fn a_review_forwarded_to_a_replica_that_does_not_decide_is_tried_again_els
     eventually("the other replica to decide", || replicas[1 - old].decides()).await;
     assert_eq!(post(&replicas[old], &edge).await, 503, "nor does a replica that released the Lease");
     // Sent by the API server to the released replica: forwarded to the new decider.
-    let follows = |r: &Replica| r.election.as_ref().is_some_and(|e| matches!(e.role(), Role::Following { .. }));
-    eventually("the released replica to follow", || follows(&replicas[old])).await;
+    eventually("the released replica to follow", || replicas[old].follows()).await;
     let verdict = replicas[old].review(&edge).await;
     assert!(verdict.response.allowed, "{:?}", verdict.response.message);
-    let forwarded = replicas[old].election.as_ref().unwrap().stats.forwarded.load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(forwarded, 1);
+    assert_eq!(replicas[old].forwarded(), 1);
 }
 
 /// The decider holds the Lease but its port is closed (a network partition between pods):
